@@ -1,0 +1,99 @@
+//! The command line: subcommands and their flags, each flag backed by an environment variable.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AmqpSettings, DbSettings, LogFormat, WorkerSettings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "roadmap-worker",
+    version,
+    about = "Generates learning roadmaps from queued jobs, a few weeks per LLM call."
+)]
+pub struct Cli {
+    /// Log lines as human text or JSON (RUST_LOG sets the filter).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "human", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker: consume jobs until SIGTERM/SIGINT, then drain.
+    Run(Box<WorkerSettings>),
+    /// Create the database if missing and apply migrations, then exit.
+    Migrate(DbSettings),
+    /// Serve the mock LLM over HTTP (OpenAI-compatible and Gemini shapes), with fault injection.
+    MockLlm(MockLlmArgs),
+    /// Publish a job exactly as a web backend would.
+    Enqueue(EnqueueArgs),
+    /// Migrate, start a worker on the embedded mock, run one 12-week job end to end, summarise it.
+    Demo(Box<DemoArgs>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MockLlmArgs {
+    #[arg(long, env = "MOCK_LLM_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Delay before every answer, in milliseconds.
+    #[arg(long, env = "MOCK_LLM_LATENCY_MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Fault plan as JSON (see README, "Fault injection"), or @path to a file holding it.
+    #[arg(long, env = "MOCK_LLM_FAULTS")]
+    pub faults: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// The role the roadmap leads to.
+    #[arg(long, default_value = "Full Stack Developer")]
+    pub role: String,
+    #[arg(long, default_value_t = 12)]
+    pub weeks: u32,
+    #[arg(long, default_value = "demo-user")]
+    pub user: String,
+    /// beginner, intermediate or advanced.
+    #[arg(long, default_value = "beginner")]
+    pub level: String,
+    #[arg(long, default_value_t = 10)]
+    pub hours: u32,
+    /// A focus area; repeat for several.
+    #[arg(long = "focus")]
+    pub focus: Vec<String>,
+    #[arg(long, default_value = "en")]
+    pub language: String,
+    /// Reuse a job id (to see idempotency); a new one by default.
+    #[arg(long)]
+    pub job_id: Option<uuid::Uuid>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Publish this file's bytes as the message body instead of a job built from the flags.
+    #[arg(long)]
+    pub raw: Option<PathBuf>,
+    /// Wait for the job's completed or failed event and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait with --wait.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Print the whole roadmap as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,138 @@
+//! The web backend's side of the contract: publish a job, watch its events. Used by `enqueue`,
+//! `demo` and the tests, so all three speak to the worker exactly as a real backend would.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt as _;
+use lapin::{
+    Channel, Connection, Consumer,
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::amqp::{Publisher, Topology, topology::JOB_ROUTING_KEY};
+
+/// Publishes a job body to the jobs exchange; fails if no queue takes it.
+pub async fn publish_job(publisher: &Publisher, topology: &Topology, body: &[u8]) -> anyhow::Result<()> {
+    publisher
+        .publish_json(&topology.jobs_exchange, JOB_ROUTING_KEY, body, None, None, true)
+        .await
+        .context("publishing the job (is a worker's topology declared? run the worker once)")
+}
+
+/// An event as received, with its AMQP message id.
+#[derive(Debug, Clone)]
+pub struct ReceivedEvent {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub body: Value,
+}
+
+/// A private, auto-deleted queue bound to every event; create it before publishing the job.
+pub struct EventWatcher {
+    _channel: Channel,
+    consumer: Consumer,
+}
+
+impl std::fmt::Debug for EventWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventWatcher").finish_non_exhaustive()
+    }
+}
+
+impl EventWatcher {
+    pub async fn new(connection: &Connection, topology: &Topology) -> anyhow::Result<Self> {
+        let channel = connection.create_channel().await?;
+        // Declare the exchange too, so watching works before any worker has started.
+        channel
+            .exchange_declare(
+                topology.events_exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                topology.events_exchange.as_str().into(),
+                "roadmap.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            _channel: channel,
+            consumer,
+        })
+    }
+
+    /// The next event of any job, or `None` after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<ReceivedEvent>> {
+        let Ok(next) = tokio::time::timeout(timeout, self.consumer.next()).await else {
+            return Ok(None);
+        };
+        let Some(delivery) = next else {
+            bail!("the event consumer was closed");
+        };
+        let delivery = delivery?;
+        Ok(Some(ReceivedEvent {
+            routing_key: delivery.routing_key.to_string(),
+            message_id: delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+            body: serde_json::from_slice(&delivery.data).context("an event that is not JSON")?,
+        }))
+    }
+
+    /// Waits for `job_id`'s completed or failed event, handing progress events to `on_progress`.
+    pub async fn wait_for_end(
+        &mut self,
+        job_id: Uuid,
+        timeout: Duration,
+        mut on_progress: impl FnMut(&ReceivedEvent),
+    ) -> anyhow::Result<ReceivedEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let id = job_id.to_string();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(event) = self.next(left).await? else {
+                bail!("no completion event for job {job_id} within {timeout:?}");
+            };
+            if event.body.get("job_id").and_then(Value::as_str) != Some(id.as_str()) {
+                continue;
+            }
+            match event.routing_key.as_str() {
+                "roadmap.progress" => on_progress(&event),
+                "roadmap.completed" | "roadmap.failed" => return Ok(event),
+                _ => {}
+            }
+        }
+    }
+}

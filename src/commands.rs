@@ -1,0 +1,206 @@
+//! What each subcommand does; `main` only parses and dispatches here.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::{
+    amqp::{self, Publisher, Topology},
+    cli::{Command, DemoArgs, EnqueueArgs, JobArgs, MockLlmArgs},
+    client::{self, EventWatcher},
+    domain::{Roadmap, event::Completed},
+    mock_server::{self, FaultPlan},
+    store, worker,
+};
+
+pub async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(settings) => worker::run(*settings, shutdown_on_signal(), None).await,
+        Command::Migrate(db) => store::migrate_only(&db).await,
+        Command::MockLlm(args) => mock_llm(args).await,
+        Command::Enqueue(args) => enqueue(args).await,
+        Command::Demo(args) => demo(*args).await,
+    }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT; a second signal exits at once.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested; draining (signal again to exit now)");
+        cancel.cancel();
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn mock_llm(args: MockLlmArgs) -> anyhow::Result<()> {
+    let plan = match args.faults.as_deref() {
+        None => FaultPlan::default(),
+        Some(spec) => {
+            let text = match spec.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+                None => spec.to_owned(),
+            };
+            serde_json::from_str(&text).context("MOCK_LLM_FAULTS is not a valid fault plan")?
+        }
+    };
+    mock_server::serve_forever(args.addr, plan, Duration::from_millis(args.latency_ms)).await
+}
+
+fn job_body(job: &JobArgs) -> (Uuid, Vec<u8>) {
+    let job_id = job.job_id.unwrap_or_else(Uuid::new_v4);
+    let body = serde_json::json!({
+        "job_id": job_id,
+        "user_id": job.user,
+        "target_role": job.role,
+        "duration_weeks": job.weeks,
+        "experience_level": job.level,
+        "hours_per_week": job.hours,
+        "focus_areas": job.focus,
+        "language": job.language,
+    });
+    (job_id, body.to_string().into_bytes())
+}
+
+async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
+    let connection = amqp::connect(&args.amqp, "roadmap-enqueue").await?;
+    let topology = Topology::new(&args.amqp.amqp_namespace, args.amqp.amqp_delivery_limit);
+    topology.declare(&connection.create_channel().await?).await?;
+    let publisher = Publisher::new(&connection).await?;
+    let (job_id, body) = match &args.raw {
+        Some(path) => (
+            Uuid::nil(),
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => job_body(&args.job),
+    };
+    let mut watcher = if args.wait {
+        Some(EventWatcher::new(&connection, &topology).await?)
+    } else {
+        None
+    };
+    client::publish_job(&publisher, &topology, &body).await?;
+    println!("published job {job_id} to {}", topology.jobs_exchange);
+    if let Some(watcher) = watcher.as_mut() {
+        let event = watcher
+            .wait_for_end(job_id, Duration::from_secs(args.timeout_secs), |p| {
+                println!(
+                    "progress: {}/{} batches",
+                    p.body["batches_done"], p.body["batches_total"]
+                );
+            })
+            .await?;
+        println!("{}", serde_json::to_string_pretty(&event.body)?);
+    }
+    Ok(())
+}
+
+/// Migrates, runs a worker in this process, sends one job through the real broker and prints
+/// what came back.
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let settings = args.worker.clone();
+    let shutdown = shutdown_on_signal();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let worker = tokio::spawn(worker::run(settings.clone(), shutdown.clone(), Some(started_tx)));
+    let Ok(running) = started_rx.await else {
+        return worker.await?.context("the worker did not start");
+    };
+    eprintln!(
+        "worker {} up; metrics at http://{}/metrics",
+        running.owner, running.metrics_addr
+    );
+    let connection = amqp::connect(&settings.amqp, "roadmap-demo").await?;
+    let topology = Topology::new(&settings.amqp.amqp_namespace, settings.amqp.amqp_delivery_limit);
+    let publisher = Publisher::new(&connection).await?;
+    let mut watcher = EventWatcher::new(&connection, &topology).await?;
+    let (job_id, body) = job_body(&args.job);
+    let started = Instant::now();
+    client::publish_job(&publisher, &topology, &body).await?;
+    eprintln!(
+        "published job {job_id}: {} weeks of \"{}\"",
+        args.job.weeks, args.job.role
+    );
+    let event = watcher
+        .wait_for_end(job_id, Duration::from_secs(600), |p| {
+            eprintln!(
+                "  batch {}/{} stored",
+                p.body["batches_done"], p.body["batches_total"]
+            );
+        })
+        .await;
+    shutdown.cancel();
+    worker.await??;
+    let event = event?;
+    if event.routing_key != "roadmap.completed" {
+        anyhow::bail!("job failed: {}", event.body);
+    }
+    let completed: Completed = serde_json::from_value(event.body).context("reading the completion event")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&completed.roadmap)?);
+    } else {
+        print!("{}", summary(&completed, started.elapsed()));
+    }
+    Ok(())
+}
+
+fn summary(event: &Completed, elapsed: Duration) -> String {
+    let Roadmap {
+        roadmap_id,
+        target_role,
+        experience_level,
+        hours_per_week,
+        phases,
+        weeks,
+        ..
+    } = &event.roadmap;
+    let mut out = format!(
+        "Roadmap {roadmap_id}\n  \"{target_role}\", {} weeks, {}, {hours_per_week} h/week\n  \
+         {} batches ({} fallback), {} LLM calls, {} input + {} output tokens, {:.1}s end to end\n",
+        event.duration_weeks,
+        experience_level.as_str(),
+        event.batches,
+        event.fallback_batches,
+        event.usage.llm_calls,
+        event.usage.input_tokens,
+        event.usage.output_tokens,
+        elapsed.as_secs_f64(),
+    );
+    for phase in phases {
+        out.push_str(&format!(
+            "\n  Phase {}: {} (weeks {}-{})\n",
+            phase.number, phase.title, phase.week_from, phase.week_to
+        ));
+        for week in weeks.iter().filter(|w| w.phase == phase.number) {
+            let tasks: usize = week.days.iter().map(|d| d.tasks.len()).sum();
+            let minutes: u32 = week.days.iter().flat_map(|d| &d.tasks).map(|t| t.minutes).sum();
+            out.push_str(&format!(
+                "    Week {:>2}: {} ({} days, {tasks} tasks, {:.1} h)\n",
+                week.number,
+                week.title,
+                week.days.len(),
+                minutes as f64 / 60.0
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "\n  completion event {} received from the events exchange\n",
+        event.event_id
+    ));
+    out
+}

@@ -1,0 +1,93 @@
+//! Events the worker publishes to `roadmap.events` (contract v1). The routing key is the event type.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::roadmap::Roadmap;
+
+pub const COMPLETED: &str = "roadmap.completed";
+pub const FAILED: &str = "roadmap.failed";
+pub const PROGRESS: &str = "roadmap.progress";
+
+/// LLM usage, summed over every attempt including failed ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub llm_calls: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Self) {
+        self.llm_calls += other.llm_calls;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completed {
+    pub event: String,
+    pub version: u32,
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub user_id: String,
+    pub roadmap_id: Uuid,
+    pub duration_weeks: u32,
+    pub batches: u32,
+    pub fallback_batches: u32,
+    pub usage: Usage,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: DateTime<Utc>,
+    pub roadmap: Roadmap,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failed {
+    pub event: String,
+    pub version: u32,
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub event: String,
+    pub version: u32,
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub batches_done: u32,
+    pub batches_total: u32,
+}
+
+impl Failed {
+    pub fn new(job_id: Uuid, user_id: Option<String>, reason: &str, message: String) -> Self {
+        Self {
+            event: FAILED.into(),
+            version: 1,
+            event_id: Uuid::now_v7(),
+            job_id,
+            user_id,
+            reason: reason.into(),
+            message,
+        }
+    }
+}
+
+impl Progress {
+    pub fn new(job_id: Uuid, batches_done: u32, batches_total: u32) -> Self {
+        Self {
+            event: PROGRESS.into(),
+            version: 1,
+            event_id: Uuid::now_v7(),
+            job_id,
+            batches_done,
+            batches_total,
+        }
+    }
+}

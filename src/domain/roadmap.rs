@@ -1,0 +1,280 @@
+//! The roadmap shape (BRIEF §3) and the checks that LLM output must pass to become part of one.
+//!
+//! LLM output is untrusted: it is parsed into these types, then [`check_weeks`] rejects what is
+//! structurally wrong (numbering, counts) and sanitises what can be repaired safely (control
+//! characters, over-long text, non-http(s) URLs).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::job::ExperienceLevel;
+
+pub const DAYS_PER_WEEK: usize = 7;
+pub const MAX_TASKS_PER_DAY: usize = 6;
+const MAX_TITLE: usize = 120;
+const MAX_TEXT: usize = 600;
+const MAX_GOALS: usize = 6;
+const MAX_RESOURCES: usize = 5;
+const MAX_URL: usize = 500;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roadmap {
+    pub roadmap_id: Uuid,
+    pub job_id: Uuid,
+    pub target_role: String,
+    pub experience_level: ExperienceLevel,
+    pub hours_per_week: u32,
+    pub language: String,
+    pub duration_weeks: u32,
+    pub phases: Vec<Phase>,
+    pub weeks: Vec<Week>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    pub number: u32,
+    pub title: String,
+    pub objective: String,
+    pub week_from: u32,
+    pub week_to: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Week {
+    pub number: u32,
+    pub phase: u32,
+    pub title: String,
+    pub goals: Vec<String>,
+    pub days: Vec<Day>,
+    /// Who wrote the week; never taken from the LLM's own output.
+    #[serde(default)]
+    pub source: WeekSource,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeekSource {
+    #[default]
+    Llm,
+    Fallback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Day {
+    pub day: u32,
+    pub title: String,
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub title: String,
+    pub description: String,
+    pub kind: TaskKind,
+    pub minutes: u32,
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Learn,
+    Practice,
+    Project,
+    Review,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// What the LLM returns for one batch.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchOutput {
+    pub weeks: Vec<Week>,
+}
+
+/// Checks weeks written for `expected` (inclusive week numbers) and sanitises their text.
+/// `phase_of` gives the phase each week belongs to by the plan; the plan wins over the model.
+/// On failure returns every problem found, phrased so that it can be handed back to the model.
+pub fn check_weeks(
+    mut weeks: Vec<Week>,
+    expected: std::ops::RangeInclusive<u32>,
+    phase_of: impl Fn(u32) -> u32,
+) -> Result<Vec<Week>, Vec<String>> {
+    let mut problems = Vec::new();
+    let numbers: Vec<u32> = weeks.iter().map(|w| w.number).collect();
+    let wanted: Vec<u32> = expected.clone().collect();
+    if numbers != wanted {
+        problems.push(format!("expected weeks {wanted:?} in order, got {numbers:?}"));
+    }
+    for week in &mut weeks {
+        week.source = WeekSource::Llm;
+        week.phase = phase_of(week.number);
+        week.title = clean(&week.title, MAX_TITLE);
+        week.goals.truncate(MAX_GOALS);
+        week.goals = week
+            .goals
+            .iter()
+            .map(|g| clean(g, 200))
+            .filter(|g| !g.is_empty())
+            .collect();
+        if week.title.is_empty() {
+            problems.push(format!("week {} has an empty title", week.number));
+        }
+        if week.days.len() != DAYS_PER_WEEK {
+            problems.push(format!(
+                "week {} has {} days, it must have exactly {DAYS_PER_WEEK}",
+                week.number,
+                week.days.len()
+            ));
+        }
+        for (i, day) in week.days.iter_mut().enumerate() {
+            day.day = i as u32 + 1;
+            day.title = clean(&day.title, MAX_TITLE);
+            if day.title.is_empty() {
+                problems.push(format!("week {} day {} has an empty title", week.number, day.day));
+            }
+            if day.tasks.is_empty() || day.tasks.len() > MAX_TASKS_PER_DAY {
+                problems.push(format!(
+                    "week {} day {} has {} tasks, it must have 1 to {MAX_TASKS_PER_DAY}",
+                    week.number,
+                    day.day,
+                    day.tasks.len()
+                ));
+            }
+            for task in &mut day.tasks {
+                sanitise_task(task);
+                if task.title.is_empty() {
+                    problems.push(format!(
+                        "week {} day {} has a task without a title",
+                        week.number, day.day
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(weeks)
+    } else {
+        Err(problems)
+    }
+}
+
+fn sanitise_task(task: &mut Task) {
+    task.title = clean(&task.title, MAX_TITLE);
+    task.description = clean(&task.description, MAX_TEXT);
+    task.minutes = task.minutes.clamp(5, 480);
+    task.resources.truncate(MAX_RESOURCES);
+    for resource in &mut task.resources {
+        resource.title = clean(&resource.title, MAX_TITLE);
+        resource.url = resource.url.take().and_then(|u| safe_url(&u));
+    }
+    task.resources.retain(|r| !r.title.is_empty());
+}
+
+/// Keeps a URL only if it is a plain http(s) address of reasonable length.
+fn safe_url(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let lower = raw.to_ascii_lowercase();
+    let ok = (lower.starts_with("https://") || lower.starts_with("http://"))
+        && raw.len() <= MAX_URL
+        && !raw.chars().any(|c| c.is_control() || c.is_whitespace());
+    ok.then(|| raw.to_owned())
+}
+
+/// Strips control characters (newlines become spaces), trims, and caps the length in characters.
+pub fn clean(s: &str, max: usize) -> String {
+    let mapped: String = s
+        .chars()
+        .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })
+        .filter(|c| !c.is_control())
+        .collect();
+    mapped
+        .trim()
+        .chars()
+        .take(max)
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
+/// Checks an assembled roadmap: weeks 1..N, no gap, no repeat, 7 days each.
+pub fn check_roadmap(roadmap: &Roadmap) -> Result<(), String> {
+    let numbers: Vec<u32> = roadmap.weeks.iter().map(|w| w.number).collect();
+    let wanted: Vec<u32> = (1..=roadmap.duration_weeks).collect();
+    if numbers != wanted {
+        return Err(format!(
+            "weeks are {numbers:?}, expected 1..={}",
+            roadmap.duration_weeks
+        ));
+    }
+    if let Some(w) = roadmap.weeks.iter().find(|w| w.days.len() != DAYS_PER_WEEK) {
+        return Err(format!("week {} has {} days", w.number, w.days.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(title: &str, url: Option<&str>) -> Task {
+        Task {
+            title: title.into(),
+            description: "d".into(),
+            kind: TaskKind::Learn,
+            minutes: 60,
+            resources: vec![Resource {
+                title: "r".into(),
+                url: url.map(Into::into),
+            }],
+        }
+    }
+
+    fn week(number: u32, days: usize) -> Week {
+        Week {
+            number,
+            phase: 9,
+            title: format!("Week {number}"),
+            goals: vec!["g".into()],
+            days: (1..=days as u32)
+                .map(|d| Day {
+                    day: d,
+                    title: format!("Day {d}"),
+                    tasks: vec![task("t", None)],
+                })
+                .collect(),
+            source: WeekSource::Fallback,
+        }
+    }
+
+    #[test]
+    fn accepts_and_normalises_good_weeks() {
+        let mut w = week(4, 7);
+        w.days[0].tasks = vec![
+            task("a\u{0}b\nc", Some("javascript:alert(1)")),
+            task("ok", Some("https://x.io/a")),
+        ];
+        let out = check_weeks(vec![w, week(5, 7)], 4..=5, |_| 2).unwrap();
+        assert_eq!(out[0].phase, 2);
+        assert_eq!(out[0].source, WeekSource::Llm);
+        assert_eq!(out[0].days[0].tasks[0].title, "ab c");
+        assert_eq!(out[0].days[0].tasks[0].resources[0].url, None);
+        assert_eq!(
+            out[0].days[0].tasks[1].resources[0].url.as_deref(),
+            Some("https://x.io/a")
+        );
+    }
+
+    #[test]
+    fn rejects_wrong_numbers_and_day_counts() {
+        let problems = check_weeks(vec![week(1, 6), week(3, 7)], 1..=2, |_| 1).unwrap_err();
+        assert!(problems[0].contains("expected weeks [1, 2]"), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("has 6 days")), "{problems:?}");
+    }
+}

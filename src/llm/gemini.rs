@@ -1,0 +1,178 @@
+//! Google Gemini `generateContent` over reqwest. The key travels in a header, never in the URL.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, schema};
+use crate::config::{LlmSettings, ResponseFormat, Secret};
+
+const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
+const DEFAULT_MODEL: &str = "gemini-2.5-flash";
+
+#[derive(Debug, Clone)]
+pub struct Gemini {
+    http: reqwest::Client,
+    endpoint: String,
+    model: String,
+    api_key: Option<Secret>,
+    format: ResponseFormat,
+    temperature: f32,
+}
+
+impl Gemini {
+    pub fn new(settings: &LlmSettings) -> anyhow::Result<Self> {
+        let base = settings.llm_base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let model = settings.llm_model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(settings.timeout())
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .context("building the HTTP client")?,
+            endpoint: format!("{}/models/{model}:generateContent", base.trim_end_matches('/')),
+            model,
+            api_key: settings.api_key(),
+            format: settings.llm_response_format,
+            temperature: settings.llm_temperature,
+        })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let mut config = json!({
+            "maxOutputTokens": request.max_output_tokens,
+            "temperature": self.temperature,
+        });
+        if self.format != ResponseFormat::None {
+            config["responseMimeType"] = json!("application/json");
+        }
+        if self.format == ResponseFormat::JsonSchema {
+            config["responseSchema"] = schema::to_gemini(&request.schema);
+        }
+        let body = json!({
+            "systemInstruction": {"parts": [{"text": request.system}]},
+            "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
+            "generationConfig": config,
+        });
+        let mut call = self.http.post(&self.endpoint).json(&body);
+        if let Some(key) = &self.api_key {
+            call = call.header("x-goog-api-key", key.expose());
+        }
+        let response = call.send().await.map_err(LlmError::from_reqwest)?;
+        let status = response.status();
+        if !status.is_success() {
+            let header_hint = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::parse_retry_after);
+            let text = response.text().await.unwrap_or_default();
+            let retry_after = header_hint.or_else(|| retry_info(&text));
+            return Err(LlmError::from_status(
+                status.as_u16(),
+                super::openai::error_message(&text),
+                retry_after,
+            ));
+        }
+        let parsed: GenerateResponse = response.json().await.map_err(LlmError::from_reqwest)?;
+        let candidate = parsed.candidates.into_iter().next();
+        let (text, reason) = candidate.map_or((String::new(), None), |c| {
+            let text = c
+                .content
+                .map(|content| {
+                    content
+                        .parts
+                        .into_iter()
+                        .filter_map(|p| p.text)
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            (text, c.finish_reason)
+        });
+        let finish = match reason.as_deref() {
+            Some("STOP") | None => FinishReason::Stop,
+            // Thinking models can spend the whole budget before writing: empty text, MAX_TOKENS.
+            Some("MAX_TOKENS") => FinishReason::Length,
+            Some("SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII") => {
+                FinishReason::Filtered
+            }
+            Some(other) => FinishReason::Other(other.to_owned()),
+        };
+        let usage = parsed.usage_metadata.map_or_else(
+            || TokenUsage {
+                input: estimate_tokens(&request.system) + estimate_tokens(&request.prompt),
+                output: estimate_tokens(&text),
+            },
+            |u| TokenUsage {
+                input: u.prompt_token_count,
+                output: u.candidates_token_count + u.thoughts_token_count,
+            },
+        );
+        Ok(LlmResponse { text, finish, usage })
+    }
+}
+
+/// `google.rpc.RetryInfo.retryDelay` ("17s") from a 429 body.
+fn retry_info(body: &str) -> Option<Duration> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    value
+        .pointer("/error/details")?
+        .as_array()?
+        .iter()
+        .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
+        .and_then(super::parse_go_duration)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateResponse {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    usage_metadata: Option<UsageMetadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    content: Option<Content>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Content {
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+#[derive(Deserialize)]
+struct Part {
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_info_is_read() {
+        let body = r#"{"error":{"code":429,"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"17s"}]}}"#;
+        assert_eq!(retry_info(body), Some(Duration::from_secs(17)));
+    }
+}

@@ -1,0 +1,260 @@
+//! The provider-neutral LLM interface: one request in, text plus finish reason and usage out.
+//!
+//! Providers are an enum rather than a trait object: the set is closed (mock, OpenAI-compatible,
+//! Gemini), and an enum keeps `async fn` without boxing.
+
+pub mod gemini;
+pub mod mock;
+pub mod openai;
+pub mod schema;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::{LlmSettings, ProviderKind};
+
+/// One call to the model.
+#[derive(Debug, Clone)]
+pub struct LlmRequest {
+    pub system: String,
+    pub prompt: String,
+    /// JSON Schema of the expected answer, for providers that constrain decoding with it.
+    pub schema: Value,
+    pub max_output_tokens: u32,
+    pub temperature: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmResponse {
+    pub text: String,
+    pub finish: FinishReason,
+    pub usage: TokenUsage,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub input: u64,
+    pub output: u64,
+}
+
+/// Why the model stopped, normalised across providers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    /// Cut off at the output limit: the text is incomplete.
+    Length,
+    /// Withheld by a safety or recitation filter.
+    Filtered,
+    Other(String),
+}
+
+/// A failed call. Transient errors are retried; the others are not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LlmError {
+    /// Timeout, connection failure, 429 or 5xx: worth retrying, after `retry_after` if given.
+    #[error("transient LLM failure ({status}): {message}")]
+    Transient {
+        status: &'static str,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Bad key, no access, unknown model or endpoint: no job can succeed until an operator acts.
+    #[error("LLM provider configuration fault ({status}): {message}")]
+    Config { status: &'static str, message: String },
+    /// The provider refused this request (other 4xx): retrying it unchanged will not help.
+    #[error("LLM request refused ({status}): {message}")]
+    Refused { status: &'static str, message: String },
+}
+
+impl LlmError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+
+    /// A bounded label for metrics (`http_429`, `timeout`, …).
+    pub fn status(&self) -> &'static str {
+        match self {
+            Self::Transient { status, .. } | Self::Config { status, .. } | Self::Refused { status, .. } => {
+                status
+            }
+        }
+    }
+
+    /// Maps an HTTP error status to the right kind of error.
+    pub(crate) fn from_status(code: u16, message: String, retry_after: Option<Duration>) -> Self {
+        let status = status_label(code);
+        match code {
+            401 | 403 | 404 => Self::Config { status, message },
+            408 | 409 | 425 | 429 | 500..=599 => Self::Transient {
+                status,
+                message,
+                retry_after,
+            },
+            _ => Self::Refused { status, message },
+        }
+    }
+
+    pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
+        let status = if err.is_timeout() {
+            "timeout"
+        } else if err.is_connect() {
+            "connect"
+        } else if err.is_decode() {
+            "decode"
+        } else {
+            "io"
+        };
+        // Drop the URL: some providers put keys in query strings, and errors reach logs.
+        Self::Transient {
+            status,
+            message: err.without_url().to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+fn status_label(code: u16) -> &'static str {
+    match code {
+        400 => "http_400",
+        401 => "http_401",
+        403 => "http_403",
+        404 => "http_404",
+        408 => "http_408",
+        409 => "http_409",
+        413 => "http_413",
+        422 => "http_422",
+        425 => "http_425",
+        429 => "http_429",
+        500 => "http_500",
+        502 => "http_502",
+        503 => "http_503",
+        504 => "http_504",
+        400..=499 => "http_4xx",
+        _ => "http_5xx",
+    }
+}
+
+/// The configured provider.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    Mock(mock::MockLlm),
+    OpenAi(openai::OpenAi),
+    Gemini(gemini::Gemini),
+}
+
+impl Provider {
+    pub fn from_settings(settings: &LlmSettings) -> anyhow::Result<Self> {
+        Ok(match settings.llm_provider {
+            ProviderKind::Mock => Self::Mock(mock::MockLlm::default()),
+            ProviderKind::Openai => Self::OpenAi(openai::OpenAi::new(settings)?),
+            ProviderKind::Gemini => Self::Gemini(gemini::Gemini::new(settings)?),
+        })
+    }
+
+    pub async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        match self {
+            Self::Mock(p) => p.complete(request).await,
+            Self::OpenAi(p) => p.complete(request).await,
+            Self::Gemini(p) => p.complete(request).await,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Mock(_) => "mock",
+            Self::OpenAi(_) => "openai",
+            Self::Gemini(_) => "gemini",
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        match self {
+            Self::Mock(_) => "mock",
+            Self::OpenAi(p) => p.model(),
+            Self::Gemini(p) => p.model(),
+        }
+    }
+}
+
+/// Parses a `Retry-After` header value: delay-seconds or an HTTP date.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Parses durations such as `1s`, `250ms`, `6m0s`, `1h2m3.5s` (OpenAI's x-ratelimit-reset-*).
+pub(crate) fn parse_go_duration(value: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut number = String::new();
+    let mut chars = value.trim().chars().peekable();
+    let mut seen = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let n: f64 = number.parse().ok()?;
+        number.clear();
+        let unit = match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                0.001
+            }
+            ('h', _) => 3600.0,
+            ('m', _) => 60.0,
+            ('s', _) => 1.0,
+            _ => return None,
+        };
+        total += n * unit;
+        seen = true;
+    }
+    if !number.is_empty() {
+        total += number.parse::<f64>().ok()?;
+        seen = true;
+    }
+    seen.then(|| Duration::from_secs_f64(total))
+}
+
+/// Rough token estimate (4 characters a token), for providers that report no usage.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_hints_parse() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_go_duration("x"), None);
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        assert!(LlmError::from_status(503, String::new(), None).is_transient());
+        assert!(LlmError::from_status(429, String::new(), None).is_transient());
+        assert!(matches!(
+            LlmError::from_status(401, String::new(), None),
+            LlmError::Config { .. }
+        ));
+        assert!(matches!(
+            LlmError::from_status(400, String::new(), None),
+            LlmError::Refused { .. }
+        ));
+    }
+}

@@ -1,0 +1,179 @@
+//! Every metric the worker exports, in one registry per worker (so tests can run several workers
+//! in one process). Names follow Prometheus conventions; no label carries a job or user id.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Jobs claimed and started (including resumed ones).
+    pub jobs_started: IntCounter,
+    pub jobs_completed: IntCounter,
+    /// Jobs that ended with a `roadmap.failed` event, by reason code.
+    pub jobs_failed: IntCounterVec,
+    /// Messages refused at intake, by reason code.
+    pub jobs_rejected: IntCounterVec,
+    /// Messages moved to the dead-letter queue, by reason code.
+    pub dead_lettered: IntCounterVec,
+    pub jobs_in_flight: IntGauge,
+    /// Free job slots on this replica; with `jobs_in_flight`, the autoscaling signal.
+    pub worker_slots_free: IntGauge,
+    /// Jobs that found checkpoints from an earlier delivery and resumed from them.
+    pub jobs_resumed: IntCounter,
+    pub job_duration: Histogram,
+    pub batch_duration: Histogram,
+    /// Finished batches by outcome: ok, retried, truncated, reasked, fallback.
+    pub batches: IntCounterVec,
+    /// Failed attempts within batches, by reason (LLM status, invalid_json, invalid_schema, truncated).
+    pub batch_failures: IntCounterVec,
+    /// Batches generated again although a checkpoint for them existed (lost a race or a lease).
+    pub batches_regenerated: IntCounter,
+    pub llm_requests: IntCounterVec,
+    pub llm_request_duration: HistogramVec,
+    /// LLM tokens by direction: input, output.
+    pub llm_tokens: IntCounterVec,
+    /// 1 while the provider accepts requests, 0 after a configuration fault (bad key, model).
+    pub provider_ready: IntGauge,
+    pub outbox_backlog: IntGauge,
+    pub outbox_oldest_age: Gauge,
+    /// Events confirmed by the broker, by type.
+    pub events_published: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h =
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let llm_request_duration = HistogramVec::new(
+            HistogramOpts::new("roadmap_llm_request_duration_seconds", "Latency of LLM requests.")
+                .buckets(vec![0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0]),
+            &["provider", "model"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(llm_request_duration.clone()))
+            .expect("unique metric");
+        let outbox_oldest_age = Gauge::new(
+            "roadmap_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest event not yet confirmed by the broker.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(outbox_oldest_age.clone()))
+            .expect("unique metric");
+        let durations = vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0];
+        Self {
+            jobs_started: counter("roadmap_jobs_started_total", "Jobs claimed and started."),
+            jobs_completed: counter(
+                "roadmap_jobs_completed_total",
+                "Jobs completed with a stored roadmap.",
+            ),
+            jobs_failed: counter_vec(
+                "roadmap_jobs_failed_total",
+                "Jobs that ended failed, by reason.",
+                &["reason"],
+            ),
+            jobs_rejected: counter_vec(
+                "roadmap_jobs_rejected_total",
+                "Messages refused at intake, by reason.",
+                &["reason"],
+            ),
+            dead_lettered: counter_vec(
+                "roadmap_messages_dead_lettered_total",
+                "Messages moved to the dead-letter queue, by reason.",
+                &["reason"],
+            ),
+            jobs_in_flight: gauge("roadmap_jobs_in_flight", "Jobs being worked on by this replica."),
+            worker_slots_free: gauge("roadmap_worker_slots_free", "Free job slots on this replica."),
+            jobs_resumed: counter("roadmap_jobs_resumed_total", "Jobs resumed from a checkpoint."),
+            job_duration: histogram(
+                "roadmap_job_duration_seconds",
+                "Time from claim to stored roadmap.",
+                durations,
+            ),
+            batch_duration: histogram(
+                "roadmap_batch_duration_seconds",
+                "Time to produce one batch, all attempts included.",
+                vec![0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
+            ),
+            batches: counter_vec(
+                "roadmap_batches_total",
+                "Finished batches by outcome.",
+                &["outcome"],
+            ),
+            batch_failures: counter_vec(
+                "roadmap_batch_failures_total",
+                "Failed attempts within batches, by reason.",
+                &["reason"],
+            ),
+            batches_regenerated: counter(
+                "roadmap_batches_regenerated_total",
+                "Batches generated although already checkpointed.",
+            ),
+            llm_requests: counter_vec(
+                "roadmap_llm_requests_total",
+                "LLM requests by provider, model and status.",
+                &["provider", "model", "status"],
+            ),
+            llm_request_duration,
+            llm_tokens: counter_vec(
+                "roadmap_llm_tokens_total",
+                "LLM tokens by direction.",
+                &["direction"],
+            ),
+            provider_ready: gauge(
+                "roadmap_provider_ready",
+                "1 while the LLM provider accepts requests.",
+            ),
+            outbox_backlog: gauge(
+                "roadmap_outbox_backlog",
+                "Events written but not yet confirmed by the broker.",
+            ),
+            outbox_oldest_age,
+            events_published: counter_vec(
+                "roadmap_events_published_total",
+                "Events confirmed by the broker.",
+                &["type"],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition format served at /metrics.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
+        String::from_utf8(buf).expect("exposition format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,314 @@
+//! One batch through the robustness ladder (BRIEF §4): retry transient failures, salvage and
+//! shrink on truncation, re-ask once on invalid output, then fall back to template weeks.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use backon::{ExponentialBuilder, Retryable};
+use tracing::{info, warn};
+
+use super::{
+    parse,
+    plan::{BatchRange, Plan},
+    prompt,
+};
+use crate::{
+    config::{LlmSettings, ResponseFormat},
+    domain::{JobProfile, Week, WeekSource, event::Usage, roadmap::check_weeks},
+    llm::{FinishReason, LlmError, LlmRequest, LlmResponse, Provider, schema},
+    metrics::Metrics,
+    template,
+};
+
+/// How the ladder behaves; from [`LlmSettings`], shortened in tests.
+#[derive(Debug, Clone)]
+pub struct LadderSettings {
+    pub max_output_tokens: u32,
+    pub temperature: f32,
+    pub format: ResponseFormat,
+    pub context_days: u32,
+    pub max_retries: usize,
+    pub min_retry_delay: Duration,
+    pub max_retry_delay: Duration,
+}
+
+impl LadderSettings {
+    pub fn from_settings(llm: &LlmSettings, context_days: u32) -> Self {
+        Self {
+            max_output_tokens: llm.llm_max_output_tokens,
+            temperature: llm.llm_temperature,
+            format: llm.llm_response_format,
+            context_days,
+            max_retries: llm.llm_max_retries,
+            min_retry_delay: Duration::from_millis(500),
+            max_retry_delay: Duration::from_millis(llm.llm_max_retry_delay_ms),
+        }
+    }
+}
+
+/// Generates batches; one per worker, shared by its jobs.
+#[derive(Debug, Clone)]
+pub struct Generator {
+    pub provider: Provider,
+    pub settings: LadderSettings,
+    pub metrics: Metrics,
+}
+
+/// A finished batch, ready to checkpoint.
+#[derive(Debug, Clone)]
+pub struct BatchResult {
+    pub weeks: Vec<Week>,
+    pub usage: Usage,
+    /// ok, retried, truncated, reasked or fallback: the highest rung the batch needed.
+    pub outcome: &'static str,
+}
+
+impl BatchResult {
+    pub fn fallback_weeks(&self) -> u32 {
+        self.weeks
+            .iter()
+            .filter(|w| w.source == WeekSource::Fallback)
+            .count() as u32
+    }
+}
+
+/// A batch that cannot be finished by this worker: the provider refuses every request.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ProviderFault(pub LlmError);
+
+#[derive(Default)]
+struct Rungs {
+    retried: bool,
+    truncated: bool,
+    reasked: bool,
+    fallback: bool,
+}
+
+impl Generator {
+    pub async fn batch(
+        &self,
+        profile: &JobProfile,
+        plan: &Plan,
+        range: BatchRange,
+        previous: Option<&Week>,
+    ) -> Result<BatchResult, ProviderFault> {
+        let started = Instant::now();
+        let mut weeks: Vec<Week> = Vec::with_capacity(range.len() as usize);
+        let mut usage = Usage::default();
+        let mut rungs = Rungs::default();
+        let mut next = range.first;
+        // How many weeks one answer can hold; shrinks when answers are cut off.
+        let mut span = range.len();
+        let mut feedback: Option<Vec<String>> = None;
+        while next <= range.last {
+            let last = (next + span - 1).min(range.last);
+            let prev = weeks.last().or(previous);
+            let request = self.request(profile, plan, next, last, prev, feedback.as_deref());
+            let answer = match self.call(&request, &mut usage, &mut rungs).await {
+                Ok(answer) => answer,
+                Err(err @ LlmError::Config { .. }) => return Err(ProviderFault(err)),
+                Err(err) => {
+                    warn!(weeks = %format!("{next}-{}", range.last), error = %err, "LLM gave up; template weeks");
+                    self.fallback(profile, plan, next..=range.last, &mut weeks, &mut rungs);
+                    break;
+                }
+            };
+            if answer.finish == FinishReason::Length {
+                rungs.truncated = true;
+                self.metrics
+                    .batch_failures
+                    .with_label_values(&["truncated"])
+                    .inc();
+                let salvaged = parse::salvage_weeks(&answer.text);
+                let good = check_weeks(salvaged, next..=last, |w| plan.phase_of(w))
+                    .map_or_else(|_| Vec::new(), |ws| ws);
+                let kept = good.iter().take_while(|w| w.number <= last).count() as u32;
+                // The model fits about `kept` weeks in its budget: never send the same cut again.
+                let requested = last - next + 1;
+                span = if kept > 0 {
+                    kept.min(requested)
+                } else {
+                    requested / 2
+                };
+                info!(first = next, last, kept, next_span = span, "answer truncated");
+                next += kept;
+                weeks.extend(good);
+                if span == 0 {
+                    // A single week does not fit the output limit: no smaller request exists.
+                    self.fallback(profile, plan, next..=last, &mut weeks, &mut rungs);
+                    next = last + 1;
+                    span = 1;
+                }
+                continue;
+            }
+            let checked = parse::parse_answer(&answer.text).and_then(|ws| {
+                check_weeks(ws, next..=last, |w| plan.phase_of(w)).map_err(|problems| problems.join("; "))
+            });
+            match checked {
+                Ok(good) => {
+                    next = last + 1;
+                    weeks.extend(good);
+                    feedback = None;
+                }
+                Err(problem) => {
+                    let reason = if problem.contains("not valid JSON") {
+                        "invalid_json"
+                    } else {
+                        "invalid_schema"
+                    };
+                    self.metrics.batch_failures.with_label_values(&[reason]).inc();
+                    if rungs.reasked {
+                        warn!(first = next, last, %problem, "answer still invalid after a re-ask; template weeks");
+                        self.fallback(profile, plan, next..=last, &mut weeks, &mut rungs);
+                        next = last + 1;
+                    } else {
+                        info!(first = next, last, %problem, "answer invalid; re-asking once");
+                        rungs.reasked = true;
+                        feedback = Some(vec![problem]);
+                    }
+                }
+            }
+        }
+        let outcome = match rungs {
+            Rungs { fallback: true, .. } => "fallback",
+            Rungs { reasked: true, .. } => "reasked",
+            Rungs { truncated: true, .. } => "truncated",
+            Rungs { retried: true, .. } => "retried",
+            _ => "ok",
+        };
+        self.metrics.batches.with_label_values(&[outcome]).inc();
+        self.metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(BatchResult {
+            weeks,
+            usage,
+            outcome,
+        })
+    }
+
+    fn request(
+        &self,
+        profile: &JobProfile,
+        plan: &Plan,
+        first: u32,
+        last: u32,
+        previous: Option<&Week>,
+        feedback: Option<&[String]>,
+    ) -> LlmRequest {
+        let brief = prompt::Brief {
+            profile: profile.clone(),
+            duration_weeks: plan.duration_weeks,
+            first_week: first,
+            last_week: last,
+            phases: plan.phases.clone(),
+        };
+        LlmRequest {
+            system: prompt::SYSTEM_PROMPT.to_owned(),
+            prompt: prompt::render(
+                &brief,
+                previous,
+                self.settings.context_days,
+                feedback,
+                self.settings.format,
+            ),
+            schema: schema::batch_schema(first, last),
+            max_output_tokens: self.settings.max_output_tokens,
+            temperature: self.settings.temperature,
+        }
+    }
+
+    /// One logical call: transient failures retried with jittered exponential backoff, honouring
+    /// the server's requested delay up to the cap. Every attempt is counted in `usage`.
+    async fn call(
+        &self,
+        request: &LlmRequest,
+        usage: &mut Usage,
+        rungs: &mut Rungs,
+    ) -> Result<LlmResponse, LlmError> {
+        let cap = self.settings.max_retry_delay;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.settings.min_retry_delay)
+            .with_max_delay(cap)
+            .with_max_times(self.settings.max_retries)
+            .with_jitter();
+        let attempts = Mutex::new(Usage::default());
+        let result = (|| self.attempt(request, &attempts))
+            .retry(backoff)
+            .when(LlmError::is_transient)
+            .adjust(|err, planned| {
+                let asked = match err {
+                    LlmError::Transient { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                // `planned` is None once retries are spent; a server's hint must not extend them.
+                planned.map(|p| asked.map_or(p, |a| a.min(cap).max(p)))
+            })
+            .notify(|err, delay| {
+                self.metrics
+                    .batch_failures
+                    .with_label_values(&[err.status()])
+                    .inc();
+                warn!(error = %err, delay_ms = delay.as_millis() as u64, "LLM call failed; retrying");
+            })
+            .await;
+        let spent = *attempts.lock().expect("usage lock");
+        rungs.retried |= spent.llm_calls > 1;
+        *usage += spent;
+        if let Err(err) = &result {
+            self.metrics
+                .batch_failures
+                .with_label_values(&[err.status()])
+                .inc();
+        }
+        result
+    }
+
+    async fn attempt(&self, request: &LlmRequest, usage: &Mutex<Usage>) -> Result<LlmResponse, LlmError> {
+        let (provider, model) = (self.provider.name(), self.provider.model());
+        let started = Instant::now();
+        let result = self.provider.complete(request).await;
+        self.metrics
+            .llm_request_duration
+            .with_label_values(&[provider, model])
+            .observe(started.elapsed().as_secs_f64());
+        let status = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.status(),
+        };
+        self.metrics
+            .llm_requests
+            .with_label_values(&[provider, model, status])
+            .inc();
+        let mut spent = usage.lock().expect("usage lock");
+        spent.llm_calls += 1;
+        if let Ok(answer) = &result {
+            spent.input_tokens += answer.usage.input;
+            spent.output_tokens += answer.usage.output;
+            self.metrics
+                .llm_tokens
+                .with_label_values(&["input"])
+                .inc_by(answer.usage.input);
+            self.metrics
+                .llm_tokens
+                .with_label_values(&["output"])
+                .inc_by(answer.usage.output);
+        }
+        result
+    }
+
+    fn fallback(
+        &self,
+        profile: &JobProfile,
+        plan: &Plan,
+        range: std::ops::RangeInclusive<u32>,
+        weeks: &mut Vec<Week>,
+        rungs: &mut Rungs,
+    ) {
+        rungs.fallback = true;
+        weeks.extend(range.map(|n| template::week(profile, &plan.phases, n, plan.duration_weeks)));
+    }
+}

@@ -1,0 +1,258 @@
+//! One job from claim to stored roadmap: claim under a lease, generate the missing batches with a
+//! checkpoint after each, assemble, and complete with the event in the same transaction.
+
+use std::{future::Future, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
+
+use super::{batch::Generator, plan::Plan};
+use crate::{
+    domain::{
+        JobRequest, Roadmap, Week,
+        event::{COMPLETED, Completed, Usage},
+        roadmap::check_roadmap,
+    },
+    llm::LlmError,
+    store::{self, StoreError, jobs::Claim},
+};
+
+/// How a job run ended, for the worker to settle its delivery.
+#[derive(Debug)]
+pub enum JobEnd {
+    /// The roadmap is stored and its event queued, now or by an earlier delivery.
+    Completed,
+    /// The job had already ended as failed.
+    AlreadyFailed,
+    /// The job_id belongs to another user: refused, the other job untouched.
+    OtherUser,
+    /// Another replica took the job over; it finishes it.
+    Fenced,
+    /// Shutdown came before the job finished; its checkpoints are kept for the next replica.
+    HandedBack,
+    /// The LLM provider refuses every request (bad key, unknown model).
+    ProviderFault(LlmError),
+}
+
+/// Runs jobs; one per worker, shared by its job tasks.
+#[derive(Debug, Clone)]
+pub struct JobRunner {
+    pub pool: Pool,
+    pub generator: Generator,
+    pub batch_weeks: u32,
+    pub lease: Duration,
+    /// This replica's id: the owner of the leases it takes.
+    pub owner: String,
+}
+
+/// How often a job whose owner is alive is checked again.
+const BUSY_POLL: Duration = Duration::from_secs(2);
+
+impl JobRunner {
+    /// Runs `job` to its end. `shutdown` stops it between batches; store errors that persist past
+    /// the retries are returned.
+    pub async fn run(&self, job: &JobRequest, shutdown: &CancellationToken) -> Result<JobEnd, StoreError> {
+        let profile = job.profile();
+        let plan = Plan::new(&profile, job.duration_weeks, self.batch_weeks);
+        let owned = loop {
+            let claim =
+                with_retries(|| store::jobs::claim(&self.pool, job, &plan, &self.owner, self.lease)).await?;
+            match claim {
+                Claim::Owned(owned) => break owned,
+                Claim::Completed => return Ok(JobEnd::Completed),
+                Claim::Failed => return Ok(JobEnd::AlreadyFailed),
+                Claim::OtherUser => return Ok(JobEnd::OtherUser),
+                // The owner is alive and holds its own delivery; hold this one until the job ends
+                // or the owner dies, so that no delivery is dropped while the job is unfinished.
+                Claim::Busy => {
+                    debug!("job is being worked by a live replica; waiting");
+                    tokio::select! {
+                        () = tokio::time::sleep(BUSY_POLL) => continue,
+                        () = shutdown.cancelled() => return Ok(JobEnd::HandedBack),
+                    }
+                }
+            }
+        };
+        let token = owned.token;
+        let metrics = &self.generator.metrics;
+        metrics.jobs_started.inc();
+        if !owned.batches.is_empty() {
+            metrics.jobs_resumed.inc();
+            info!(
+                done = owned.batches.len(),
+                total = owned.plan.batches.len(),
+                claims = owned.claims,
+                "resuming from checkpoints"
+            );
+        }
+        let lost = CancellationToken::new();
+        let _heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
+            self.pool.clone(),
+            job.job_id,
+            token,
+            self.lease,
+            lost.clone(),
+        )));
+        let plan = owned.plan;
+        let total = plan.batches.len() as u32;
+        let mut batches: Vec<(Vec<Week>, Usage, u32)> = owned
+            .batches
+            .iter()
+            .map(|b| (b.weeks.clone(), b.usage, u32::from(b.fallback_weeks > 0)))
+            .collect();
+        let stored: Vec<u32> = owned.batches.iter().map(|b| b.index).collect();
+        for range in plan.batches.iter().filter(|r| !stored.contains(&r.index)) {
+            if shutdown.is_cancelled() {
+                return Ok(self.hand_back(job.job_id, token).await);
+            }
+            let previous = batches.last().and_then(|(weeks, _, _)| weeks.last());
+            let span =
+                info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
+            let generated = tokio::select! {
+                result = self.generator.batch(&profile, &plan, *range, previous).instrument(span) => result,
+                () = lost.cancelled() => return Ok(JobEnd::Fenced),
+            };
+            let result = match generated {
+                Ok(result) => result,
+                Err(fault) => {
+                    // Keep what is stored; the job goes back to the queue for a healthy provider.
+                    self.hand_back(job.job_id, token).await;
+                    return Ok(JobEnd::ProviderFault(fault.0));
+                }
+            };
+            let fresh = match with_retries(|| {
+                store::batches::checkpoint(&self.pool, job.job_id, token, range.index, total, &result)
+            })
+            .await
+            {
+                Ok(fresh) => fresh,
+                Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
+                Err(e) => return Err(e),
+            };
+            if !fresh {
+                metrics.batches_regenerated.inc();
+            }
+            info!(
+                batch = range.index,
+                outcome = result.outcome,
+                done = batches.len() + 1,
+                total,
+                "batch stored"
+            );
+            let fallback = u32::from(result.fallback_weeks() > 0);
+            batches.push((result.weeks, result.usage, fallback));
+        }
+        let mut usage = Usage::default();
+        let mut weeks = Vec::with_capacity(job.duration_weeks as usize);
+        let mut fallback_batches = 0;
+        for (w, u, f) in batches {
+            weeks.extend(w);
+            usage += u;
+            fallback_batches += f;
+        }
+        let event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)
+            .map_err(StoreError::Corrupt)?;
+        match with_retries(|| store::roadmaps::complete(&self.pool, token, &event)).await {
+            Ok(()) => {}
+            Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
+            Err(e) => return Err(e),
+        }
+        metrics.jobs_completed.inc();
+        metrics.job_duration.observe(
+            (event.completed_at - event.started_at)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+        info!(roadmap_id = %event.roadmap_id, llm_calls = usage.llm_calls, fallback_batches, "roadmap stored");
+        Ok(JobEnd::Completed)
+    }
+
+    async fn hand_back(&self, job_id: Uuid, token: i64) -> JobEnd {
+        if let Err(e) = store::jobs::release(&self.pool, job_id, token).await {
+            warn!(error = %e, "could not release the lease; it will expire");
+        }
+        JobEnd::HandedBack
+    }
+}
+
+fn assemble(
+    job: &JobRequest,
+    plan: &Plan,
+    weeks: Vec<Week>,
+    usage: Usage,
+    fallback_batches: u32,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<Completed, String> {
+    let roadmap_id = Uuid::new_v5(&job.job_id, b"roadmap");
+    let roadmap = Roadmap {
+        roadmap_id,
+        job_id: job.job_id,
+        target_role: job.target_role.clone(),
+        experience_level: job.experience_level,
+        hours_per_week: job.hours_per_week,
+        language: job.language.clone(),
+        duration_weeks: job.duration_weeks,
+        phases: plan.phases.clone(),
+        weeks,
+    };
+    // Every batch was checked on its own; this guards the seams between them.
+    check_roadmap(&roadmap).map_err(|problem| format!("assembled roadmap is inconsistent: {problem}"))?;
+    Ok(Completed {
+        event: COMPLETED.into(),
+        version: 1,
+        event_id: Uuid::now_v7(),
+        job_id: job.job_id,
+        user_id: job.user_id.clone(),
+        roadmap_id,
+        duration_weeks: job.duration_weeks,
+        batches: plan.batches.len() as u32,
+        fallback_batches,
+        usage,
+        started_at,
+        completed_at: Utc::now(),
+        roadmap,
+    })
+}
+
+/// Renews the lease every third of its length; cancels `lost` once another replica owns the job.
+async fn heartbeat(pool: Pool, job_id: Uuid, token: i64, lease: Duration, lost: CancellationToken) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store::jobs::renew(&pool, job_id, token, lease).await {
+            Ok(()) => {}
+            Err(StoreError::Fenced) => {
+                warn!("lease lost to another replica; stopping this job");
+                lost.cancel();
+                return;
+            }
+            Err(e) => warn!(error = %e, "lease renewal failed; retrying"),
+        }
+    }
+}
+
+/// Retries a store operation through short database outages; `Fenced` and corrupt data are final.
+pub async fn with_retries<T, F, Fut>(op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(8)
+            .with_jitter(),
+    )
+    .when(|e| matches!(e, StoreError::Pool(_) | StoreError::Db(_)))
+    .notify(
+        |e, delay| warn!(error = %e, delay_ms = delay.as_millis() as u64, "database call failed; retrying"),
+    )
+    .await
+}

@@ -1,0 +1,115 @@
+//! Reading a model's answer: markdown fences stripped, strict parse, and salvage of the complete
+//! weeks at the front of a truncated answer.
+
+use serde_json::Value;
+
+use crate::domain::{Week, roadmap::BatchOutput};
+
+/// Largest answer parsed at all; anything bigger is refused unread (about 10× a full batch).
+pub const MAX_ANSWER_BYTES: usize = 512 * 1024;
+
+/// Parses a complete answer into weeks, or says what is wrong with it.
+pub fn parse_answer(text: &str) -> Result<Vec<Week>, String> {
+    if text.len() > MAX_ANSWER_BYTES {
+        return Err(format!("the answer is {} bytes, over the limit", text.len()));
+    }
+    let body = strip_fences(text);
+    let value: Value =
+        serde_json::from_str(body).map_err(|e| format!("the answer is not valid JSON: {e}"))?;
+    let output: BatchOutput = serde_json::from_value(value)
+        .map_err(|e| format!("the answer does not have the required shape: {e}"))?;
+    Ok(output.weeks)
+}
+
+/// Weeks that are complete at the start of a cut-off answer: `{"weeks":[{..},{..},{..` gives
+/// the first two. Each salvaged week must still parse on its own.
+pub fn salvage_weeks(text: &str) -> Vec<Week> {
+    let body = strip_fences(text);
+    let Some(key) = body.find("\"weeks\"") else {
+        return Vec::new();
+    };
+    let Some(open) = body[key..].find('[').map(|i| key + i + 1) else {
+        return Vec::new();
+    };
+    let mut weeks = Vec::new();
+    let bytes = body.as_bytes();
+    let (mut depth, mut in_string, mut escaped, mut start) = (0usize, false, false, None);
+    for (i, &b) in bytes.iter().enumerate().skip(open) {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                if depth == 0 {
+                    start = Some(i);
+                }
+                depth += 1;
+            }
+            b'}' | b']' => {
+                if depth == 0 {
+                    break; // the end of the weeks array: the answer was complete after all
+                }
+                depth -= 1;
+                if depth == 0 {
+                    let Some(s) = start.take() else { break };
+                    match serde_json::from_str::<Week>(&body[s..=i]) {
+                        Ok(week) => weeks.push(week),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    weeks
+}
+
+/// Models often wrap JSON in ```json fences despite being told not to.
+fn strip_fences(text: &str) -> &str {
+    let trimmed = text.trim();
+    let Some(rest) = trimmed.strip_prefix("```") else {
+        return trimmed;
+    };
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+    rest.strip_suffix("```").unwrap_or(rest).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn week_json(n: u32) -> String {
+        format!(
+            r#"{{"number":{n},"phase":1,"title":"W{n} {{[\"x","goals":["g"],"days":[{{"day":1,"title":"d","tasks":[{{"title":"t","description":"d","kind":"learn","minutes":30,"resources":[]}}]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn fenced_answers_parse() {
+        let text = format!("```json\n{{\"weeks\":[{}]}}\n```", week_json(1));
+        assert_eq!(parse_answer(&text).unwrap()[0].number, 1);
+        assert!(parse_answer("{\"weeks\":").is_err());
+    }
+
+    #[test]
+    fn complete_weeks_are_salvaged_from_a_cut() {
+        let full = format!(
+            "{{\"weeks\":[{},{},{}]}}",
+            week_json(4),
+            week_json(5),
+            week_json(6)
+        );
+        let cut = &full[..full.len() - 40];
+        let weeks = salvage_weeks(cut);
+        assert_eq!(weeks.iter().map(|w| w.number).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(salvage_weeks(&full).len(), 3);
+        assert!(salvage_weeks("{\"weeks\":[{\"number\":1,").is_empty());
+    }
+}

@@ -1,0 +1,183 @@
+//! The jobs table: claiming a job under a fenced lease, renewing it, and ending it as failed.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::{StoreError, batches::StoredBatch};
+use crate::{domain::JobRequest, pipeline::plan::Plan};
+
+/// The prefix of every replica's Postgres `application_name`; the suffix is its replica id.
+pub const APP_PREFIX: &str = "roadmap-worker:";
+
+/// The result of trying to take a job.
+#[derive(Debug)]
+pub enum Claim {
+    /// This replica owns the job; `token` fences every write it makes.
+    Owned(OwnedJob),
+    /// Already completed: the completion event is in the outbox; nothing to do.
+    Completed,
+    /// Already ended as failed.
+    Failed,
+    /// The job_id belongs to another user.
+    OtherUser,
+    /// A live replica holds the lease and is working the job.
+    Busy,
+}
+
+#[derive(Debug)]
+pub struct OwnedJob {
+    pub token: i64,
+    pub plan: Plan,
+    pub batches: Vec<StoredBatch>,
+    pub started_at: DateTime<Utc>,
+    /// How many times the job has been claimed, this claim included.
+    pub claims: i32,
+}
+
+/// Claims `job` for `owner`. A new job is inserted with its plan; a known one is taken over when
+/// its lease has expired or its owner's database session is gone (the replica died), which lets
+/// a redelivered job resume in seconds rather than after the lease timeout.
+pub async fn claim(
+    pool: &Pool,
+    job: &JobRequest,
+    plan: &Plan,
+    owner: &str,
+    lease: Duration,
+) -> Result<Claim, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let lease_secs = lease.as_secs_f64();
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, owner, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+             ON CONFLICT (job_id) DO NOTHING
+             RETURNING fencing_token, created_at",
+            &[
+                &job.job_id,
+                &job.user_id,
+                &serde_json::to_value(job)?,
+                &serde_json::to_value(plan)?,
+                &(plan.batches.len() as i32),
+                &owner,
+                &lease_secs,
+            ],
+        )
+        .await?;
+    if let Some(row) = inserted {
+        tx.commit().await?;
+        return Ok(Claim::Owned(OwnedJob {
+            token: row.get(0),
+            plan: plan.clone(),
+            batches: Vec::new(),
+            started_at: row.get(1),
+            claims: 1,
+        }));
+    }
+    let row = tx
+        .query_one(
+            "SELECT user_id, status, owner, lease_until > now() AS live,
+                    EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || owner) AS present
+             FROM jobs WHERE job_id = $1 FOR UPDATE",
+            &[&job.job_id, &APP_PREFIX],
+        )
+        .await?;
+    let (user_id, status): (String, String) = (row.get(0), row.get(1));
+    if user_id != job.user_id {
+        return Ok(Claim::OtherUser);
+    }
+    match status.as_str() {
+        "completed" => return Ok(Claim::Completed),
+        "failed" => return Ok(Claim::Failed),
+        _ => {}
+    }
+    let live: Option<bool> = row.get(3);
+    let present: bool = row.get(4);
+    if live == Some(true) && present {
+        // Its owner (possibly this replica, for a duplicate delivery) is alive and holds the
+        // lease: that owner finishes the job.
+        return Ok(Claim::Busy);
+    }
+    let row = tx
+        .query_one(
+            "UPDATE jobs SET owner = $2, lease_until = now() + make_interval(secs => $3),
+                    fencing_token = fencing_token + 1, claims = claims + 1, updated_at = now()
+             WHERE job_id = $1
+             RETURNING fencing_token, plan, created_at, claims",
+            &[&job.job_id, &owner, &lease_secs],
+        )
+        .await?;
+    let token: i64 = row.get(0);
+    let plan: Plan = serde_json::from_value(row.get(1))?;
+    let batches = super::batches::load(&tx, job.job_id).await?;
+    tx.commit().await?;
+    Ok(Claim::Owned(OwnedJob {
+        token,
+        plan,
+        batches,
+        started_at: row.get(2),
+        claims: row.get(3),
+    }))
+}
+
+/// Extends the lease; `Fenced` if another replica has taken the job over.
+pub async fn renew(pool: &Pool, job_id: Uuid, token: i64, lease: Duration) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
+             WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
+            &[&job_id, &token, &lease.as_secs_f64()],
+        )
+        .await?;
+    if n == 1 { Ok(()) } else { Err(StoreError::Fenced) }
+}
+
+/// Gives the lease up at once (graceful shutdown), so another replica need not wait for it.
+pub async fn release(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE jobs SET owner = NULL, lease_until = NULL, updated_at = now()
+             WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
+            &[&job_id, &token],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Ends a running job as failed and queues its `roadmap.failed` event, in one transaction.
+pub async fn fail(
+    pool: &Pool,
+    job_id: Uuid,
+    token: i64,
+    reason: &str,
+    event: &crate::domain::event::Failed,
+) -> Result<(), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE jobs SET status = 'failed', failure_reason = $3, owner = NULL, lease_until = NULL,
+                    updated_at = now(), completed_at = now()
+             WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
+            &[&job_id, &token, &reason],
+        )
+        .await?;
+    if n != 1 {
+        return Err(StoreError::Fenced);
+    }
+    super::outbox::insert(
+        &tx,
+        event.event_id,
+        Some(job_id),
+        crate::domain::event::FAILED,
+        event,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! The transactional outbox: events written with the state they announce, read by the relay.
+
+use deadpool_postgres::{GenericClient, Transaction};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// Queues an event inside the caller's transaction; a second insert of the same event id is a
+/// no-op, which keeps event ids unique per occurrence even when work is repeated.
+pub async fn insert<T: Serialize>(
+    client: &impl GenericClient,
+    event_id: Uuid,
+    job_id: Option<Uuid>,
+    routing_key: &str,
+    payload: &T,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO outbox (event_id, job_id, routing_key, payload) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (event_id) DO NOTHING",
+            &[&event_id, &job_id, &routing_key, &serde_json::to_value(payload)?],
+        )
+        .await?;
+    Ok(())
+}
+
+/// An event waiting to be published.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub routing_key: String,
+    pub payload: serde_json::Value,
+}
+
+/// Locks up to `limit` unsent events, oldest first; other replicas' relays skip them.
+pub async fn lock_unsent(tx: &Transaction<'_>, limit: i64) -> Result<Vec<Pending>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT id, event_id, routing_key, payload FROM outbox
+             WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Pending {
+            id: r.get(0),
+            event_id: r.get(1),
+            routing_key: r.get(2),
+            payload: r.get(3),
+        })
+        .collect())
+}
+
+pub async fn mark_sent(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    tx.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)", &[&ids])
+        .await?;
+    Ok(())
+}
+
+/// Unsent events and the age in seconds of the oldest, for the backlog gauges.
+pub async fn backlog(client: &impl GenericClient) -> Result<(i64, f64), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
+             FROM outbox WHERE sent_at IS NULL",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}

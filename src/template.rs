@@ -1,0 +1,472 @@
+//! Deterministic template content: the phase outline of every roadmap, the embedded mock LLM's weeks, and fallback weeks.
+//!
+//! Templates are English-only: they stand in exactly when the LLM (the only translator) is not
+//! available, so `profile.language` is deliberately ignored. Variety comes from the role family,
+//! the week's progress, the experience level and an FNV-1a hash, never from randomness, so a
+//! retried or resumed job gets byte-identical fallback weeks.
+
+// `clean` is what `check_weeks` applies to model output; using it here keeps template weeks
+// unchanged by that check.
+use crate::domain::roadmap::clean;
+use crate::domain::{Day, JobProfile, Phase, Resource, Task, TaskKind, Week, WeekSource};
+
+const MAX_TITLE: usize = 120;
+const MAX_TEXT: usize = 600;
+/// Roles and focus areas may be 200 characters long; shortened so they cannot crowd out titles.
+const MAX_ROLE: usize = 60;
+
+/// Role families, each `keywords#topics#projects#docs`. Lists are `|`-separated strings, because
+/// rustfmt would give every element of a slice literal its own line. Keywords are matched against
+/// the normalised role (see [`normalise`]), `_` standing for a word boundary so that `_ai_` does
+/// not match "maintainer". Topics run from basics to capstone. Docs are `;`-separated
+/// `tags|title|url` entries; a tagged doc is offered only when a tag is a word of the role.
+/// Families are tried in order, so the specific ones come first ("react native" before "react",
+/// "cloud security" before "cloud"); the last one, without keywords, is the generic fallback.
+const FAMILIES: [&str; 9] = [
+    "_ios|android|flutter|mobile|react native|swift|kotlin|_dart_#\
+     Mobile platforms and tooling setup|Swift, Kotlin or Dart fundamentals|UI building blocks and \
+     layouts|Navigation and app structure|State management|Networking and REST APIs|Local storage \
+     and offline support|Device APIs: camera, location and notifications|Testing mobile apps|\
+     Performance and battery use|Accessibility and localisation|App architecture: MVVM and clean \
+     architecture|Mobile app security|Publishing to the app stores|Capstone: a store-ready app#\
+     a habit tracker|a recipe browser with offline favourites|a weather app using location|a \
+     workout timer with notifications#\
+     ios swift|Apple developer documentation|https://developer.apple.com/documentation/;swift ios|\
+     The Swift Programming Language|https://docs.swift.org/swift-book/;android kotlin|Android \
+     developer guides|https://developer.android.com/guide;flutter dart|Flutter documentation|\
+     https://docs.flutter.dev/;native|React Native documentation|\
+     https://reactnative.dev/docs/getting-started",
+    "security|secops|pentest|penetration|cyber|appsec|infosec|_soc_|red team|blue team#\
+     Security fundamentals and threat modelling|Networking for security|Linux and Windows \
+     internals|Cryptography essentials|Web application security: the OWASP Top 10|Authentication \
+     and access control|Reconnaissance and vulnerability scanning|Exploitation basics in a lab|\
+     Secure coding and code review|Cloud and container security|Logging, detection and SIEM|\
+     Incident response and forensics|Threat intelligence and MITRE ATT&CK|Capstone: a full \
+     security assessment#\
+     a hardened Linux server with an audit report|a threat model for a web app|a log-based \
+     detection rule set|an incident response playbook#\
+     |OWASP Top Ten|https://owasp.org/www-project-top-ten/;|OWASP Cheat Sheet Series|\
+     https://cheatsheetseries.owasp.org/;|MITRE ATT&CK|https://attack.mitre.org/;|PortSwigger Web \
+     Security Academy|https://portswigger.net/web-security",
+    "full stack|fullstack#\
+     How the web works end to end|HTML, CSS and responsive layout|JavaScript and TypeScript \
+     fundamentals|Frontend components with React|Backend fundamentals with Node.js|Designing REST \
+     APIs|Databases and SQL|Authentication and sessions|Connecting frontend and backend|Testing \
+     across the stack|Deployment, CI and environments|Performance and caching|Security essentials \
+     for web apps|Capstone: a full-stack product#\
+     a recipe sharing app|a personal finance tracker|a team task board|an event booking site#\
+     |MDN Web Docs|https://developer.mozilla.org/;|Node.js documentation|\
+     https://nodejs.org/docs/latest/api/;|PostgreSQL documentation|\
+     https://www.postgresql.org/docs/;react|React documentation|https://react.dev/learn",
+    "data engineer|_etl|analytics engineer|data platform|big data|data pipeline|data warehouse#\
+     Python for data work|SQL fundamentals|Advanced SQL and window functions|Data modelling and \
+     warehousing|Batch ETL and ELT pipelines|Workflow orchestration with Airflow|Distributed \
+     processing with Spark|Data quality and testing|Streaming data with Kafka|Cloud data \
+     platforms|Data lakes and file formats|Performance tuning and cost control|Data governance, \
+     privacy and lineage|Capstone: an end-to-end data platform#\
+     a daily weather ETL into PostgreSQL|a star schema for sales analytics|an orchestrated \
+     ingestion DAG|a clickstream aggregation job#\
+     |Python documentation|https://docs.python.org/3/;|PostgreSQL documentation|\
+     https://www.postgresql.org/docs/;|Apache Spark documentation|\
+     https://spark.apache.org/docs/latest/;|Apache Airflow documentation|\
+     https://airflow.apache.org/docs/",
+    "data scien|machine learning|_ml_|_ai_|deep learning|_llm|data analy|mlops|_nlp_|statistic#\
+     Python and notebooks for data science|NumPy and pandas|Data visualisation|Statistics and \
+     probability|Exploratory data analysis|Linear algebra and calculus for ML|Supervised learning|\
+     Model evaluation and validation|Feature engineering|Unsupervised learning|Tree ensembles and \
+     gradient boosting|Neural networks and deep learning|NLP and large language models|Deploying \
+     and monitoring models|Capstone: an end-to-end ML project#\
+     a house price predictor|a customer churn classifier|a sentiment analysis model|an image \
+     classifier using transfer learning#\
+     |Python documentation|https://docs.python.org/3/;|pandas documentation|\
+     https://pandas.pydata.org/docs/;|scikit-learn user guide|\
+     https://scikit-learn.org/stable/user_guide.html;|PyTorch tutorials|\
+     https://pytorch.org/tutorials/",
+    "devops|cloud|_sre_|site reliability|platform engineer|infrastructure|kubernetes|_aws_|azure|\
+     _gcp_|sysadmin#\
+     Linux and the command line|Networking fundamentals|Shell scripting and automation|Git and \
+     collaboration workflows|Containers with Docker|CI/CD pipelines|Infrastructure as code with \
+     Terraform|Cloud fundamentals: compute, storage and IAM|Kubernetes fundamentals|Configuration \
+     and secrets management|Monitoring, logging and alerting|SRE practices: SLOs and incident \
+     response|Scaling, resilience and cost|Capstone: a production-grade platform#\
+     a containerised web app with health checks|a CI pipeline with tests and image builds|a \
+     Kubernetes deployment with autoscaling|a monitoring dashboard with alerts#\
+     |Kubernetes documentation|https://kubernetes.io/docs/;|Docker documentation|\
+     https://docs.docker.com/;|Terraform documentation|\
+     https://developer.hashicorp.com/terraform/docs;|Google SRE books|https://sre.google/books/;\
+     aws|AWS documentation|https://docs.aws.amazon.com/;azure|Azure documentation|\
+     https://learn.microsoft.com/azure/;gcp|Google Cloud documentation|\
+     https://cloud.google.com/docs",
+    "frontend|front end|_web|_react|_vue|angular|javascript|typescript|_ui_|_css|_html#\
+     How the web works: HTTP, browsers and DevTools|Semantic HTML and accessibility basics|CSS \
+     fundamentals: box model, flexbox and grid|Responsive design and modern CSS|JavaScript \
+     fundamentals|The DOM, events and browser APIs|Asynchronous JavaScript and fetching data|\
+     TypeScript essentials|Component-based UI with React|State management and data flow|Routing \
+     and forms in single-page apps|Testing frontend code|Performance and Core Web Vitals|Build \
+     tooling and deployment|Capstone: a production-ready web app#\
+     a responsive portfolio landing page|a to-do app with local storage|a weather dashboard \
+     backed by a public API|an accessible multi-step signup form#\
+     |MDN Web Docs|https://developer.mozilla.org/;|web.dev Learn|https://web.dev/learn;react|\
+     React documentation|https://react.dev/learn;typescript|TypeScript handbook|\
+     https://www.typescriptlang.org/docs/;vue|Vue.js guide|https://vuejs.org/guide/",
+    "backend|back end|_api|server|golang|_go_developer|_rust|_java_|node|django|spring|_rails|\
+     _php|software|programmer#\
+     How the web works: HTTP, DNS and TLS|A backend language in depth|Version control and the \
+     command line|Designing REST APIs|Relational databases and SQL|Data modelling and migrations|\
+     Authentication and authorization|Testing backend services|Error handling, logging and \
+     observability|Caching and performance|Message queues and background jobs|Concurrency and \
+     scalability|Containers and deployment|System design fundamentals|Capstone: a \
+     production-ready backend service#\
+     a URL shortener API|a bookmarks service with user accounts|a job queue with retries|a \
+     webhook delivery service#\
+     |MDN HTTP guide|https://developer.mozilla.org/en-US/docs/Web/HTTP;|PostgreSQL documentation|\
+     https://www.postgresql.org/docs/;rust|The Rust Programming Language|\
+     https://doc.rust-lang.org/book/;python django|Python documentation|\
+     https://docs.python.org/3/;go golang|Go documentation|https://go.dev/doc/;node|Node.js \
+     documentation|https://nodejs.org/docs/latest/api/;java spring|Spring guides|\
+     https://spring.io/guides",
+    "#\
+     Landscape of the field and core vocabulary|Essential tools and workspace setup|Fundamental \
+     techniques, step by step|Core principles behind quality work|Deliberate practice of the \
+     basics|Standards, safety and professional norms|Intermediate techniques|Workflow and time \
+     management|Studying expert work|Troubleshooting and learning from mistakes|Advanced \
+     techniques|Building a portfolio|Specialisation and personal style|Capstone: a signature \
+     piece that shows your range|Career readiness and next steps#\
+     a small showcase piece|a documented practice routine|a before-and-after improvement study|a \
+     short guide that teaches a beginner#\
+     |A respected introductory textbook for the field|;|Notes from an experienced practitioner or \
+     mentor|;|Your own learning journal|",
+];
+
+/// The weekly rhythm: per day a title, then `;`-separated tasks `kind weight docs|title|text`.
+/// Weights split the day's minutes, `docs` is how many resources to attach, and a `^` in a title
+/// offers an alternative picked by hash. Tasks are in priority order: a small budget keeps the
+/// first ones only.
+const RHYTHM: [&str; 7] = [
+    "Concepts;learn 3 2|Study the core ideas of {t}^Read up on {t}|Read {ref} and one {adj} guide \
+     on {t}. {depth};learn 1 1|Map {t} to real {role} work|List where {t} shows up in day-to-day \
+     {role} work and note the questions you still have.;review 1 0|Write a one-page summary|\
+     Summarise {t} in your own words, with one diagram or worked example.",
+    "Guided practice;practice 3 1|Follow a guided walkthrough of {t}^Rebuild an official {t} \
+     example|Work through a tutorial or official example step by step, doing every step yourself \
+     instead of just reading along. {depth};learn 1 1|Deep-dive into one tricky part of {t}^\
+     Compare two approaches to {t}|Pick the part of {t} that felt least clear and study it until \
+     you can explain when to use it and when not to.",
+    "Exercises;practice 3 1|Solve {count} exercises on {t}|Work through {count} exercises on {t} \
+     without looking at solutions first, and time-box each one.;practice 1 0|Drill the essentials \
+     of {t}^Speed-run the basics of {t}|Repeat the core moves of {t} until they feel automatic and \
+     note anything you still have to look up.;review 1 1|Check your solutions|Compare your answers \
+     with reference solutions or {ref} and log each mistake in a learning journal.",
+    "Project kickoff;project 1 0|Plan the project: {p}|Write a short scope for {p}: the goal, three \
+     must-have features and what done looks like.{focus};project 3 1|Build the first slice of {p}|\
+     Get the smallest end-to-end version of {p} working, applying {t}. {depth}",
+    "Build day;project 3 1|Implement the core of {p}^Grow {p} feature by feature|Add the must-have \
+     features to {p}, saving or committing progress after each one.;practice 1 0|Test and verify \
+     {p}|Check {p} against your done criteria, add tests or a checklist where it makes sense, and \
+     fix what fails.",
+    "Polish and document;project 2 0|Polish and document {p}|Tidy rough edges, write a short README \
+     or notes that explain your decisions, and add the result to your portfolio.;review 1 1|\
+     Self-review against best practice|Review your work against the guidance on {t} in {ref} and \
+     list three concrete improvements.;practice 1 0|Get feedback on {p}^Share {p}|Show {p} to a \
+     peer, mentor or community and ask one specific question about it.",
+    "Review and reflect;review 2 0|Weekly recap: {t}|Re-read your notes, redo the hardest exercise \
+     without help, and write down what you would do differently as a {role}.;practice 1 0|Quiz \
+     yourself on {t}^Flashcards for {t}|Turn the week's key terms into flashcards or a ten-question \
+     quiz and answer them from memory.;learn 1 1|Look ahead|Skim material on {next} and write down \
+     two questions to answer.",
+];
+
+/// Per experience level: `adjective|depth advice|exercise count`.
+const LEVEL_WORDS: [&str; 3] = [
+    "beginner-friendly|Go slowly, note every new term and look up anything unclear.|five small",
+    "practical|Connect it to what you already know and note the trade-offs.|three realistic",
+    "in-depth|Focus on edge cases, performance and production trade-offs.|two hard, open-ended",
+];
+
+/// Phase names for outlines of 1, 2, 3 and 4 phases.
+const STAGES: [&str; 4] = [
+    "From foundations to a first project",
+    "Foundations|Applied projects and capstone",
+    "Foundations|Core skills|Advanced topics and capstone",
+    "Foundations|Core skills|Applied practice|Advanced topics and capstone",
+];
+
+/// The phase outline for a roadmap of `duration_weeks` weeks (1..=52): 1 phase for 1-2 weeks, 2 for 3-5, 3 for 6-11, 4 for 12+.
+/// Phases are numbered from 1, cover weeks 1..=duration_weeks contiguously with no gap or overlap, titles and objectives mention the role.
+pub fn phases(profile: &JobProfile, duration_weeks: u32) -> Vec<Phase> {
+    let plan = Plan::new(profile, duration_weeks);
+    let count = match plan.total {
+        0..=2 => 1,
+        3..=5 => 2,
+        6..=11 => 3,
+        _ => 4,
+    };
+    let focus = match profile.focus_areas.as_slice() {
+        [] => String::new(),
+        areas => format!(", with extra attention to {}", areas.join(", ")),
+    };
+    let level = profile.experience_level.as_str();
+    split(STAGES[count as usize - 1], '|')
+        .zip(0..count)
+        .map(|(stage, i)| {
+            let (week_from, week_to) = (i * plan.total / count + 1, (i + 1) * plan.total / count);
+            let (first, last) = (plan.topic(week_from), plan.topic(week_to));
+            let covers = if first == last {
+                format!("Concentrate on {first}")
+            } else {
+                format!("Progress from {first} to {last}")
+            };
+            let role = &plan.role;
+            let objective = format!("{covers} on the way to the {role} role, at {level} level{focus}.");
+            Phase {
+                number: i + 1,
+                title: clean(&format!("{stage} for the {role} role"), MAX_TITLE),
+                objective: clean(&objective, MAX_TEXT),
+                week_from,
+                week_to,
+            }
+        })
+        .collect()
+}
+
+/// One complete week: `number` (1-based), `phase` = the phase containing it, exactly 7 days (day = 1..=7),
+/// each with 1..=4 tasks, source = WeekSource::Fallback (callers overwrite when used as mock LLM output).
+pub fn week(profile: &JobProfile, phases: &[Phase], number: u32, duration_weeks: u32) -> Week {
+    let plan = Plan::new(profile, duration_weeks.max(number));
+    let n = number.max(1);
+    let index = plan.topic_index(n);
+    let topic = plan.topics[index];
+    // Sentences read better about "a production-ready web app" than about "Capstone: ...".
+    let subject = topic.strip_prefix("Capstone: ").unwrap_or(topic);
+    let areas = &profile.focus_areas;
+    let focus = areas
+        .get((n as usize - 1) % areas.len().max(1))
+        .map(|f| clean(f, MAX_ROLE));
+
+    // When weeks outnumber topics a topic spans consecutive weeks; the suffix keeps titles apart.
+    let repeat = (1..n).filter(|&m| plan.topic_index(m) == index).count();
+    let mut title = match repeat {
+        0 => topic.to_owned(),
+        2 => format!("{topic} (deeper practice)"),
+        3 => format!("{topic} (applied project)"),
+        k => format!("{topic} (part {})", k + 1),
+    };
+    if plan.generic {
+        title = format!("{}: {title}", plan.role);
+    }
+    if let Some(area) = focus.as_ref().filter(|_| n % 2 == 0) {
+        title = format!("{title}, focus on {area}");
+    }
+
+    let projects: Vec<&str> = split(plan.family[2], '|').collect();
+    let mut project = projects[(n as usize - 1 + plan.hash as usize) % projects.len()].to_owned();
+    if subject != topic {
+        project.push_str(" at capstone scope");
+    }
+    let next = match plan.topic(n + 1) {
+        _ if n >= plan.total => format!("your next steps toward the {} role", plan.role),
+        next if next == topic => format!("more advanced material on {subject}"),
+        next => format!("next week's topic ({next})"),
+    };
+    let words: Vec<&str> = LEVEL_WORDS[profile.experience_level as usize]
+        .split('|')
+        .collect();
+    let focus_line = focus
+        .as_ref()
+        .map(|f| format!(" Tie it to your focus area: {f}."));
+    let reference = if plan.generic {
+        "a trusted reference book or course"
+    } else {
+        "the official documentation"
+    };
+    let vars = [
+        ("{t}", subject),
+        ("{p}", &project),
+        ("{role}", &plan.role),
+        ("{ref}", reference),
+        ("{adj}", words[0]),
+        ("{depth}", words[1]),
+        ("{count}", words[2]),
+        ("{focus}", &focus_line.unwrap_or_default()),
+        ("{next}", &next),
+    ];
+    let fill = |text: &str| vars.iter().fold(text.to_owned(), |s, (k, v)| s.replace(k, v));
+
+    let mut goals = vec![
+        format!("Explain the key ideas of {subject} in your own words"),
+        format!("Complete this week's project: {project}"),
+    ];
+    goals.extend(
+        focus
+            .as_ref()
+            .map(|f| format!("Connect {subject} to your focus area: {f}")),
+    );
+    goals.push(format!("Take one concrete step toward the {} role", plan.role));
+
+    let (budget, docs) = ((profile.hours_per_week * 60 + 3) / 7, plan.docs());
+    let days = RHYTHM.iter().zip(1u32..).map(|(rhythm, day)| {
+        let (label, tasks) = rhythm.split_once(';').unwrap_or_default();
+        let seed = fnv1a(format!("{}#{n}#{day}", plan.key).as_bytes());
+        let tasks = day_tasks(tasks, &fill, budget, &docs, seed);
+        Day {
+            day,
+            title: clean(&format!("{label}: {subject}"), MAX_TITLE),
+            tasks,
+        }
+    });
+    Week {
+        number,
+        phase: phases
+            .iter()
+            .find(|p| (p.week_from..=p.week_to).contains(&number))
+            .or(phases.last())
+            .map_or(1, |p| p.number),
+        title: clean(&title, MAX_TITLE),
+        goals: goals.iter().map(|g| clean(g, 200)).collect(),
+        days: days.collect(),
+        source: WeekSource::Fallback,
+    }
+}
+
+/// What every week of one roadmap shares.
+struct Plan {
+    /// The family's fields: keywords, topics, projects, docs.
+    family: Vec<&'static str>,
+    generic: bool,
+    /// The normalised role: the hash input, so that "Data Engineer" and "data engineer" agree.
+    key: String,
+    hash: u64,
+    role: String,
+    topics: Vec<&'static str>,
+    total: u32,
+}
+
+impl Plan {
+    fn new(profile: &JobProfile, duration_weeks: u32) -> Self {
+        let key = normalise(&profile.target_role);
+        let family = FAMILIES
+            .iter()
+            .map(|f| f.split('#').collect::<Vec<_>>())
+            .find(|f| split(f[0], '|').any(|k| key.contains(&k.replace('_', " "))))
+            .unwrap_or_else(|| FAMILIES[FAMILIES.len() - 1].split('#').collect());
+        let all: Vec<&str> = split(family[1], '|').collect();
+        // Experienced learners skip the most basic topics but still reach the capstone.
+        let skip = [0, 1, 3][profile.experience_level as usize];
+        Self {
+            generic: family[0].is_empty(),
+            family,
+            hash: fnv1a(key.as_bytes()),
+            key,
+            role: clean(&profile.target_role, MAX_ROLE),
+            topics: all[skip..].to_vec(),
+            total: duration_weeks.max(1),
+        }
+    }
+
+    /// Maps a week to a topic by progress, so that every roadmap runs from basics to capstone:
+    /// short ones sample the list (first and last included), long ones give each topic an equal
+    /// run of weeks.
+    fn topic_index(&self, week: u32) -> usize {
+        let (n, total) = (week.clamp(1, self.total) as usize - 1, self.total as usize);
+        let len = self.topics.len();
+        if total >= len {
+            n * len / total
+        } else {
+            n * (len - 1) / (total - 1).max(1)
+        }
+    }
+
+    fn topic(&self, week: u32) -> &'static str {
+        self.topics[self.topic_index(week)]
+    }
+
+    /// The family's docs that suit this role: untagged ones plus those tagged with a role word;
+    /// all of them if that leaves none (e.g. "Mobile developer" names no platform).
+    fn docs(&self) -> Vec<Resource> {
+        let entries: Vec<Vec<&str>> = split(self.family[3], ';')
+            .map(|e| e.split('|').map(str::trim).collect())
+            .collect();
+        let tagged = |tags: &str| tags.split(' ').any(|t| self.key.contains(&format!(" {t} ")));
+        let suits = |tags: &str| tags.is_empty() || tagged(tags);
+        let chosen: Vec<&Vec<&str>> = entries.iter().filter(|e| suits(e[0])).collect();
+        let chosen = if chosen.is_empty() {
+            entries.iter().collect()
+        } else {
+            chosen
+        };
+        let url = |u: &str| u.starts_with("https://").then(|| u.to_owned());
+        chosen
+            .iter()
+            .map(|e| Resource {
+                title: e[1].to_owned(),
+                url: url(e[2]),
+            })
+            .collect()
+    }
+}
+
+/// Builds one day's tasks from its rhythm entry, splitting `budget` minutes by weight.
+fn day_tasks(
+    spec: &str,
+    fill: impl Fn(&str) -> String,
+    budget: u32,
+    docs: &[Resource],
+    seed: u64,
+) -> Vec<Task> {
+    // Every task gets at least 15 minutes, so a small budget keeps only the first tasks.
+    let keep = (budget as usize / 15).clamp(1, 4);
+    let specs: Vec<Vec<&str>> = split(spec, ';')
+        .take(keep)
+        .map(|t| t.split('|').collect())
+        .collect();
+    let heads: Vec<Vec<u32>> = specs
+        .iter()
+        .map(|s| s[0].split(' ').skip(1).map(|x| x.parse().unwrap_or(1)).collect())
+        .collect();
+    let total_weight: u32 = heads.iter().map(|h| h[0]).sum();
+    let mut minutes: Vec<u32> = heads.iter().map(|h| budget * h[0] / total_weight).collect();
+    minutes[0] += budget - minutes.iter().sum::<u32>();
+    let mut tasks = Vec::new();
+    for (i, (spec, head)) in specs.iter().zip(&heads).enumerate() {
+        let kind = match spec[0].split(' ').next() {
+            Some("learn") => TaskKind::Learn,
+            Some("practice") => TaskKind::Practice,
+            Some("project") => TaskKind::Project,
+            _ => TaskKind::Review,
+        };
+        // FNV-1a's low bits mix poorly, so choices read the high bits.
+        let options: Vec<&str> = spec[1].split('^').collect();
+        let title = options[(seed >> (40 + i * 5)) as usize % options.len()];
+        let first = (seed >> 20) as usize + i;
+        let count = (head[1] as usize).min(2).min(docs.len());
+        tasks.push(Task {
+            title: clean(&fill(title), MAX_TITLE),
+            description: clean(&fill(spec[2]), MAX_TEXT),
+            kind,
+            minutes: minutes[i].clamp(15, 480),
+            resources: (0..count)
+                .map(|j| docs[(first + j) % docs.len()].clone())
+                .collect(),
+        });
+    }
+    tasks
+}
+
+fn split(list: &str, separator: char) -> impl Iterator<Item = &str> {
+    list.split(separator).map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Lower-cases the role and reduces it to space-separated words, padded with spaces so that
+/// keywords can anchor on word boundaries ("Full-Stack" becomes " full stack ").
+fn normalise(role: &str) -> String {
+    let words: Vec<&str> = role
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    format!(" {} ", words.join(" ").to_lowercase())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let step = |hash: u64, &b: &u8| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, step)
+}
