@@ -236,11 +236,9 @@ async fn prepare(
     }
     let mut text = text.unwrap_or_else(|| value.to_string());
     let mut truncated = false;
-    if let Some(limit) = truncate_at {
-        if estimate_tokens(&text) > limit {
-            text = text.chars().take((limit * 4) as usize).collect();
-            truncated = true;
-        }
+    if let Some(limit) = truncate_at.filter(|limit| estimate_tokens(&text) > *limit) {
+        text = text.chars().take((limit * 4) as usize).collect();
+        truncated = true;
     }
     Ok(Answer {
         input_tokens: estimate_tokens(system) + estimate_tokens(user),
@@ -274,10 +272,8 @@ fn next_fault(shared: &mut Shared) -> Option<Fault> {
 
 fn error(status: StatusCode, message: &str, retry_after: Option<f64>) -> Response {
     let mut headers = HeaderMap::new();
-    if let Some(secs) = retry_after {
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            headers.insert("retry-after", v);
-        }
+    if let Some(v) = retry_after.and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok()) {
+        headers.insert("retry-after", v);
     }
     (
         status,

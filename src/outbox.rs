@@ -34,11 +34,11 @@ pub async fn relay(
                 warn!(error = %e, "outbox relay failed; will retry");
             }
         }
-        if let Ok(client) = pool.get().await {
-            if let Ok((count, age)) = store::outbox::backlog(&client).await {
-                metrics.outbox_backlog.set(count);
-                metrics.outbox_oldest_age.set(age);
-            }
+        if let Ok(client) = pool.get().await
+            && let Ok((count, age)) = store::outbox::backlog(&client).await
+        {
+            metrics.outbox_backlog.set(count);
+            metrics.outbox_oldest_age.set(age);
         }
         let pause = POLL * 2u32.pow(failures.min(5));
         tokio::select! {

@@ -7,12 +7,11 @@
 
 // `clean` is what `check_weeks` applies to model output; using it here keeps template weeks
 // unchanged by that check.
-use crate::domain::roadmap::clean;
-use crate::domain::{Day, JobProfile, Phase, Resource, Task, TaskKind, Week, WeekSource};
+use crate::domain::{Day, JobProfile, Phase, Resource, Task, TaskKind, Week, WeekSource, roadmap::clean};
 
 const MAX_TITLE: usize = 120;
 const MAX_TEXT: usize = 600;
-/// Roles and focus areas may be 200 characters long; shortened so they cannot crowd out titles.
+/// Roles may be 200 characters long and focus areas 100; shortened so they cannot crowd out titles.
 const MAX_ROLE: usize = 60;
 
 /// Role families, each `keywords#topics#projects#docs`. Lists are `|`-separated strings, because
@@ -24,159 +23,176 @@ const MAX_ROLE: usize = 60;
 /// "cloud security" before "cloud"); the last one, without keywords, is the generic fallback.
 const FAMILIES: [&str; 9] = [
     "_ios|android|flutter|mobile|react native|swift|kotlin|_dart_#\
-     Mobile platforms and tooling setup|Swift, Kotlin or Dart fundamentals|UI building blocks and \
-     layouts|Navigation and app structure|State management|Networking and REST APIs|Local storage \
-     and offline support|Device APIs: camera, location and notifications|Testing mobile apps|\
-     Performance and battery use|Accessibility and localisation|App architecture: MVVM and clean \
-     architecture|Mobile app security|Publishing to the app stores|Capstone: a store-ready app#\
-     a habit tracker|a recipe browser with offline favourites|a weather app using location|a \
-     workout timer with notifications#\
-     ios swift|Apple developer documentation|https://developer.apple.com/documentation/;swift ios|\
-     The Swift Programming Language|https://docs.swift.org/swift-book/;android kotlin|Android \
-     developer guides|https://developer.android.com/guide;flutter dart|Flutter documentation|\
-     https://docs.flutter.dev/;native|React Native documentation|\
-     https://reactnative.dev/docs/getting-started",
-    "security|secops|pentest|penetration|cyber|appsec|infosec|_soc_|red team|blue team#\
-     Security fundamentals and threat modelling|Networking for security|Linux and Windows \
-     internals|Cryptography essentials|Web application security: the OWASP Top 10|Authentication \
-     and access control|Reconnaissance and vulnerability scanning|Exploitation basics in a lab|\
-     Secure coding and code review|Cloud and container security|Logging, detection and SIEM|\
-     Incident response and forensics|Threat intelligence and MITRE ATT&CK|Capstone: a full \
-     security assessment#\
-     a hardened Linux server with an audit report|a threat model for a web app|a log-based \
-     detection rule set|an incident response playbook#\
-     |OWASP Top Ten|https://owasp.org/www-project-top-ten/;|OWASP Cheat Sheet Series|\
-     https://cheatsheetseries.owasp.org/;|MITRE ATT&CK|https://attack.mitre.org/;|PortSwigger Web \
-     Security Academy|https://portswigger.net/web-security",
+     Mobile platforms and tooling setup|Swift, Kotlin or Dart fundamentals|UI building blocks and layouts|\
+     Navigation and app structure|State management|Networking and REST APIs|Local storage and offline \
+     support|Device APIs: camera, location and notifications|Testing mobile apps|Performance and battery \
+     use|Accessibility and localisation|App architecture: MVVM and clean architecture|Mobile app security|\
+     Publishing to the app stores|Capstone: a store-ready app#\
+     a habit tracker|a recipe browser with offline favourites|a weather app using location|a workout timer \
+     with notifications#\
+     ios swift|Apple developer documentation|https://developer.apple.com/documentation/;\
+     swift ios|The Swift Programming Language|https://docs.swift.org/swift-book/;\
+     android kotlin|Android developer guides|https://developer.android.com/guide;\
+     flutter dart|Flutter documentation|https://docs.flutter.dev/;\
+     native|React Native documentation|https://reactnative.dev/docs/getting-started",
+    "security engineer|security analyst|security architect|security consultant|information security|network \
+     security|cloud security|application security|appsec|devsecops|secops|cyber|pentest|penetration test|\
+     infosec|_soc_|red team|blue team|ethical hack#\
+     Security fundamentals and threat modelling|Networking for security|Linux and Windows internals|\
+     Cryptography essentials|Web application security: the OWASP Top 10|Authentication and access control|\
+     Reconnaissance and vulnerability scanning|Exploitation basics in a lab|Secure coding and code review|\
+     Cloud and container security|Logging, detection and SIEM|Incident response and forensics|Threat \
+     intelligence and MITRE ATT&CK|Capstone: a full security assessment#\
+     a hardened Linux server with an audit report|a threat model for a web app|a log-based detection rule \
+     set|an incident response playbook#\
+     |OWASP Top Ten|https://owasp.org/www-project-top-ten/;\
+     |OWASP Cheat Sheet Series|https://cheatsheetseries.owasp.org/;\
+     |MITRE ATT&CK|https://attack.mitre.org/;\
+     |PortSwigger Web Security Academy|https://portswigger.net/web-security",
     "full stack|fullstack#\
-     How the web works end to end|HTML, CSS and responsive layout|JavaScript and TypeScript \
-     fundamentals|Frontend components with React|Backend fundamentals with Node.js|Designing REST \
-     APIs|Databases and SQL|Authentication and sessions|Connecting frontend and backend|Testing \
-     across the stack|Deployment, CI and environments|Performance and caching|Security essentials \
-     for web apps|Capstone: a full-stack product#\
+     How the web works end to end|HTML, CSS and responsive layout|JavaScript and TypeScript fundamentals|\
+     Frontend components with React|Backend fundamentals with Node.js|Designing REST APIs|Databases and SQL|\
+     Authentication and sessions|Connecting frontend and backend|Testing across the stack|Deployment, CI \
+     and environments|Performance and caching|Security essentials for web apps|Capstone: a full-stack \
+     product#\
      a recipe sharing app|a personal finance tracker|a team task board|an event booking site#\
-     |MDN Web Docs|https://developer.mozilla.org/;|Node.js documentation|\
-     https://nodejs.org/docs/latest/api/;|PostgreSQL documentation|\
-     https://www.postgresql.org/docs/;react|React documentation|https://react.dev/learn",
+     |MDN Web Docs|https://developer.mozilla.org/;\
+     |Node.js documentation|https://nodejs.org/docs/latest/api/;\
+     |PostgreSQL documentation|https://www.postgresql.org/docs/;\
+     react|React documentation|https://react.dev/learn",
     "data engineer|_etl|analytics engineer|data platform|big data|data pipeline|data warehouse#\
-     Python for data work|SQL fundamentals|Advanced SQL and window functions|Data modelling and \
-     warehousing|Batch ETL and ELT pipelines|Workflow orchestration with Airflow|Distributed \
-     processing with Spark|Data quality and testing|Streaming data with Kafka|Cloud data \
-     platforms|Data lakes and file formats|Performance tuning and cost control|Data governance, \
-     privacy and lineage|Capstone: an end-to-end data platform#\
-     a daily weather ETL into PostgreSQL|a star schema for sales analytics|an orchestrated \
-     ingestion DAG|a clickstream aggregation job#\
-     |Python documentation|https://docs.python.org/3/;|PostgreSQL documentation|\
-     https://www.postgresql.org/docs/;|Apache Spark documentation|\
-     https://spark.apache.org/docs/latest/;|Apache Airflow documentation|\
-     https://airflow.apache.org/docs/",
+     Python for data work|SQL fundamentals|Advanced SQL and window functions|Data modelling and warehousing|\
+     Batch ETL and ELT pipelines|Workflow orchestration with Airflow|Distributed processing with Spark|Data \
+     quality and testing|Streaming data with Kafka|Cloud data platforms|Data lakes and file formats|\
+     Performance tuning and cost control|Data governance, privacy and lineage|Capstone: an end-to-end data \
+     platform#\
+     a daily weather ETL into PostgreSQL|a star schema for sales analytics|an orchestrated ingestion DAG|a \
+     clickstream aggregation job#\
+     |Python documentation|https://docs.python.org/3/;\
+     |PostgreSQL documentation|https://www.postgresql.org/docs/;\
+     |Apache Spark documentation|https://spark.apache.org/docs/latest/;\
+     |Apache Airflow documentation|https://airflow.apache.org/docs/",
     "data scien|machine learning|_ml_|_ai_|deep learning|_llm|data analy|mlops|_nlp_|statistic#\
-     Python and notebooks for data science|NumPy and pandas|Data visualisation|Statistics and \
-     probability|Exploratory data analysis|Linear algebra and calculus for ML|Supervised learning|\
-     Model evaluation and validation|Feature engineering|Unsupervised learning|Tree ensembles and \
-     gradient boosting|Neural networks and deep learning|NLP and large language models|Deploying \
-     and monitoring models|Capstone: an end-to-end ML project#\
-     a house price predictor|a customer churn classifier|a sentiment analysis model|an image \
-     classifier using transfer learning#\
-     |Python documentation|https://docs.python.org/3/;|pandas documentation|\
-     https://pandas.pydata.org/docs/;|scikit-learn user guide|\
-     https://scikit-learn.org/stable/user_guide.html;|PyTorch tutorials|\
-     https://pytorch.org/tutorials/",
-    "devops|cloud|_sre_|site reliability|platform engineer|infrastructure|kubernetes|_aws_|azure|\
-     _gcp_|sysadmin#\
+     Python and notebooks for data science|NumPy and pandas|Data visualisation|Statistics and probability|\
+     Exploratory data analysis|Linear algebra and calculus for ML|Supervised learning|Model evaluation and \
+     validation|Feature engineering|Unsupervised learning|Tree ensembles and gradient boosting|Neural \
+     networks and deep learning|NLP and large language models|Deploying and monitoring models|Capstone: an \
+     end-to-end ML project#\
+     a house price predictor|a customer churn classifier|a sentiment analysis model|an image classifier \
+     using transfer learning#\
+     |Python documentation|https://docs.python.org/3/;\
+     |pandas documentation|https://pandas.pydata.org/docs/;\
+     |scikit-learn user guide|https://scikit-learn.org/stable/user_guide.html;\
+     |PyTorch tutorials|https://pytorch.org/tutorials/",
+    "devops|cloud|_sre_|site reliability|platform engineer|infrastructure|kubernetes|_aws_|azure|_gcp_|\
+     sysadmin#\
      Linux and the command line|Networking fundamentals|Shell scripting and automation|Git and \
-     collaboration workflows|Containers with Docker|CI/CD pipelines|Infrastructure as code with \
-     Terraform|Cloud fundamentals: compute, storage and IAM|Kubernetes fundamentals|Configuration \
-     and secrets management|Monitoring, logging and alerting|SRE practices: SLOs and incident \
-     response|Scaling, resilience and cost|Capstone: a production-grade platform#\
-     a containerised web app with health checks|a CI pipeline with tests and image builds|a \
-     Kubernetes deployment with autoscaling|a monitoring dashboard with alerts#\
-     |Kubernetes documentation|https://kubernetes.io/docs/;|Docker documentation|\
-     https://docs.docker.com/;|Terraform documentation|\
-     https://developer.hashicorp.com/terraform/docs;|Google SRE books|https://sre.google/books/;\
-     aws|AWS documentation|https://docs.aws.amazon.com/;azure|Azure documentation|\
-     https://learn.microsoft.com/azure/;gcp|Google Cloud documentation|\
-     https://cloud.google.com/docs",
+     collaboration workflows|Containers with Docker|CI/CD pipelines|Infrastructure as code with Terraform|\
+     Cloud fundamentals: compute, storage and IAM|Kubernetes fundamentals|Configuration and secrets \
+     management|Monitoring, logging and alerting|SRE practices: SLOs and incident response|Scaling, \
+     resilience and cost|Capstone: a production-grade platform#\
+     a containerised web app with health checks|a CI pipeline with tests and image builds|a Kubernetes \
+     deployment with autoscaling|a monitoring dashboard with alerts#\
+     |Kubernetes documentation|https://kubernetes.io/docs/;\
+     |Docker documentation|https://docs.docker.com/;\
+     |Terraform documentation|https://developer.hashicorp.com/terraform/docs;\
+     |Google SRE books|https://sre.google/books/;\
+     aws|AWS documentation|https://docs.aws.amazon.com/;\
+     azure|Azure documentation|https://learn.microsoft.com/azure/;\
+     gcp|Google Cloud documentation|https://cloud.google.com/docs",
     "frontend|front end|_web|_react|_vue|angular|javascript|typescript|_ui_|_css|_html#\
      How the web works: HTTP, browsers and DevTools|Semantic HTML and accessibility basics|CSS \
-     fundamentals: box model, flexbox and grid|Responsive design and modern CSS|JavaScript \
-     fundamentals|The DOM, events and browser APIs|Asynchronous JavaScript and fetching data|\
-     TypeScript essentials|Component-based UI with React|State management and data flow|Routing \
-     and forms in single-page apps|Testing frontend code|Performance and Core Web Vitals|Build \
-     tooling and deployment|Capstone: a production-ready web app#\
-     a responsive portfolio landing page|a to-do app with local storage|a weather dashboard \
-     backed by a public API|an accessible multi-step signup form#\
-     |MDN Web Docs|https://developer.mozilla.org/;|web.dev Learn|https://web.dev/learn;react|\
-     React documentation|https://react.dev/learn;typescript|TypeScript handbook|\
-     https://www.typescriptlang.org/docs/;vue|Vue.js guide|https://vuejs.org/guide/",
-    "backend|back end|_api|server|golang|_go_developer|_rust|_java_|node|django|spring|_rails|\
-     _php|software|programmer#\
-     How the web works: HTTP, DNS and TLS|A backend language in depth|Version control and the \
-     command line|Designing REST APIs|Relational databases and SQL|Data modelling and migrations|\
-     Authentication and authorization|Testing backend services|Error handling, logging and \
-     observability|Caching and performance|Message queues and background jobs|Concurrency and \
-     scalability|Containers and deployment|System design fundamentals|Capstone: a \
-     production-ready backend service#\
-     a URL shortener API|a bookmarks service with user accounts|a job queue with retries|a \
-     webhook delivery service#\
-     |MDN HTTP guide|https://developer.mozilla.org/en-US/docs/Web/HTTP;|PostgreSQL documentation|\
-     https://www.postgresql.org/docs/;rust|The Rust Programming Language|\
-     https://doc.rust-lang.org/book/;python django|Python documentation|\
-     https://docs.python.org/3/;go golang|Go documentation|https://go.dev/doc/;node|Node.js \
-     documentation|https://nodejs.org/docs/latest/api/;java spring|Spring guides|\
-     https://spring.io/guides",
+     fundamentals: box model, flexbox and grid|Responsive design and modern CSS|JavaScript fundamentals|The \
+     DOM, events and browser APIs|Asynchronous JavaScript and fetching data|TypeScript essentials|\
+     Component-based UI with React|State management and data flow|Routing and forms in single-page apps|\
+     Testing frontend code|Performance and Core Web Vitals|Build tooling and deployment|Capstone: a \
+     production-ready web app#\
+     a responsive portfolio landing page|a to-do app with local storage|a weather dashboard backed by a \
+     public API|an accessible multi-step signup form#\
+     |MDN Web Docs|https://developer.mozilla.org/;\
+     |web.dev Learn|https://web.dev/learn;\
+     react|React documentation|https://react.dev/learn;\
+     typescript|TypeScript handbook|https://www.typescriptlang.org/docs/;\
+     vue|Vue.js guide|https://vuejs.org/guide/",
+    "backend|back end|_api|server side|golang|_go_developer|_rust|_java_|node|django|spring|_rails|_php|\
+     software|programmer#\
+     How the web works: HTTP, DNS and TLS|A backend language in depth|Version control and the command line|\
+     Designing REST APIs|Relational databases and SQL|Data modelling and migrations|Authentication and \
+     authorization|Testing backend services|Error handling, logging and observability|Caching and \
+     performance|Message queues and background jobs|Concurrency and scalability|Containers and deployment|\
+     System design fundamentals|Capstone: a production-ready backend service#\
+     a URL shortener API|a bookmarks service with user accounts|a job queue with retries|a webhook delivery \
+     service#\
+     |MDN HTTP guide|https://developer.mozilla.org/en-US/docs/Web/HTTP;\
+     |PostgreSQL documentation|https://www.postgresql.org/docs/;\
+     rust|The Rust Programming Language|https://doc.rust-lang.org/book/;\
+     python django|Python documentation|https://docs.python.org/3/;\
+     go golang|Go documentation|https://go.dev/doc/;\
+     node|Node.js documentation|https://nodejs.org/docs/latest/api/;\
+     java spring|Spring guides|https://spring.io/guides",
     "#\
-     Landscape of the field and core vocabulary|Essential tools and workspace setup|Fundamental \
-     techniques, step by step|Core principles behind quality work|Deliberate practice of the \
-     basics|Standards, safety and professional norms|Intermediate techniques|Workflow and time \
-     management|Studying expert work|Troubleshooting and learning from mistakes|Advanced \
-     techniques|Building a portfolio|Specialisation and personal style|Capstone: a signature \
-     piece that shows your range|Career readiness and next steps#\
-     a small showcase piece|a documented practice routine|a before-and-after improvement study|a \
-     short guide that teaches a beginner#\
-     |A respected introductory textbook for the field|;|Notes from an experienced practitioner or \
-     mentor|;|Your own learning journal|",
+     Landscape of the field and core vocabulary|Essential tools and workspace setup|Fundamental techniques, \
+     step by step|Core principles behind quality work|Deliberate practice of the basics|Standards, safety \
+     and professional norms|Intermediate techniques|Workflow and time management|Studying expert work|\
+     Troubleshooting and learning from mistakes|Advanced techniques|Building a portfolio|Specialisation and \
+     personal style|Capstone: a signature piece that shows your range|Career readiness and next steps#\
+     a small showcase piece|a documented practice routine|a before-and-after improvement study|a short \
+     guide that teaches a beginner#\
+     |A respected introductory textbook for the field|;\
+     |Notes from an experienced practitioner or mentor|;\
+     |Your own learning journal|",
 ];
 
-/// The weekly rhythm: per day a title, then `;`-separated tasks `kind weight docs|title|text`.
+/// The weekly rhythm: per day a title, then `;`-separated tasks `kind|weight|docs|title|text`.
 /// Weights split the day's minutes, `docs` is how many resources to attach, and a `^` in a title
 /// offers an alternative picked by hash. Tasks are in priority order: a small budget keeps the
 /// first ones only.
 const RHYTHM: [&str; 7] = [
-    "Concepts;learn 3 2|Study the core ideas of {t}^Read up on {t}|Read {ref} and one {adj} guide \
-     on {t}. {depth};learn 1 1|Map {t} to real {role} work|List where {t} shows up in day-to-day \
-     {role} work and note the questions you still have.;review 1 0|Write a one-page summary|\
-     Summarise {t} in your own words, with one diagram or worked example.",
-    "Guided practice;practice 3 1|Follow a guided walkthrough of {t}^Rebuild an official {t} \
-     example|Work through a tutorial or official example step by step, doing every step yourself \
-     instead of just reading along. {depth};learn 1 1|Deep-dive into one tricky part of {t}^\
-     Compare two approaches to {t}|Pick the part of {t} that felt least clear and study it until \
-     you can explain when to use it and when not to.",
-    "Exercises;practice 3 1|Solve {count} exercises on {t}|Work through {count} exercises on {t} \
-     without looking at solutions first, and time-box each one.;practice 1 0|Drill the essentials \
-     of {t}^Speed-run the basics of {t}|Repeat the core moves of {t} until they feel automatic and \
-     note anything you still have to look up.;review 1 1|Check your solutions|Compare your answers \
-     with reference solutions or {ref} and log each mistake in a learning journal.",
-    "Project kickoff;project 1 0|Plan the project: {p}|Write a short scope for {p}: the goal, three \
-     must-have features and what done looks like.{focus};project 3 1|Build the first slice of {p}|\
-     Get the smallest end-to-end version of {p} working, applying {t}. {depth}",
-    "Build day;project 3 1|Implement the core of {p}^Grow {p} feature by feature|Add the must-have \
-     features to {p}, saving or committing progress after each one.;practice 1 0|Test and verify \
-     {p}|Check {p} against your done criteria, add tests or a checklist where it makes sense, and \
-     fix what fails.",
-    "Polish and document;project 2 0|Polish and document {p}|Tidy rough edges, write a short README \
-     or notes that explain your decisions, and add the result to your portfolio.;review 1 1|\
-     Self-review against best practice|Review your work against the guidance on {t} in {ref} and \
-     list three concrete improvements.;practice 1 0|Get feedback on {p}^Share {p}|Show {p} to a \
-     peer, mentor or community and ask one specific question about it.",
-    "Review and reflect;review 2 0|Weekly recap: {t}|Re-read your notes, redo the hardest exercise \
-     without help, and write down what you would do differently as a {role}.;practice 1 0|Quiz \
-     yourself on {t}^Flashcards for {t}|Turn the week's key terms into flashcards or a ten-question \
-     quiz and answer them from memory.;learn 1 1|Look ahead|Skim material on {next} and write down \
-     two questions to answer.",
+    "Concepts;\
+     learn|3|2|Study the core ideas of {t}^Read up on {t}|Read {ref} and one {adj} guide on {t}. {depth};\
+     learn|1|1|Map {t} to real {role} work|List where {t} shows up in day-to-day {role} work and note the \
+     questions you still have.;\
+     review|1|0|Write a one-page summary|Summarise {t} in your own words, with one diagram or worked \
+     example.",
+    "Guided practice;\
+     practice|3|1|Follow a guided walkthrough of {t}^Guided exercises on {t}|Work through a tutorial or \
+     official example step by step, doing every step yourself instead of just reading along. {depth};\
+     learn|1|1|Deep-dive into one tricky part of {t}^Compare two approaches to {t}|Pick the part of {t} \
+     that felt least clear and study it until you can explain when to use it and when not to.",
+    "Exercises;\
+     practice|3|1|Solve {count} exercises on {t}|Work through {count} exercises on {t} without looking at \
+     solutions first, and time-box each one.;\
+     practice|1|0|Drill the essentials of {t}^Speed-run the basics of {t}|Repeat the core moves of {t} \
+     until they feel automatic and note anything you still have to look up.;\
+     review|1|1|Check your solutions|Compare your answers with reference solutions or {ref} and log each \
+     mistake in a learning journal.",
+    "Project kickoff;\
+     project|1|0|Plan the project: {p}|Write a short scope for {p}: the goal, three must-have features and \
+     what done looks like.{focus};\
+     project|3|1|Build the first slice of {p}|Get the smallest end-to-end version of {p} working, applying \
+     {t}. {depth}",
+    "Build day;\
+     project|3|1|Implement the core of {p}^Grow {p} feature by feature|Add the must-have features to {p}, \
+     saving or committing progress after each one.;\
+     practice|1|0|Test and verify {p}|Check {p} against your done criteria, add tests or a checklist where \
+     it makes sense, and fix what fails.",
+    "Polish and document;\
+     project|2|0|Polish and document {p}|Tidy rough edges, write a short README or notes that explain your \
+     decisions, and add the result to your portfolio.;\
+     review|1|1|Self-review against best practice|Review your work against the guidance on {t} in {ref} \
+     and list three concrete improvements.;\
+     practice|1|0|Get feedback on {p}^Share {p}|Show {p} to a peer, mentor or community and ask one \
+     specific question about it.",
+    "Review and reflect;\
+     review|2|0|Weekly recap: {t}|Re-read your notes, redo the hardest exercise without help, and write \
+     down what you would do differently as a {role}.;\
+     practice|1|0|Quiz yourself on {t}^Flashcards for {t}|Turn the week's key terms into flashcards or a \
+     ten-question quiz and answer them from memory.;\
+     learn|1|1|Look ahead|Skim material on {next} and write down two questions to answer.",
 ];
 
-/// Per experience level: `adjective|depth advice|exercise count`.
+/// Per experience level, indexed by `ExperienceLevel as usize` (beginner, intermediate,
+/// advanced): `adjective|depth advice|exercise count`.
 const LEVEL_WORDS: [&str; 3] = [
     "beginner-friendly|Go slowly, note every new term and look up anything unclear.|five small",
     "practical|Connect it to what you already know and note the trade-offs.|three realistic",
@@ -254,12 +270,13 @@ pub fn week(profile: &JobProfile, phases: &[Phase], number: u32, duration_weeks:
     if plan.generic {
         title = format!("{}: {title}", plan.role);
     }
-    if let Some(area) = focus.as_ref().filter(|_| n % 2 == 0) {
+    if let Some(area) = focus.as_ref().filter(|_| n.is_multiple_of(2)) {
         title = format!("{title}, focus on {area}");
     }
 
     let projects: Vec<&str> = split(plan.family[2], '|').collect();
-    let mut project = projects[(n as usize - 1 + plan.hash as usize) % projects.len()].to_owned();
+    let pick = (plan.hash as usize % projects.len() + n as usize - 1) % projects.len();
+    let mut project = projects[pick].to_owned();
     if subject != topic {
         project.push_str(" at capstone scope");
     }
@@ -268,9 +285,8 @@ pub fn week(profile: &JobProfile, phases: &[Phase], number: u32, duration_weeks:
         next if next == topic => format!("more advanced material on {subject}"),
         next => format!("next week's topic ({next})"),
     };
-    let words: Vec<&str> = LEVEL_WORDS[profile.experience_level as usize]
-        .split('|')
-        .collect();
+    let level = profile.experience_level as usize;
+    let words: Vec<&str> = LEVEL_WORDS[level].split('|').collect();
     let focus_line = focus
         .as_ref()
         .map(|f| format!(" Tie it to your focus area: {f}."));
@@ -290,24 +306,23 @@ pub fn week(profile: &JobProfile, phases: &[Phase], number: u32, duration_weeks:
         ("{focus}", &focus_line.unwrap_or_default()),
         ("{next}", &next),
     ];
-    let fill = |text: &str| vars.iter().fold(text.to_owned(), |s, (k, v)| s.replace(k, v));
+    let fill = |t: &str| vars.iter().fold(t.to_owned(), |s, (k, v)| s.replace(k, v));
 
-    let mut goals = vec![
-        format!("Explain the key ideas of {subject} in your own words"),
-        format!("Complete this week's project: {project}"),
-    ];
-    goals.extend(
+    let goals = [
+        Some(format!("Explain the key ideas of {subject} in your own words")),
+        Some(format!("Complete this week's project: {project}")),
         focus
             .as_ref()
             .map(|f| format!("Connect {subject} to your focus area: {f}")),
-    );
-    goals.push(format!("Take one concrete step toward the {} role", plan.role));
+        Some(format!("Take one concrete step toward the {} role", plan.role)),
+    ];
 
-    let (budget, docs) = ((profile.hours_per_week * 60 + 3) / 7, plan.docs());
+    // A week has 168 hours; the cap also keeps the arithmetic far from overflow.
+    let (budget, docs) = ((profile.hours_per_week.min(168) * 60 + 3) / 7, plan.docs());
     let days = RHYTHM.iter().zip(1u32..).map(|(rhythm, day)| {
         let (label, tasks) = rhythm.split_once(';').unwrap_or_default();
         let seed = fnv1a(format!("{}#{n}#{day}", plan.key).as_bytes());
-        let tasks = day_tasks(tasks, &fill, budget, &docs, seed);
+        let tasks = day_tasks(tasks, fill, budget, &docs, seed);
         Day {
             day,
             title: clean(&format!("{label}: {subject}"), MAX_TITLE),
@@ -322,7 +337,7 @@ pub fn week(profile: &JobProfile, phases: &[Phase], number: u32, duration_weeks:
             .or(phases.last())
             .map_or(1, |p| p.number),
         title: clean(&title, MAX_TITLE),
-        goals: goals.iter().map(|g| clean(g, 200)).collect(),
+        goals: goals.iter().flatten().map(|g| clean(g, 200)).collect(),
         days: days.collect(),
         source: WeekSource::Fallback,
     }
@@ -383,25 +398,24 @@ impl Plan {
     /// The family's docs that suit this role: untagged ones plus those tagged with a role word;
     /// all of them if that leaves none (e.g. "Mobile developer" names no platform).
     fn docs(&self) -> Vec<Resource> {
-        let entries: Vec<Vec<&str>> = split(self.family[3], ';')
-            .map(|e| e.split('|').map(str::trim).collect())
-            .collect();
+        let entries = split(self.family[3], ';').map(|e| e.split('|').map(str::trim).collect());
+        let entries: Vec<Vec<&str>> = entries.collect();
         let tagged = |tags: &str| tags.split(' ').any(|t| self.key.contains(&format!(" {t} ")));
-        let suits = |tags: &str| tags.is_empty() || tagged(tags);
-        let chosen: Vec<&Vec<&str>> = entries.iter().filter(|e| suits(e[0])).collect();
+        let chosen: Vec<_> = entries
+            .iter()
+            .filter(|e| e[0].is_empty() || tagged(e[0]))
+            .collect();
         let chosen = if chosen.is_empty() {
             entries.iter().collect()
         } else {
             chosen
         };
         let url = |u: &str| u.starts_with("https://").then(|| u.to_owned());
-        chosen
-            .iter()
-            .map(|e| Resource {
-                title: e[1].to_owned(),
-                url: url(e[2]),
-            })
-            .collect()
+        let resource = |e: &&Vec<&str>| Resource {
+            title: e[1].to_owned(),
+            url: url(e[2]),
+        };
+        chosen.iter().map(resource).collect()
     }
 }
 
@@ -419,37 +433,35 @@ fn day_tasks(
         .take(keep)
         .map(|t| t.split('|').collect())
         .collect();
-    let heads: Vec<Vec<u32>> = specs
-        .iter()
-        .map(|s| s[0].split(' ').skip(1).map(|x| x.parse().unwrap_or(1)).collect())
-        .collect();
-    let total_weight: u32 = heads.iter().map(|h| h[0]).sum();
-    let mut minutes: Vec<u32> = heads.iter().map(|h| budget * h[0] / total_weight).collect();
+    let weight = |s: &[&str]| s[1].parse::<u32>().unwrap_or(1);
+    let total_weight: u32 = specs.iter().map(|s| weight(s)).sum();
+    let mut minutes: Vec<u32> = specs.iter().map(|s| budget * weight(s) / total_weight).collect();
     minutes[0] += budget - minutes.iter().sum::<u32>();
-    let mut tasks = Vec::new();
-    for (i, (spec, head)) in specs.iter().zip(&heads).enumerate() {
-        let kind = match spec[0].split(' ').next() {
-            Some("learn") => TaskKind::Learn,
-            Some("practice") => TaskKind::Practice,
-            Some("project") => TaskKind::Project,
+    let task = |(i, (s, minutes)): (usize, (&Vec<&str>, u32))| {
+        let kind = match s[0] {
+            "learn" => TaskKind::Learn,
+            "practice" => TaskKind::Practice,
+            "project" => TaskKind::Project,
             _ => TaskKind::Review,
         };
-        // FNV-1a's low bits mix poorly, so choices read the high bits.
-        let options: Vec<&str> = spec[1].split('^').collect();
+        // FNV-1a's low bits mix poorly, so the choices read the high bits.
+        let options: Vec<&str> = s[3].split('^').collect();
         let title = options[(seed >> (40 + i * 5)) as usize % options.len()];
-        let first = (seed >> 20) as usize + i;
-        let count = (head[1] as usize).min(2).min(docs.len());
-        tasks.push(Task {
+        let (first, count) = (
+            (seed >> 20) as usize % docs.len().max(1) + i,
+            s[2].parse().unwrap_or(0).min(docs.len()),
+        );
+        Task {
             title: clean(&fill(title), MAX_TITLE),
-            description: clean(&fill(spec[2]), MAX_TEXT),
+            description: clean(&fill(s[4]), MAX_TEXT),
             kind,
-            minutes: minutes[i].clamp(15, 480),
+            minutes: minutes.clamp(15, 480),
             resources: (0..count)
                 .map(|j| docs[(first + j) % docs.len()].clone())
                 .collect(),
-        });
-    }
-    tasks
+        }
+    };
+    specs.iter().zip(minutes).enumerate().map(task).collect()
 }
 
 fn split(list: &str, separator: char) -> impl Iterator<Item = &str> {
@@ -469,4 +481,114 @@ fn normalise(role: &str) -> String {
 fn fnv1a(bytes: &[u8]) -> u64 {
     let step = |hash: u64, &b: &u8| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ExperienceLevel::{self, Advanced, Beginner, Intermediate};
+    use crate::domain::roadmap::check_weeks;
+
+    /// One role per family, in the order of `FAMILIES`.
+    const ROLES: &str = "iOS Developer,Application Security Engineer,Full-Stack Developer,\
+                         Data Engineer,ML Engineer,DevOps / SRE,Frontend Developer,\
+                         Backend Engineer,Chef";
+
+    fn profile(role: &str, level: ExperienceLevel, hours: u32, focus: &[&str]) -> JobProfile {
+        JobProfile {
+            target_role: role.into(),
+            experience_level: level,
+            hours_per_week: hours,
+            focus_areas: focus.iter().map(|f| f.to_string()).collect(),
+            language: "en".into(),
+        }
+    }
+
+    fn roadmap(p: &JobProfile, n: u32) -> Vec<Week> {
+        let outline = phases(p, n);
+        (1..=n).map(|w| week(p, &outline, w, n)).collect()
+    }
+
+    #[test]
+    fn phases_cover_every_duration_contiguously() {
+        for (n, role) in (1..=52).zip(ROLES.split(',').cycle()) {
+            let outline = phases(&profile(role, [Beginner, Advanced][n as usize % 2], 5, &[]), n);
+            let expected = [1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3].get(n as usize - 1);
+            assert_eq!(outline.len(), *expected.unwrap_or(&4));
+            let mut next = 1;
+            for (phase, number) in outline.iter().zip(1..) {
+                assert_eq!((phase.number, phase.week_from), (number, next), "{n}");
+                assert!(phase.week_to >= phase.week_from && phase.title.contains(role));
+                assert!(phase.objective.contains(role));
+                next = phase.week_to + 1;
+            }
+            assert_eq!(next, n + 1);
+        }
+    }
+
+    #[test]
+    fn weeks_are_valid_and_unchanged_by_the_domain_checks() {
+        let kinds = [TaskKind::Learn, TaskKind::Practice, TaskKind::Project];
+        for (r, role) in ROLES.split(',').enumerate() {
+            let family = &Plan::new(&profile(role, Beginner, 1, &[]), 1).family;
+            assert_eq!(family.join("#"), FAMILIES[r], "{role}");
+            for (l, level) in [Beginner, Intermediate, Advanced].into_iter().enumerate() {
+                let hours = [1, 10, 80][(r + l) % 3];
+                let p = profile(role, level, hours, &["testing", "system design"][..r % 3]);
+                for n in [1, 3, 12, 52] {
+                    let weeks = roadmap(&p, n);
+                    assert!(weeks.windows(2).all(|w| w[0].title != w[1].title));
+                    for w in weeks {
+                        let (number, phase) = (w.number, w.phase);
+                        let checked = check_weeks(vec![w.clone()], number..=number, |_| phase);
+                        let checked = checked.unwrap_or_else(|e| panic!("{role} {number}: {e:?}"));
+                        assert_eq!((&checked[0].title, &checked[0].days), (&w.title, &w.days));
+                        assert_eq!(w.source, WeekSource::Fallback);
+                        for (i, day) in w.days.iter().enumerate() {
+                            assert!((1..=4).contains(&day.tasks.len()));
+                            assert!(w.days[..i].iter().all(|d| d.title != day.title));
+                        }
+                        let tasks: Vec<&Task> = w.days.iter().flat_map(|d| &d.tasks).collect();
+                        for t in &tasks {
+                            assert!((15..=480).contains(&t.minutes) && t.resources.len() <= 2);
+                            assert!(!t.title.contains('{') && !t.description.contains('{'));
+                            let mut urls = t.resources.iter().filter_map(|r| r.url.as_deref());
+                            assert!(urls.all(|u| u.starts_with("https://")));
+                        }
+                        let has = |k: &TaskKind| tasks.iter().any(|t| t.kind == *k);
+                        assert!(hours < 10 || kinds.iter().all(has) && has(&TaskKind::Review));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn content_follows_role_level_focus_and_budget() {
+        let first = |role, level| roadmap(&profile(role, level, 10, &[]), 12)[0].title.clone();
+        let frontend = first("Frontend Developer", Beginner);
+        assert_ne!(frontend, first("Data Scientist", Beginner));
+        assert_ne!(frontend, first("Frontend Developer", Advanced));
+        let chef = roadmap(&profile("Chef", Beginner, 10, &["pastry"]), 6);
+        let text = serde_json::to_string(&chef).unwrap();
+        assert!(text.contains("Chef") && text.contains("pastry"));
+        for role in ["Security guard", "Restaurant server", "Domain expert"] {
+            assert!(Plan::new(&profile(role, Beginner, 5, &[]), 1).generic, "{role}");
+        }
+        // Short and long roadmaps alike run from the basics to the capstone.
+        for n in [2, 5, 52] {
+            let weeks = roadmap(&profile("Backend Engineer", Beginner, 14, &[]), n);
+            assert!(weeks[0].title.starts_with("How the web works"));
+            assert!(weeks[n as usize - 1].title.starts_with("Capstone"), "{n}");
+            let minutes = |d: &Day| d.tasks.iter().map(|t| t.minutes).sum::<u32>();
+            assert!(weeks[0].days.iter().all(|d| minutes(d) == 120));
+        }
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let p = profile("Cloud Engineer", Intermediate, 9, &["aws", "cost"]);
+        assert_eq!(phases(&p, 20), phases(&p, 20));
+        assert_eq!(roadmap(&p, 20), roadmap(&p, 20));
+    }
 }

@@ -402,7 +402,7 @@ mod tests {
                 "too_many_focus_areas",
             ),
             (
-                format!(r#"{{"job_id":"nope","user_id":"u","target_role":"r","duration_weeks":3}}"#),
+                r#"{"job_id":"nope","user_id":"u","target_role":"r","duration_weeks":3}"#.to_owned(),
                 "invalid_job_id",
             ),
             (

@@ -115,24 +115,27 @@ impl LlmError {
 }
 
 fn status_label(code: u16) -> &'static str {
-    match code {
-        400 => "http_400",
-        401 => "http_401",
-        403 => "http_403",
-        404 => "http_404",
-        408 => "http_408",
-        409 => "http_409",
-        413 => "http_413",
-        422 => "http_422",
-        425 => "http_425",
-        429 => "http_429",
-        500 => "http_500",
-        502 => "http_502",
-        503 => "http_503",
-        504 => "http_504",
-        400..=499 => "http_4xx",
-        _ => "http_5xx",
-    }
+    const KNOWN: [(u16, &str); 14] = [
+        (400, "http_400"),
+        (401, "http_401"),
+        (403, "http_403"),
+        (404, "http_404"),
+        (408, "http_408"),
+        (409, "http_409"),
+        (413, "http_413"),
+        (422, "http_422"),
+        (425, "http_425"),
+        (429, "http_429"),
+        (500, "http_500"),
+        (502, "http_502"),
+        (503, "http_503"),
+        (504, "http_504"),
+    ];
+    // A bounded set of labels, whatever a server answers.
+    KNOWN
+        .iter()
+        .find(|(known, _)| *known == code)
+        .map_or(if code < 500 { "http_4xx" } else { "http_5xx" }, |(_, label)| label)
 }
 
 /// The configured provider.

@@ -122,10 +122,15 @@ impl Generator {
                     .batch_failures
                     .with_label_values(&["truncated"])
                     .inc();
-                let salvaged = parse::salvage_weeks(&answer.text);
-                let good = check_weeks(salvaged, next..=last, |w| plan.phase_of(w))
-                    .map_or_else(|_| Vec::new(), |ws| ws);
-                let kept = good.iter().take_while(|w| w.number <= last).count() as u32;
+                let mut salvaged = parse::salvage_weeks(&answer.text);
+                // Only a clean prefix of the requested weeks is kept; anything odd is dropped.
+                let complete = (salvaged.len() as u32).min(last - next + 1);
+                salvaged.truncate(complete as usize);
+                let good = match complete {
+                    0 => Vec::new(),
+                    n => check_weeks(salvaged, next..=next + n - 1, |w| plan.phase_of(w)).unwrap_or_default(),
+                };
+                let kept = good.len() as u32;
                 // The model fits about `kept` weeks in its budget: never send the same cut again.
                 let requested = last - next + 1;
                 span = if kept > 0 {

@@ -1,0 +1,288 @@
+//! Test harness: each test gets its own database and its own exchange/queue names, a real mock
+//! LLM server over HTTP, and workers in-process or as child processes.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::{
+    future::Future,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use clap::Parser as _;
+use lapin::{Connection, options::BasicGetOptions};
+use roadmap_worker::{
+    amqp::{self, Publisher, Topology},
+    cli::{Cli, Command},
+    client::{self, EventWatcher},
+    config::{AmqpSettings, WorkerSettings},
+    mock_server::{FaultPlan, MockLlmServer},
+    worker::{self, Running},
+};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const PG_HINT: &str = "Postgres must run on 127.0.0.1:5432 with trust auth for user postgres: \
+    `pg_ctlcluster $(ls /etc/postgresql) main start`, or `docker compose up -d postgres`";
+pub const AMQP_HINT: &str = "RabbitMQ must run on 127.0.0.1:5672 with guest/guest: \
+    `rabbitmq-server -detached`, or `docker compose up -d rabbitmq`";
+
+fn base_pg() -> String {
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// One test's private world.
+pub struct TestEnv {
+    pub name: String,
+    pub database_url: String,
+    pub topology: Topology,
+    pub mock: MockLlmServer,
+    pub connection: Connection,
+    pub publisher: Publisher,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with_plan(FaultPlan::default()).await
+    }
+
+    pub async fn with_plan(plan: FaultPlan) -> Self {
+        let name = format!("rwtest_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let database_url = format!("{}/{name}", base_pg());
+        let (_probe, _) = tokio_postgres::connect(&format!("{}/postgres", base_pg()), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach Postgres ({e}). {PG_HINT}"));
+        let settings = amqp_settings(&name);
+        let connection = amqp::connect(&settings, &name)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach RabbitMQ ({e:#}). {AMQP_HINT}"));
+        let topology = Topology::new(&name, 5);
+        topology
+            .declare(&connection.create_channel().await.unwrap())
+            .await
+            .expect("declaring the test topology");
+        let publisher = Publisher::new(&connection).await.unwrap();
+        let mock = MockLlmServer::start("127.0.0.1:0".parse().unwrap(), plan, Duration::ZERO)
+            .await
+            .unwrap();
+        Self {
+            name,
+            database_url,
+            topology,
+            mock,
+            connection,
+            publisher,
+        }
+    }
+
+    /// Worker settings for this test, through the real command line: OpenAI provider pointed at
+    /// the mock server, a free metrics port, short grace. `extra` flags override.
+    pub fn settings(&self, extra: &[&str]) -> WorkerSettings {
+        let base_url = self.mock.openai_base_url();
+        let mut args = vec![
+            "roadmap-worker",
+            "run",
+            "--database-url",
+            &self.database_url,
+            "--database-pool-size",
+            "8",
+            "--amqp-namespace",
+            &self.name,
+            "--llm-provider",
+            "openai",
+            "--llm-base-url",
+            &base_url,
+            "--llm-api-key",
+            "test-key",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--shutdown-grace-secs",
+            "5",
+            "--llm-max-retry-delay-ms",
+            "200",
+            "--worker-concurrency",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        let amqp = amqp_url();
+        args.extend_from_slice(&["--amqp-url", &amqp]);
+        match Cli::try_parse_from(args).expect("valid test flags").command {
+            Command::Run(settings) => *settings,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Starts a worker in this process and waits until it consumes.
+    pub async fn start_worker(&self, extra: &[&str]) -> WorkerHandle {
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let join = tokio::spawn(worker::run(self.settings(extra), shutdown.clone(), Some(tx)));
+        let running = match rx.await {
+            Ok(running) => running,
+            Err(_) => panic!("worker failed to start: {:?}", join.await),
+        };
+        WorkerHandle { shutdown, join, running }
+    }
+
+    /// Starts the worker binary as a child process, so that a test can SIGKILL it.
+    pub fn spawn_worker_process(&self, extra_env: &[(&str, &str)]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadmap-worker"));
+        cmd.arg("run")
+            .env("DATABASE_URL", &self.database_url)
+            .env("AMQP_URL", amqp_url())
+            .env("AMQP_NAMESPACE", &self.name)
+            .env("LLM_PROVIDER", "openai")
+            .env("LLM_BASE_URL", self.mock.openai_base_url())
+            .env("LLM_API_KEY", "test-key")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("starting the worker binary")
+    }
+
+    pub async fn watcher(&self) -> EventWatcher {
+        EventWatcher::new(&self.connection, &self.topology).await.unwrap()
+    }
+
+    pub async fn publish(&self, body: &Value) {
+        client::publish_job(&self.publisher, &self.topology, body.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], content_type: Option<&str>) {
+        let mut props = lapin::BasicProperties::default().with_delivery_mode(2);
+        if let Some(ct) = content_type {
+            props = props.with_content_type(ct.into());
+        }
+        self.publisher
+            .publish(
+                &self.topology.jobs_exchange,
+                amqp::topology::JOB_ROUTING_KEY,
+                body,
+                props,
+                true,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A client on this test's database (created by the worker if needed).
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open the test database ({e}). {PG_HINT}"));
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Messages in the dead-letter queue, with their `x-reject-reason` headers.
+    pub async fn dead_letters(&self) -> Vec<(Option<String>, Vec<u8>)> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(self.topology.dead_letter_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let reason = msg
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-reject-reason").cloned())
+                .and_then(|v| match v {
+                    lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                    _ => None,
+                });
+            out.push((reason, msg.delivery.data));
+        }
+        out
+    }
+
+    /// Deletes this test's queues, exchanges and database.
+    pub async fn cleanup(self) {
+        let channel = self.connection.create_channel().await.unwrap();
+        for q in [&self.topology.queue, &self.topology.dead_letter_queue] {
+            let _ = channel.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+        for x in [
+            &self.topology.jobs_exchange,
+            &self.topology.events_exchange,
+            &self.topology.dead_letter_exchange,
+        ] {
+            let _ = channel.exchange_delete(x.as_str().into(), Default::default()).await;
+        }
+        let _ = self.connection.close(200, "test done".into()).await;
+        if let Ok((admin, conn)) =
+            tokio_postgres::connect(&format!("{}/postgres", base_pg()), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+                .await;
+        }
+    }
+}
+
+fn amqp_settings(namespace: &str) -> AmqpSettings {
+    AmqpSettings {
+        amqp_url: amqp_url().parse().unwrap(),
+        amqp_namespace: namespace.into(),
+        amqp_delivery_limit: 5,
+    }
+}
+
+pub struct WorkerHandle {
+    pub shutdown: CancellationToken,
+    pub join: JoinHandle<anyhow::Result<()>>,
+    pub running: Running,
+}
+
+impl WorkerHandle {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.join.await.expect("worker task").expect("worker ran cleanly");
+    }
+}
+
+/// A valid job message (contract v1) with a fresh job_id.
+pub fn job(weeks: u32, role: &str) -> (Uuid, Value) {
+    let job_id = Uuid::new_v4();
+    let body = json!({
+        "job_id": job_id,
+        "user_id": "user-1",
+        "target_role": role,
+        "duration_weeks": weeks,
+        "experience_level": "intermediate",
+        "hours_per_week": 8,
+        "focus_areas": ["testing"],
+    });
+    (job_id, body)
+}
+
+/// Polls `probe` until it yields `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

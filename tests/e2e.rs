@@ -1,0 +1,56 @@
+//! Promise: a job published to the queue comes back as one `roadmap.completed` event carrying a
+//! complete roadmap, generated a batch at a time over the real HTTP path.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, job};
+use roadmap_worker::domain::event::Completed;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_week_job_publishes_one_completed_event() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(&[]).await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(12, "Data Engineer");
+    env.publish(&body).await;
+
+    let mut progress = Vec::new();
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |p| {
+            progress.push(p.body["batches_done"].as_u64().unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    let event: Completed = serde_json::from_value(end.body.clone()).unwrap();
+    assert_eq!(end.message_id, Some(event.event_id.to_string()), "message_id is the event id");
+    let numbers: Vec<u32> = event.roadmap.weeks.iter().map(|w| w.number).collect();
+    assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
+    assert!(event.roadmap.weeks.iter().all(|w| w.days.len() == 7));
+    assert_eq!((event.batches, event.fallback_batches), (4, 0));
+    assert_eq!(event.usage.llm_calls, 4);
+    assert!(event.usage.input_tokens > 0 && event.usage.output_tokens > 0);
+    progress.sort_unstable();
+    assert_eq!(progress, vec![1, 2, 3, 4], "one progress event per batch");
+
+    // Exactly one batch request per 3 weeks, each for the right weeks.
+    let asked: Vec<(u32, u32)> = env.mock.requests().iter().map(|r| (r.first_week, r.last_week)).collect();
+    assert_eq!(asked, vec![(1, 3), (4, 6), (7, 9), (10, 12)]);
+
+    let db = env.db().await;
+    let row = db
+        .query_one(
+            "SELECT j.status, j.batches_done, r.roadmap->'weeks'->0->>'title' FROM jobs j JOIN roadmaps r USING (job_id) WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "completed");
+    assert_eq!(row.get::<_, i32>(1), 4);
+    assert_eq!(row.get::<_, String>(2), event.roadmap.weeks[0].title);
+
+    worker.stop().await;
+    env.cleanup().await;
+}

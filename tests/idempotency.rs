@@ -1,0 +1,49 @@
+//! Promise: the same job_id delivered more than once yields one roadmap and one event id.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, job};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_job_published_twice_yields_one_roadmap_and_one_event() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(&[]).await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(6, "Backend Developer");
+    // Both copies are in flight at once on the same worker.
+    env.publish(&body).await;
+    env.publish(&body).await;
+    let end = events.wait_for_end(job_id, Duration::from_secs(60), |_| {}).await.unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed");
+
+    // A third copy after completion is acknowledged without new work or a new event.
+    env.publish(&body).await;
+    let mut later = Vec::new();
+    while let Some(event) = events.next(Duration::from_secs(4)).await.unwrap() {
+        if event.body["job_id"] == job_id.to_string() && event.routing_key != "roadmap.progress" {
+            later.push(event.body);
+        }
+    }
+    assert!(later.is_empty(), "a second terminal event was published: {later:?}");
+
+    let db = env.db().await;
+    let roadmaps: i64 = db.query_one("SELECT count(*) FROM roadmaps", &[]).await.unwrap().get(0);
+    let completed: i64 = db
+        .query_one("SELECT count(*) FROM outbox WHERE routing_key = 'roadmap.completed'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((roadmaps, completed), (1, 1));
+    assert_eq!(env.mock.requests().len(), 2, "each batch of the 6-week job asked once");
+    let queued: i64 = db
+        .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0, "every event was confirmed by the broker");
+
+    worker.stop().await;
+    env.cleanup().await;
+}
