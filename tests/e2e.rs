@@ -25,7 +25,11 @@ async fn twelve_week_job_publishes_one_completed_event() {
         .unwrap();
     assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
     let event: Completed = serde_json::from_value(end.body.clone()).unwrap();
-    assert_eq!(end.message_id, Some(event.event_id.to_string()), "message_id is the event id");
+    assert_eq!(
+        end.message_id,
+        Some(event.event_id.to_string()),
+        "message_id is the event id"
+    );
     let numbers: Vec<u32> = event.roadmap.weeks.iter().map(|w| w.number).collect();
     assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
     assert!(event.roadmap.weeks.iter().all(|w| w.days.len() == 7));
@@ -36,7 +40,12 @@ async fn twelve_week_job_publishes_one_completed_event() {
     assert_eq!(progress, vec![1, 2, 3, 4], "one progress event per batch");
 
     // Exactly one batch request per 3 weeks, each for the right weeks.
-    let asked: Vec<(u32, u32)> = env.mock.requests().iter().map(|r| (r.first_week, r.last_week)).collect();
+    let asked: Vec<(u32, u32)> = env
+        .mock
+        .requests()
+        .iter()
+        .map(|r| (r.first_week, r.last_week))
+        .collect();
     assert_eq!(asked, vec![(1, 3), (4, 6), (7, 9), (10, 12)]);
 
     let db = env.db().await;

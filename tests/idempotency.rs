@@ -15,7 +15,10 @@ async fn same_job_published_twice_yields_one_roadmap_and_one_event() {
     // Both copies are in flight at once on the same worker.
     env.publish(&body).await;
     env.publish(&body).await;
-    let end = events.wait_for_end(job_id, Duration::from_secs(60), |_| {}).await.unwrap();
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .await
+        .unwrap();
     assert_eq!(end.routing_key, "roadmap.completed");
 
     // A third copy after completion is acknowledged without new work or a new event.
@@ -26,17 +29,31 @@ async fn same_job_published_twice_yields_one_roadmap_and_one_event() {
             later.push(event.body);
         }
     }
-    assert!(later.is_empty(), "a second terminal event was published: {later:?}");
+    assert!(
+        later.is_empty(),
+        "a second terminal event was published: {later:?}"
+    );
 
     let db = env.db().await;
-    let roadmaps: i64 = db.query_one("SELECT count(*) FROM roadmaps", &[]).await.unwrap().get(0);
+    let roadmaps: i64 = db
+        .query_one("SELECT count(*) FROM roadmaps", &[])
+        .await
+        .unwrap()
+        .get(0);
     let completed: i64 = db
-        .query_one("SELECT count(*) FROM outbox WHERE routing_key = 'roadmap.completed'", &[])
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE routing_key = 'roadmap.completed'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!((roadmaps, completed), (1, 1));
-    assert_eq!(env.mock.requests().len(), 2, "each batch of the 6-week job asked once");
+    assert_eq!(
+        env.mock.requests().len(),
+        2,
+        "each batch of the 6-week job asked once"
+    );
     let queued: i64 = db
         .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
         .await

@@ -19,25 +19,35 @@ async fn killed_worker_resumes_from_checkpoints_without_regenerating() {
     let db = eventually(Duration::from_secs(30), "the test database", || async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let db = env.db().await;
-        db.query_opt("SELECT 1 FROM jobs LIMIT 1", &[]).await.ok().map(|_| db)
+        db.query_opt("SELECT 1 FROM jobs LIMIT 1", &[])
+            .await
+            .ok()
+            .map(|_| db)
     })
     .await;
-    eventually(Duration::from_secs(30), "two checkpoints and the third batch asked", || async {
-        let done: i32 = db
-            .query_opt("SELECT batches_done FROM jobs WHERE job_id = $1", &[&job_id])
-            .await
-            .unwrap()
-            .map_or(0, |r| r.get(0));
-        let asked_third = env.mock.requests().iter().any(|r| r.first_week == 7);
-        (done == 2 && asked_third).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "two checkpoints and the third batch asked",
+        || async {
+            let done: i32 = db
+                .query_opt("SELECT batches_done FROM jobs WHERE job_id = $1", &[&job_id])
+                .await
+                .unwrap()
+                .map_or(0, |r| r.get(0));
+            let asked_third = env.mock.requests().iter().any(|r| r.first_week == 7);
+            (done == 2 && asked_third).then_some(())
+        },
+    )
     .await;
     first.start_kill().unwrap(); // SIGKILL: no drain, no lease release
     first.wait().await.unwrap();
     env.mock.release();
 
     let second = env.start_worker(&[]).await;
-    let end = events.wait_for_end(job_id, Duration::from_secs(60), |_| {}).await.unwrap();
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .await
+        .unwrap();
     assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
     let weeks: Vec<u64> = end.body["roadmap"]["weeks"]
         .as_array()
@@ -47,14 +57,23 @@ async fn killed_worker_resumes_from_checkpoints_without_regenerating() {
         .collect();
     assert_eq!(weeks, (1..=12).collect::<Vec<_>>());
 
-    let asked = |first: u32| env.mock.requests().iter().filter(|r| r.first_week == first).count();
+    let asked = |first: u32| {
+        env.mock
+            .requests()
+            .iter()
+            .filter(|r| r.first_week == first)
+            .count()
+    };
     assert_eq!(asked(1), 1, "batch 1 was stored; it must not be asked again");
     assert_eq!(asked(4), 1, "batch 2 was stored; it must not be asked again");
     assert_eq!(asked(7), 2, "batch 3 was cut by the kill and asked once more");
     assert_eq!(asked(10), 1);
     assert_eq!(second.running.metrics.jobs_resumed.get(), 1);
     let row = db
-        .query_one("SELECT claims, (SELECT count(*) FROM roadmaps) FROM jobs WHERE job_id = $1", &[&job_id])
+        .query_one(
+            "SELECT claims, (SELECT count(*) FROM roadmaps) FROM jobs WHERE job_id = $1",
+            &[&job_id],
+        )
         .await
         .unwrap();
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i64>(1)), (2, 1));

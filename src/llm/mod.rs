@@ -135,7 +135,9 @@ fn status_label(code: u16) -> &'static str {
     KNOWN
         .iter()
         .find(|(known, _)| *known == code)
-        .map_or(if code < 500 { "http_4xx" } else { "http_5xx" }, |(_, label)| label)
+        .map_or(if code < 500 { "http_4xx" } else { "http_5xx" }, |(_, label)| {
+            label
+        })
 }
 
 /// The configured provider.

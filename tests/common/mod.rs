@@ -127,7 +127,11 @@ impl TestEnv {
             Ok(running) => running,
             Err(_) => panic!("worker failed to start: {:?}", join.await),
         };
-        WorkerHandle { shutdown, join, running }
+        WorkerHandle {
+            shutdown,
+            join,
+            running,
+        }
     }
 
     /// Starts the worker binary as a child process, so that a test can SIGKILL it.
@@ -191,7 +195,10 @@ impl TestEnv {
         let channel = self.connection.create_channel().await.unwrap();
         let mut out = Vec::new();
         while let Some(msg) = channel
-            .basic_get(self.topology.dead_letter_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(
+                self.topology.dead_letter_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
             .await
             .unwrap()
         {
@@ -221,7 +228,9 @@ impl TestEnv {
             &self.topology.events_exchange,
             &self.topology.dead_letter_exchange,
         ] {
-            let _ = channel.exchange_delete(x.as_str().into(), Default::default()).await;
+            let _ = channel
+                .exchange_delete(x.as_str().into(), Default::default())
+                .await;
         }
         let _ = self.connection.close(200, "test done".into()).await;
         if let Ok((admin, conn)) =
@@ -282,7 +291,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
