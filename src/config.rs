@@ -193,6 +193,10 @@ pub struct LlmSettings {
     /// Retries of a transient LLM failure (timeout, 429, 5xx) before the batch falls back.
     #[arg(long, env = "LLM_MAX_RETRIES", default_value_t = 4)]
     pub llm_max_retries: usize,
+    /// Seconds between checks of a provider that refused our key or model; intake resumes when
+    /// a check passes.
+    #[arg(long, env = "LLM_PROBE_INTERVAL_SECS", default_value_t = 15)]
+    pub llm_probe_interval_secs: u64,
     /// Simulated latency of each embedded mock call, in milliseconds (demos and benchmarks).
     #[arg(long, env = "LLM_MOCK_LATENCY_MS", default_value_t = 0)]
     pub llm_mock_latency_ms: u64,

@@ -96,6 +96,7 @@ pub async fn run(
         .declare(&setup)
         .await
         .context("declaring the RabbitMQ topology")?;
+    let _ = setup.close(200, "topology declared".into()).await;
     let publisher = Publisher::new(&connection).await?;
     let mut provider = Provider::from_settings(&settings.llm)?;
     if let Provider::Mock(_) = provider {
@@ -133,6 +134,8 @@ pub async fn run(
     ));
     let ctx = Arc::new(Context {
         runner,
+        provider_ok: tokio::sync::watch::Sender::new(true),
+        probe_interval: Duration::from_secs(settings.llm.llm_probe_interval_secs.max(1)),
         publisher,
         topology,
         metrics: metrics.clone(),
@@ -156,13 +159,21 @@ pub async fn run(
     stop_relay.cancel();
     let _ = relay.await;
     stop_http.cancel();
-    let _ = connection.close(200, "worker stopped".into()).await;
+    // A broker that went away cannot answer close-ok; do not let that hold the exit.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.close(200, "worker stopped".into()),
+    )
+    .await;
     info!("worker stopped");
     result
 }
 
 struct Context {
     runner: JobRunner,
+    /// False from a provider configuration fault until a probe passes.
+    provider_ok: tokio::sync::watch::Sender<bool>,
+    probe_interval: Duration,
     publisher: Publisher,
     topology: Topology,
     metrics: Metrics,
@@ -182,54 +193,83 @@ async fn consume(
         .context("opening the consumer channel")?;
     // Two bounds: the broker sends no more than we can work, and the semaphore enforces it here.
     channel.basic_qos(concurrency, BasicQosOptions::default()).await?;
-    let tag = format!("{}-{}", ctx.runner.owner, Uuid::new_v4().simple());
-    let mut consumer = channel
-        .basic_consume(
-            ctx.topology.queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("starting the consumer")?;
     let slots = Arc::new(Semaphore::new(concurrency as usize));
     ctx.metrics.worker_slots_free.set(concurrency as i64);
     let mut tasks = JoinSet::new();
-    info!(queue = %ctx.topology.queue, concurrency, "consuming");
-    let result = loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            () = shutdown.cancelled() => break Ok(()),
+    let mut provider_ok = ctx.provider_ok.subscribe();
+    let result = 'intake: loop {
+        let tag = format!("{}-{}", ctx.runner.owner, Uuid::new_v4().simple());
+        let mut consumer = channel
+            .basic_consume(
+                ctx.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("starting the consumer")?;
+        info!(queue = %ctx.topology.queue, concurrency, "consuming");
+        // Take deliveries until shutdown (break 'intake) or a provider fault (break here).
+        let stopped = loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                () = shutdown.cancelled() => break Ok(()),
+                _ = provider_ok.wait_for(|ok| !*ok) => break Err(()),
+            };
+            let delivery = tokio::select! {
+                next = consumer.next() => next,
+                () = shutdown.cancelled() => break Ok(()),
+                _ = provider_ok.wait_for(|ok| !*ok) => break Err(()),
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => break 'intake Err(anyhow::Error::new(e).context("the consumer failed")),
+                None => break 'intake Err(anyhow::anyhow!("the broker closed the consumer")),
+            };
+            let ctx = ctx.clone();
+            let slots_gauge = slots.clone();
+            tasks.spawn(async move {
+                ctx.metrics.jobs_in_flight.inc();
+                ctx.metrics
+                    .worker_slots_free
+                    .set(slots_gauge.available_permits() as i64);
+                handle(&ctx, delivery).await;
+                ctx.metrics.jobs_in_flight.dec();
+                drop(permit);
+                ctx.metrics
+                    .worker_slots_free
+                    .set(slots_gauge.available_permits() as i64);
+            });
         };
-        let delivery = tokio::select! {
-            next = consumer.next() => next,
-            () = shutdown.cancelled() => break Ok(()),
-        };
-        let delivery = match delivery {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(e)) => break Err(anyhow::Error::new(e).context("the consumer failed")),
-            None => break Err(anyhow::anyhow!("the broker closed the consumer")),
-        };
-        let ctx = ctx.clone();
-        let slots_gauge = slots.clone();
-        tasks.spawn(async move {
-            ctx.metrics.jobs_in_flight.inc();
-            ctx.metrics
-                .worker_slots_free
-                .set(slots_gauge.available_permits() as i64);
-            handle(&ctx, delivery).await;
-            ctx.metrics.jobs_in_flight.dec();
-            drop(permit);
-            ctx.metrics
-                .worker_slots_free
-                .set(slots_gauge.available_permits() as i64);
-        });
+        // Stop intake in both cases, so nothing new arrives while we drain or wait.
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), lapin::options::BasicCancelOptions::default())
+            .await;
+        if stopped.is_ok() {
+            break Ok(());
+        }
+        // The provider refuses our key or model: jobs stay queued rather than be filled with
+        // templates, until a probe shows an operator fixed it.
+        warn!(
+            probe_secs = ctx.probe_interval.as_secs(),
+            "LLM provider refuses requests; intake paused"
+        );
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(ctx.probe_interval) => {}
+                () = shutdown.cancelled() => break 'intake Ok(()),
+            }
+            match ctx.runner.generator.provider.probe().await {
+                Ok(()) => break,
+                Err(e) => warn!(error = %e, "LLM provider still refuses requests"),
+            }
+        }
+        ctx.metrics.provider_ready.set(1);
+        ctx.provider_ok.send_replace(true);
+        info!("LLM provider accepts requests again; resuming intake");
     };
-    // Stop intake first so nothing new arrives while in-flight jobs drain.
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), lapin::options::BasicCancelOptions::default())
-        .await;
+    while tasks.try_join_next().is_some() {}
     let in_flight = tasks.len();
     if in_flight > 0 {
         info!(in_flight, grace_secs, "draining in-flight jobs");
@@ -246,7 +286,7 @@ async fn consume(
         );
         tasks.abort_all();
     }
-    let _ = channel.close(200, "draining done".into()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "draining done".into())).await;
     result
 }
 
@@ -289,6 +329,7 @@ async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome) {
         Outcome::ProviderFault(e) => {
             error!(error = %e, "LLM provider refuses requests; job returned to the queue");
             ctx.metrics.provider_ready.set(0);
+            ctx.provider_ok.send_replace(false);
         }
         Outcome::StoreDown(e) => error!(error = %e, "database unavailable; job returned to the queue"),
         Outcome::Done | Outcome::HandedBack => {}

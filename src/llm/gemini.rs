@@ -49,10 +49,16 @@ impl Gemini {
             "maxOutputTokens": request.max_output_tokens,
             "temperature": self.temperature,
         });
-        if self.format != ResponseFormat::None {
+        // A null schema marks a probe, which asks for plain text.
+        let format = if request.schema.is_null() {
+            ResponseFormat::None
+        } else {
+            self.format
+        };
+        if format != ResponseFormat::None {
             config["responseMimeType"] = json!("application/json");
         }
-        if self.format == ResponseFormat::JsonSchema {
+        if format == ResponseFormat::JsonSchema {
             config["responseSchema"] = schema::to_gemini(&request.schema);
         }
         let body = json!({

@@ -165,6 +165,23 @@ impl Provider {
         }
     }
 
+    /// A minimal request that tells whether the provider accepts our key and model at all.
+    /// A refusal of the request itself still proves both, so only configuration faults and
+    /// transient failures count as "not usable".
+    pub async fn probe(&self) -> Result<(), LlmError> {
+        let request = LlmRequest {
+            system: "Health check.".into(),
+            prompt: "Answer with the word ok.".into(),
+            schema: serde_json::Value::Null,
+            max_output_tokens: 1,
+            temperature: 0.0,
+        };
+        match self.complete(&request).await {
+            Ok(_) | Err(LlmError::Refused { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Mock(_) => "mock",

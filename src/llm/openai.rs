@@ -54,7 +54,13 @@ impl OpenAi {
             "max_tokens": request.max_output_tokens,
             "temperature": self.temperature,
         });
-        match self.format {
+        // A null schema marks a probe, which asks for plain text.
+        let format = if request.schema.is_null() {
+            ResponseFormat::None
+        } else {
+            self.format
+        };
+        match format {
             ResponseFormat::JsonSchema => {
                 body["response_format"] = json!({
                     "type": "json_schema",

@@ -94,14 +94,16 @@ impl Generator {
         plan: &Plan,
         range: BatchRange,
         previous: Option<&Week>,
+        span_hint: &mut u32,
     ) -> Result<BatchResult, ProviderFault> {
         let started = Instant::now();
         let mut weeks: Vec<Week> = Vec::with_capacity(range.len() as usize);
         let mut usage = Usage::default();
         let mut rungs = Rungs::default();
         let mut next = range.first;
-        // How many weeks one answer can hold; shrinks when answers are cut off.
-        let mut span = range.len();
+        // How many weeks one answer can hold; shrinks when answers are cut off, and the job's
+        // later batches start from what this one learned instead of repeating the same cut.
+        let mut span = range.len().min((*span_hint).max(1));
         let mut feedback: Option<Vec<String>> = None;
         while next <= range.last {
             let last = (next + span - 1).min(range.last);
@@ -177,6 +179,7 @@ impl Generator {
                 }
             }
         }
+        *span_hint = span;
         let outcome = match rungs {
             Rungs { fallback: true, .. } => "fallback",
             Rungs { reasked: true, .. } => "reasked",

@@ -105,6 +105,7 @@ impl JobRunner {
             .map(|b| (b.weeks.clone(), b.usage, u32::from(b.fallback_weeks > 0)))
             .collect();
         let stored: Vec<u32> = owned.batches.iter().map(|b| b.index).collect();
+        let mut span_hint = self.batch_weeks;
         for range in plan.batches.iter().filter(|r| !stored.contains(&r.index)) {
             if shutdown.is_cancelled() {
                 return Ok(self.hand_back(job.job_id, token).await);
@@ -113,7 +114,7 @@ impl JobRunner {
             let span =
                 info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
             let generated = tokio::select! {
-                result = self.generator.batch(&profile, &plan, *range, previous).instrument(span) => result,
+                result = self.generator.batch(&profile, &plan, *range, previous, &mut span_hint).instrument(span) => result,
                 () = lost.cancelled() => return Ok(JobEnd::Fenced),
             };
             let result = match generated {

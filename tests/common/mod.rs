@@ -84,31 +84,35 @@ impl TestEnv {
     /// Worker settings for this test, through the real command line: OpenAI provider pointed at
     /// the mock server, a free metrics port, short grace. `extra` flags override.
     pub fn settings(&self, extra: &[&str]) -> WorkerSettings {
-        let base_url = self.mock.openai_base_url();
-        let mut args = vec![
-            "roadmap-worker",
-            "run",
-            "--database-url",
-            &self.database_url,
-            "--database-pool-size",
-            "8",
-            "--amqp-namespace",
-            &self.name,
-            "--llm-provider",
-            "openai",
-            "--llm-base-url",
-            &base_url,
-            "--llm-api-key",
-            "test-key",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--shutdown-grace-secs",
-            "5",
-            "--llm-max-retry-delay-ms",
-            "200",
-            "--worker-concurrency",
-            "8",
+        self.settings_for("openai", extra)
+    }
+
+    /// Like [`Self::settings`] for `provider` (`openai` or `gemini`), both served by the mock.
+    pub fn settings_for(&self, provider: &str, extra: &[&str]) -> WorkerSettings {
+        let base_url = match provider {
+            "gemini" => self.mock.gemini_base_url(),
+            _ => self.mock.openai_base_url(),
+        };
+        let defaults = [
+            ("--database-url", self.database_url.as_str()),
+            ("--database-pool-size", "8"),
+            ("--amqp-namespace", &self.name),
+            ("--llm-provider", provider),
+            ("--llm-base-url", &base_url),
+            ("--llm-api-key", "test-key"),
+            ("--metrics-addr", "127.0.0.1:0"),
+            ("--shutdown-grace-secs", "5"),
+            ("--llm-max-retry-delay-ms", "200"),
+            ("--worker-concurrency", "8"),
+            ("--llm-probe-interval-secs", "1"),
         ];
+        let mut args = vec!["roadmap-worker", "run"];
+        for (flag, value) in defaults {
+            // A flag given in `extra` replaces the default (clap refuses a flag twice).
+            if !extra.contains(&flag) {
+                args.extend_from_slice(&[flag, value]);
+            }
+        }
         args.extend_from_slice(extra);
         let amqp = amqp_url();
         args.extend_from_slice(&["--amqp-url", &amqp]);
@@ -120,9 +124,14 @@ impl TestEnv {
 
     /// Starts a worker in this process and waits until it consumes.
     pub async fn start_worker(&self, extra: &[&str]) -> WorkerHandle {
+        self.start_worker_for("openai", extra).await
+    }
+
+    pub async fn start_worker_for(&self, provider: &str, extra: &[&str]) -> WorkerHandle {
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let join = tokio::spawn(worker::run(self.settings(extra), shutdown.clone(), Some(tx)));
+        let settings = self.settings_for(provider, extra);
+        let join = tokio::spawn(worker::run(settings, shutdown.clone(), Some(tx)));
         let running = match rx.await {
             Ok(running) => running,
             Err(_) => panic!("worker failed to start: {:?}", join.await),

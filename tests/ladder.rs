@@ -1,0 +1,237 @@
+//! Promise: every rung of the robustness ladder ends in a valid roadmap, for both providers over
+//! HTTP; a configuration fault leaves the job queued and the worker not ready.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, eventually, job};
+use roadmap_worker::{
+    config::ResponseFormat,
+    domain::{JobRequest, WeekSource, event::Completed},
+    llm::{estimate_tokens, mock},
+    mock_server::{Fault, FaultPlan},
+    pipeline::{plan::Plan, prompt},
+};
+
+const PROVIDERS: [&str; 2] = ["openai", "gemini"];
+
+struct Run {
+    completed: Completed,
+    asked: Vec<(u32, u32)>,
+    batches: Vec<(String, i32)>,
+}
+
+/// Runs one job of `weeks` weeks against the mock with `script`, and returns what happened.
+async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&str]) -> Run {
+    let env = TestEnv::with_plan(FaultPlan {
+        script,
+        ..Default::default()
+    })
+    .await;
+    let worker = env.start_worker_for(provider, extra).await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(weeks, "Cloud Engineer");
+    env.publish(&body).await;
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed", "{provider}: {}", end.body);
+    let completed: Completed = serde_json::from_value(end.body).unwrap();
+    let numbers: Vec<u32> = completed.roadmap.weeks.iter().map(|w| w.number).collect();
+    assert_eq!(numbers, (1..=weeks).collect::<Vec<_>>(), "{provider}");
+    assert!(
+        completed.roadmap.weeks.iter().all(|w| w.days.len() == 7),
+        "{provider}"
+    );
+    let db = env.db().await;
+    let batches = db
+        .query("SELECT outcome, llm_calls FROM batches ORDER BY batch_index", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let asked = env
+        .mock
+        .requests()
+        .iter()
+        .map(|r| (r.first_week, r.last_week))
+        .collect();
+    worker.stop().await;
+    env.cleanup().await;
+    Run {
+        completed,
+        asked,
+        batches,
+    }
+}
+
+fn outcomes(run: &Run) -> Vec<&str> {
+    run.batches.iter().map(|(o, _)| o.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_with_backoff() {
+    for provider in PROVIDERS {
+        let script = vec![
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+            },
+            Fault::Status {
+                code: 429,
+                retry_after: Some(0.05),
+            },
+        ];
+        let run = run_job(provider, script, 6, &[]).await;
+        assert_eq!(run.asked, vec![(1, 3), (1, 3), (1, 3), (4, 6)], "{provider}");
+        assert_eq!(outcomes(&run), vec!["retried", "ok"], "{provider}");
+        assert_eq!(run.batches[0].1, 3, "{provider}: failed attempts are counted");
+        assert_eq!(run.completed.usage.llm_calls, 4, "{provider}");
+        assert_eq!(run.completed.fallback_batches, 0, "{provider}");
+    }
+}
+
+/// An output limit that holds two weeks of this job's answers but not three.
+fn two_week_budget(weeks: u32) -> u64 {
+    let (_, body) = job(weeks, "Cloud Engineer");
+    let request = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
+    let plan = Plan::new(&request.profile(), weeks, 1);
+    let week_tokens: Vec<u64> = (1..=weeks)
+        .map(|n| {
+            let brief = prompt::Brief {
+                profile: request.profile(),
+                duration_weeks: weeks,
+                first_week: n,
+                last_week: n,
+                phases: plan.phases.clone(),
+            };
+            let text =
+                mock::answer(&prompt::render(&brief, None, 2, None, ResponseFormat::JsonSchema)).unwrap();
+            estimate_tokens(&text)
+        })
+        .collect();
+    let pairs = week_tokens.windows(2).map(|w| w[0] + w[1]).max().unwrap();
+    let triples = week_tokens.windows(3).map(|w| w[0] + w[1] + w[2]).min().unwrap();
+    let budget = pairs + 20;
+    assert!(
+        budget < triples,
+        "weeks too uneven for this test: {week_tokens:?}"
+    );
+    budget
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_keeps_complete_weeks_and_asks_for_the_rest() {
+    let budget = two_week_budget(9).to_string();
+    for provider in PROVIDERS {
+        let run = run_job(provider, vec![], 9, &["--llm-max-output-tokens", &budget]).await;
+        // Batch 1 is cut after two weeks; only week 3 is asked again. Later batches start from
+        // the learned size instead of repeating the same cut.
+        assert_eq!(
+            run.asked,
+            vec![(1, 3), (3, 3), (4, 5), (6, 6), (7, 8), (9, 9)],
+            "{provider}"
+        );
+        assert_eq!(outcomes(&run), vec!["truncated", "ok", "ok"], "{provider}");
+        assert_eq!(run.completed.fallback_batches, 0, "{provider}");
+        assert!(
+            run.completed
+                .roadmap
+                .weeks
+                .iter()
+                .all(|w| w.source == WeekSource::Llm)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_output_is_reasked_once() {
+    for provider in PROVIDERS {
+        for fault in [Fault::InvalidJson, Fault::WrongWeeks] {
+            let run = run_job(provider, vec![fault.clone()], 6, &[]).await;
+            assert_eq!(run.asked, vec![(1, 3), (1, 3), (4, 6)], "{provider} {fault:?}");
+            assert_eq!(outcomes(&run), vec!["reasked", "ok"], "{provider} {fault:?}");
+            assert_eq!(run.completed.fallback_batches, 0);
+        }
+        // Markdown fences around valid JSON are read without a re-ask.
+        let run = run_job(provider, vec![Fault::Fences], 6, &[]).await;
+        assert_eq!(run.asked, vec![(1, 3), (4, 6)], "{provider}");
+        assert_eq!(outcomes(&run), vec!["ok", "ok"], "{provider}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_failure_falls_back_to_template_weeks() {
+    for provider in PROVIDERS {
+        // Invalid twice: the re-ask fails too.
+        let run = run_job(provider, vec![Fault::InvalidJson, Fault::WrongWeeks], 6, &[]).await;
+        assert_eq!(outcomes(&run), vec!["fallback", "ok"], "{provider}");
+        assert_eq!(run.completed.fallback_batches, 1);
+        let sources: Vec<WeekSource> = run.completed.roadmap.weeks.iter().map(|w| w.source).collect();
+        assert_eq!(sources[..3], [WeekSource::Fallback; 3]);
+        assert_eq!(sources[3..], [WeekSource::Llm; 3]);
+
+        // Transient failures past the retry limit.
+        let unavailable = Fault::Status {
+            code: 503,
+            retry_after: None,
+        };
+        let run = run_job(provider, vec![unavailable; 3], 6, &["--llm-max-retries", "2"]).await;
+        assert_eq!(run.asked, vec![(1, 3), (1, 3), (1, 3), (4, 6)], "{provider}");
+        assert_eq!(outcomes(&run), vec!["fallback", "ok"], "{provider}");
+        assert_eq!(run.batches[0].1, 3, "{provider}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_fault_pauses_intake_and_keeps_the_job_queued() {
+    for provider in PROVIDERS {
+        // The job's first call and the first probe are refused; the second probe passes.
+        let env = TestEnv::with_plan(FaultPlan {
+            script: vec![Fault::AuthFailure, Fault::AuthFailure],
+            ..Default::default()
+        })
+        .await;
+        let worker = env.start_worker_for(provider, &[]).await;
+        let metrics = worker.running.metrics.clone();
+        let ready_url = format!("http://{}/readyz", worker.running.metrics_addr);
+        let mut events = env.watcher().await;
+        let (job_id, body) = job(6, "Cloud Engineer");
+        env.publish(&body).await;
+
+        eventually(
+            Duration::from_secs(10),
+            "the worker to turn not ready",
+            || async { (metrics.provider_ready.get() == 0).then_some(()) },
+        )
+        .await;
+        let readyz = reqwest::get(&ready_url).await.unwrap();
+        assert_eq!(readyz.status(), 503, "{provider}");
+        assert!(readyz.text().await.unwrap().contains("llm provider"));
+        let db = env.db().await;
+        let stored: i64 = db
+            .query_one("SELECT count(*) FROM batches", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            stored, 0,
+            "{provider}: no template weeks were stored for a configuration fault"
+        );
+
+        // Once the provider accepts requests again the same job completes, with no fallback.
+        let end = events
+            .wait_for_end(job_id, Duration::from_secs(30), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(end.routing_key, "roadmap.completed", "{provider}");
+        assert_eq!(end.body["fallback_batches"], 0);
+        assert_eq!(metrics.provider_ready.get(), 1);
+        assert_eq!(reqwest::get(&ready_url).await.unwrap().status(), 200);
+        worker.stop().await;
+        env.cleanup().await;
+    }
+}
