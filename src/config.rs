@@ -266,6 +266,17 @@ pub struct WorkerSettings {
     /// Seconds in-flight jobs get to finish their batch after SIGTERM before being handed back.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
+    /// Seconds after which a job still running acks its delivery and relies on Postgres and the
+    /// sweeper instead; keep it below RabbitMQ's consumer timeout (30 minutes by default).
+    #[arg(long, env = "AMQP_ACK_DEADLINE_SECS", default_value_t = 1500)]
+    pub amqp_ack_deadline_secs: u64,
+    /// Seconds between sweeps for stranded jobs (acked deliveries whose owner died, long-expired
+    /// leases), which are re-published.
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 10)]
+    pub sweep_interval_secs: u64,
+    /// A job taken over from a dead or fenced owner this many times is failed as poison.
+    #[arg(long, env = "JOB_POISON_AFTER", default_value_t = 3)]
+    pub job_poison_after: i32,
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use crate::metrics::Metrics;
 pub struct Health {
     pub metrics: Metrics,
     pub pool: Pool,
-    pub amqp: Arc<lapin::Connection>,
+    /// The current broker connection; `None` between sessions.
+    pub amqp: tokio::sync::watch::Receiver<Option<Arc<lapin::Connection>>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -65,7 +66,12 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
         }
         Err(_) => problems.push("postgres: unreachable"),
     }
-    if !health.amqp.status().connected() {
+    let connected = health
+        .amqp
+        .borrow()
+        .as_ref()
+        .is_some_and(|c| c.status().connected());
+    if !connected {
         problems.push("rabbitmq: disconnected");
     }
     if health.metrics.provider_ready.get() == 0 {

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub worker_slots_free: IntGauge,
     /// Jobs that found checkpoints from an earlier delivery and resumed from them.
     pub jobs_resumed: IntCounter,
+    /// Stranded jobs re-published by the sweeper.
+    pub jobs_redispatched: IntCounter,
+    /// Broker sessions opened after the first (reconnections).
+    pub amqp_reconnects: IntCounter,
     pub job_duration: Histogram,
     pub batch_duration: Histogram,
     /// Finished batches by outcome: ok, retried, truncated, reasked, fallback.
@@ -109,6 +113,14 @@ impl Metrics {
             jobs_in_flight: gauge("roadmap_jobs_in_flight", "Jobs being worked on by this replica."),
             worker_slots_free: gauge("roadmap_worker_slots_free", "Free job slots on this replica."),
             jobs_resumed: counter("roadmap_jobs_resumed_total", "Jobs resumed from a checkpoint."),
+            jobs_redispatched: counter(
+                "roadmap_jobs_redispatched_total",
+                "Stranded jobs re-published by the sweeper.",
+            ),
+            amqp_reconnects: counter(
+                "roadmap_amqp_reconnects_total",
+                "Broker sessions opened after the first.",
+            ),
             job_duration: histogram(
                 "roadmap_job_duration_seconds",
                 "Time from claim to stored roadmap.",

@@ -15,14 +15,20 @@ const POLL: Duration = Duration::from_millis(200);
 /// Runs until `shutdown`, then drains what is pending once more before returning.
 pub async fn relay(
     pool: Pool,
-    publisher: Publisher,
+    publisher: tokio::sync::watch::Receiver<Option<Publisher>>,
     exchange: String,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
-        match publish_pending(&pool, &publisher, &exchange, &metrics).await {
+        let current = publisher.borrow().clone();
+        let published = match &current {
+            Some(p) => publish_pending(&pool, p, &exchange, &metrics).await,
+            // Between broker sessions: nothing can be sent; the rows wait.
+            None => Ok(0),
+        };
+        match published {
             Ok(n) => {
                 failures = 0;
                 if n as i64 == BATCH {
@@ -44,7 +50,10 @@ pub async fn relay(
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => {
-                if let Err(e) = publish_pending(&pool, &publisher, &exchange, &metrics).await {
+                let current = publisher.borrow().clone();
+                if let Some(p) = current
+                    && let Err(e) = publish_pending(&pool, &p, &exchange, &metrics).await
+                {
                     warn!(error = %e, "outbox not drained at shutdown; another replica will send it");
                 }
                 return;

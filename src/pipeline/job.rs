@@ -14,7 +14,7 @@ use super::{batch::Generator, plan::Plan};
 use crate::{
     domain::{
         JobRequest, Roadmap, Week,
-        event::{COMPLETED, Completed, Usage},
+        event::{COMPLETED, Completed, Failed, Usage},
         roadmap::check_roadmap,
     },
     llm::LlmError,
@@ -36,6 +36,8 @@ pub enum JobEnd {
     HandedBack,
     /// The LLM provider refuses every request (bad key, unknown model).
     ProviderFault(LlmError),
+    /// The job killed or lost its workers too often; it is failed and its event queued.
+    Poison { abandoned: i32 },
 }
 
 /// Runs jobs; one per worker, shared by its job tasks.
@@ -47,6 +49,8 @@ pub struct JobRunner {
     pub lease: Duration,
     /// This replica's id: the owner of the leases it takes.
     pub owner: String,
+    /// Takeovers from dead or fenced owners after which a job is failed as poison.
+    pub poison_after: i32,
 }
 
 /// How often a job whose owner is alive is checked again.
@@ -79,6 +83,20 @@ impl JobRunner {
         };
         let token = owned.token;
         let metrics = &self.generator.metrics;
+        if owned.abandoned >= self.poison_after {
+            let reason = "poison_job";
+            let message = format!(
+                "the job was abandoned by {} workers (crash or lost lease); it is not retried again",
+                owned.abandoned
+            );
+            warn!(abandoned = owned.abandoned, "poison job; failing it");
+            let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
+            with_retries(|| store::jobs::fail(&self.pool, job.job_id, token, reason, &event)).await?;
+            metrics.jobs_failed.with_label_values(&[reason]).inc();
+            return Ok(JobEnd::Poison {
+                abandoned: owned.abandoned,
+            });
+        }
         metrics.jobs_started.inc();
         if !owned.batches.is_empty() {
             metrics.jobs_resumed.inc();

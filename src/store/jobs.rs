@@ -35,6 +35,8 @@ pub struct OwnedJob {
     pub started_at: DateTime<Utc>,
     /// How many times the job has been claimed, this claim included.
     pub claims: i32,
+    /// How many claims took the job from an owner that died or lost its lease.
+    pub abandoned: i32,
 }
 
 /// Claims `job` for `owner`. A new job is inserted with its plan; a known one is taken over when
@@ -75,6 +77,7 @@ pub async fn claim(
             batches: Vec::new(),
             started_at: row.get(1),
             claims: 1,
+            abandoned: 0,
         }));
     }
     let row = tx
@@ -104,9 +107,11 @@ pub async fn claim(
     let row = tx
         .query_one(
             "UPDATE jobs SET owner = $2, lease_until = now() + make_interval(secs => $3),
-                    fencing_token = fencing_token + 1, claims = claims + 1, updated_at = now()
+                    fencing_token = fencing_token + 1, claims = claims + 1,
+                    abandoned = abandoned + (owner IS NOT NULL)::int,
+                    delivery_acked = false, redispatched_at = NULL, updated_at = now()
              WHERE job_id = $1
-             RETURNING fencing_token, plan, created_at, claims",
+             RETURNING fencing_token, plan, created_at, claims, abandoned",
             &[&job.job_id, &owner, &lease_secs],
         )
         .await?;
@@ -120,6 +125,7 @@ pub async fn claim(
         batches,
         started_at: row.get(2),
         claims: row.get(3),
+        abandoned: row.get(4),
     }))
 }
 
@@ -180,4 +186,55 @@ pub async fn fail(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Records that the job's delivery was acked before the job ended (see the sweeper).
+pub async fn mark_delivery_acked(pool: &Pool, job_id: Uuid) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE jobs SET delivery_acked = true WHERE job_id = $1 AND status = 'running'",
+            &[&job_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A job the sweeper found stranded, with the message that re-dispatches it.
+#[derive(Debug)]
+pub struct Stranded {
+    pub job_id: Uuid,
+    pub request: serde_json::Value,
+}
+
+/// Finds running jobs that no delivery will bring back, and stamps them so that no other
+/// replica's sweeper picks them at the same time:
+/// - the delivery was acked early and the owner's database sessions are gone (it died);
+/// - the lease expired more than a lease ago (a safety net for anything else that slipped).
+pub async fn sweep(pool: &Pool, lease: Duration, limit: i64) -> Result<Vec<Stranded>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "UPDATE jobs SET redispatched_at = now()
+             WHERE job_id IN (
+                SELECT job_id FROM jobs j
+                WHERE status = 'running'
+                  AND (redispatched_at IS NULL OR redispatched_at < now() - make_interval(secs => 2 * $1))
+                  AND ((delivery_acked AND NOT EXISTS (
+                           SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || j.owner))
+                       OR lease_until < now() - make_interval(secs => $1))
+                ORDER BY updated_at
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+             RETURNING job_id, request",
+            &[&lease.as_secs_f64(), &APP_PREFIX, &limit],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Stranded {
+            job_id: r.get(0),
+            request: r.get(1),
+        })
+        .collect())
 }

@@ -53,6 +53,14 @@ impl TestEnv {
     }
 
     pub async fn with_plan(plan: FaultPlan) -> Self {
+        // Worker logs go to the test's captured output, shown when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,lapin=warn".into()),
+            )
+            .try_init();
         let name = format!("rwtest_{}", &Uuid::new_v4().simple().to_string()[..12]);
         let database_url = format!("{}/{name}", base_pg());
         let (_probe, _) = tokio_postgres::connect(&format!("{}/postgres", base_pg()), tokio_postgres::NoTls)
