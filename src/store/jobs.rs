@@ -219,10 +219,10 @@ pub async fn sweep(pool: &Pool, lease: Duration, limit: i64) -> Result<Vec<Stran
              WHERE job_id IN (
                 SELECT job_id FROM jobs j
                 WHERE status = 'running'
-                  AND (redispatched_at IS NULL OR redispatched_at < now() - make_interval(secs => 2 * $1))
+                  AND (redispatched_at IS NULL OR redispatched_at < now() - make_interval(secs => 2 * $1::float8))
                   AND ((delivery_acked AND NOT EXISTS (
                            SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || j.owner))
-                       OR lease_until < now() - make_interval(secs => $1))
+                       OR lease_until < now() - make_interval(secs => $1::float8))
                 ORDER BY updated_at
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED)

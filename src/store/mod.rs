@@ -22,12 +22,24 @@ refinery::embed_migrations!("migrations");
 pub enum StoreError {
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database: {0}")]
+    #[error("database: {}", chain(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("the job's lease was taken over by another replica")]
     Fenced,
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+}
+
+/// An error with its causes, which tokio-postgres keeps out of its own message.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 impl From<serde_json::Error> for StoreError {

@@ -53,6 +53,11 @@ impl TestEnv {
     }
 
     pub async fn with_plan(plan: FaultPlan) -> Self {
+        Self::with_mock(plan, Duration::ZERO).await
+    }
+
+    /// A world whose mock LLM answers after `latency`.
+    pub async fn with_mock(plan: FaultPlan, latency: Duration) -> Self {
         // Worker logs go to the test's captured output, shown when a test fails.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -76,7 +81,7 @@ impl TestEnv {
             .await
             .expect("declaring the test topology");
         let publisher = Publisher::new(&connection).await.unwrap();
-        let mock = MockLlmServer::start("127.0.0.1:0".parse().unwrap(), plan, Duration::ZERO)
+        let mock = MockLlmServer::start("127.0.0.1:0".parse().unwrap(), plan, latency)
             .await
             .unwrap();
         Self {
@@ -314,4 +319,50 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Sends SIGTERM to a child process (the orchestrator's polite stop).
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("the child is running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+/// Polls the job's row until `probe` accepts it.
+pub async fn job_row<T>(
+    db: &tokio_postgres::Client,
+    job_id: Uuid,
+    what: &str,
+    probe: impl Fn(&tokio_postgres::Row) -> Option<T>,
+) -> T {
+    eventually(Duration::from_secs(30), what, || async {
+        let row = db
+            .query_opt(
+                "SELECT status, batches_done, owner, claims, abandoned, delivery_acked FROM jobs WHERE job_id = $1",
+                &[&job_id],
+            )
+            .await
+            .ok()??;
+        probe(&row)
+    })
+    .await
+}
+
+/// The test database once the first worker has created and migrated it.
+pub async fn db_when_ready(env: &TestEnv) -> tokio_postgres::Client {
+    eventually(Duration::from_secs(30), "the test database", || async {
+        let (client, conn) = tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        client
+            .query_opt("SELECT 1 FROM jobs LIMIT 1", &[])
+            .await
+            .ok()
+            .map(|_| client)
+    })
+    .await
 }

@@ -1,0 +1,154 @@
+//! Promise: a replica that lost its lease (paused, partitioned) cannot write over the new owner;
+//! its checkpoints and completion are fenced out.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::Parser as _;
+use common::{TestEnv, job};
+use roadmap_worker::{
+    cli::{Cli, Command},
+    domain::{
+        JobRequest,
+        event::{COMPLETED, Completed, Usage},
+    },
+    pipeline::{batch::BatchResult, plan::Plan},
+    store::{self, StoreError, jobs::Claim},
+    template,
+};
+
+async fn pool_for(env: &TestEnv, replica: &str) -> deadpool_postgres::Pool {
+    let args = ["roadmap-worker", "migrate", "--database-url", &env.database_url];
+    let Command::Migrate(db) = Cli::try_parse_from(args).unwrap().command else {
+        unreachable!()
+    };
+    // Each pool's sessions carry the replica's name, as a worker's do: the owner looks alive.
+    store::connect(&db, &format!("{}{replica}", store::jobs::APP_PREFIX))
+        .await
+        .unwrap()
+}
+
+fn batch(job: &JobRequest, plan: &Plan, index: usize) -> BatchResult {
+    let range = plan.batches[index];
+    BatchResult {
+        weeks: range
+            .weeks()
+            .map(|n| template::week(&job.profile(), &plan.phases, n, plan.duration_weeks))
+            .collect(),
+        usage: Usage::default(),
+        outcome: "ok",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_owner_is_fenced_out_after_takeover() {
+    let env = TestEnv::new().await;
+    let (a, b) = (
+        pool_for(&env, "replica-a").await,
+        pool_for(&env, "replica-b").await,
+    );
+    let (_, body) = job(6, "Security Engineer");
+    let job = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
+    let plan = Plan::new(&job.profile(), 6, 3);
+    let short = Duration::from_millis(500);
+
+    let Claim::Owned(first) = store::jobs::claim(&a, &job, &plan, "replica-a", short)
+        .await
+        .unwrap()
+    else {
+        panic!("replica a should own a new job")
+    };
+    // While a's lease is live and a is connected, b may not take the job.
+    let busy = store::jobs::claim(&b, &job, &plan, "replica-b", short)
+        .await
+        .unwrap();
+    assert!(matches!(busy, Claim::Busy), "{busy:?}");
+
+    // a stalls past its lease; b takes over with a newer fencing token.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let Claim::Owned(second) = store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("replica b should take over an expired lease")
+    };
+    assert!(second.token > first.token);
+    assert_eq!(second.abandoned, 1, "a never released the job");
+
+    // a wakes up: every write it tries is refused.
+    let stale = store::batches::checkpoint(&a, job.job_id, first.token, 0, 2, &batch(&job, &plan, 0)).await;
+    assert!(matches!(stale, Err(StoreError::Fenced)), "{stale:?}");
+    assert!(matches!(
+        store::jobs::renew(&a, job.job_id, first.token, short).await,
+        Err(StoreError::Fenced)
+    ));
+    // b's writes go through, and only b's.
+    for index in 0..2 {
+        let fresh = store::batches::checkpoint(
+            &b,
+            job.job_id,
+            second.token,
+            index as u32,
+            2,
+            &batch(&job, &plan, index),
+        )
+        .await
+        .unwrap();
+        assert!(fresh);
+    }
+    let db = env.db().await;
+    let tokens: Vec<i64> = db
+        .query("SELECT fencing_token FROM batches ORDER BY batch_index", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tokens, vec![second.token, second.token]);
+
+    let weeks = (0..2).flat_map(|i| batch(&job, &plan, i).weeks).collect();
+    let roadmap_id = uuid::Uuid::new_v4();
+    let completed = Completed {
+        event: COMPLETED.into(),
+        version: 1,
+        event_id: uuid::Uuid::now_v7(),
+        job_id: job.job_id,
+        user_id: job.user_id.clone(),
+        roadmap_id,
+        duration_weeks: 6,
+        batches: 2,
+        fallback_batches: 0,
+        usage: Usage::default(),
+        started_at: Utc::now(),
+        completed_at: Utc::now(),
+        roadmap: roadmap_worker::domain::Roadmap {
+            roadmap_id,
+            job_id: job.job_id,
+            target_role: job.target_role.clone(),
+            experience_level: job.experience_level,
+            hours_per_week: job.hours_per_week,
+            language: job.language.clone(),
+            duration_weeks: 6,
+            phases: plan.phases.clone(),
+            weeks,
+        },
+    };
+    assert!(matches!(
+        store::roadmaps::complete(&a, first.token, &completed).await,
+        Err(StoreError::Fenced)
+    ));
+    store::roadmaps::complete(&b, second.token, &completed)
+        .await
+        .unwrap();
+    let roadmaps: i64 = db
+        .query_one("SELECT count(*) FROM roadmaps", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(roadmaps, 1);
+
+    drop((a, b));
+    env.cleanup().await;
+}

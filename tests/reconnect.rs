@@ -1,0 +1,67 @@
+//! Promise: when the broker drops the worker's connection, the worker reconnects with backoff,
+//! declares its topology again and carries on.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{TestEnv, eventually, job};
+
+/// Closes the broker connection named `name` (what a broker restart or a network cut does to it).
+fn close_connection(name: &str) {
+    let list = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (RabbitMQ's own CLI, installed with the server)");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let pid = text
+        .lines()
+        .find(|l| l.contains(name))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no broker connection named {name} in:\n{text}"));
+    let closed = Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "test: simulated broker failure"])
+        .status()
+        .unwrap();
+    assert!(closed.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reconnects_after_losing_the_broker() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(&[]).await;
+    let metrics = worker.running.metrics.clone();
+    let ready = format!("http://{}/readyz", worker.running.metrics_addr);
+    let mut events = env.watcher().await;
+
+    close_connection(&worker.running.owner);
+    eventually(Duration::from_secs(30), "a new broker session", || async {
+        (metrics.amqp_reconnects.get() == 1).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "/readyz to report ready again",
+        || async {
+            let status = reqwest::get(&ready).await.ok()?.status();
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+
+    let (job_id, body) = job(3, "Network Engineer");
+    env.publish(&body).await;
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(30), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed");
+    worker.stop().await;
+    env.cleanup().await;
+}
