@@ -73,6 +73,7 @@ pub struct Recorded {
     pub first_week: u32,
     pub last_week: u32,
     pub fault: Option<String>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug)]
@@ -198,6 +199,7 @@ async fn prepare(
             first_week: brief.as_ref().map_or(0, |b| b.first_week),
             last_week: brief.as_ref().map_or(0, |b| b.last_week),
             fault: fault.as_ref().map(|f| format!("{f:?}")),
+            received_at: chrono::Utc::now(),
         });
         fault
     };

@@ -241,7 +241,15 @@ impl TestEnv {
 
     /// Deletes this test's queues, exchanges and database.
     pub async fn cleanup(self) {
-        let channel = self.connection.create_channel().await.unwrap();
+        // The test's own connection may have died with a broker restart (the chaos run).
+        let fresh;
+        let channel = match self.connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(_) => {
+                fresh = amqp::connect(&amqp_settings(&self.name), &self.name).await.unwrap();
+                fresh.create_channel().await.unwrap()
+            }
+        };
         for q in [&self.topology.queue, &self.topology.dead_letter_queue] {
             let _ = channel.queue_delete(q.as_str().into(), Default::default()).await;
         }
