@@ -23,6 +23,9 @@ pub async fn publish_job(publisher: &Publisher, topology: &Topology, body: &[u8]
         .context("publishing the job (is a worker's topology declared? run the worker once)")
 }
 
+/// Events of other jobs kept while waiting for one job.
+const MAX_HELD: usize = 10_000;
+
 /// An event as received, with its AMQP message id.
 #[derive(Debug, Clone)]
 pub struct ReceivedEvent {
@@ -35,6 +38,8 @@ pub struct ReceivedEvent {
 pub struct EventWatcher {
     _channel: Channel,
     consumer: Consumer,
+    /// Events of other jobs seen while waiting for one job, kept for later calls.
+    held: std::collections::VecDeque<ReceivedEvent>,
 }
 
 impl std::fmt::Debug for EventWatcher {
@@ -92,11 +97,19 @@ impl EventWatcher {
         Ok(Self {
             _channel: channel,
             consumer,
+            held: std::collections::VecDeque::new(),
         })
     }
 
     /// The next event of any job, or `None` after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<ReceivedEvent>> {
+        if let Some(event) = self.held.pop_front() {
+            return Ok(Some(event));
+        }
+        self.receive(timeout).await
+    }
+
+    async fn receive(&mut self, timeout: Duration) -> anyhow::Result<Option<ReceivedEvent>> {
         let Ok(next) = tokio::time::timeout(timeout, self.consumer.next()).await else {
             return Ok(None);
         };
@@ -120,12 +133,34 @@ impl EventWatcher {
     ) -> anyhow::Result<ReceivedEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
         let id = job_id.to_string();
+        let is_ours = |e: &ReceivedEvent| e.body.get("job_id").and_then(Value::as_str) == Some(id.as_str());
+        // Events of this job that arrived during an earlier wait come first, in order.
+        let mut earlier: std::collections::VecDeque<ReceivedEvent> = std::collections::VecDeque::new();
+        self.held.retain(|e| {
+            if is_ours(e) {
+                earlier.push_back(e.clone());
+                false
+            } else {
+                true
+            }
+        });
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(event) = self.next(left).await? else {
-                bail!("no completion event for job {job_id} within {timeout:?}");
+            let event = match earlier.pop_front() {
+                Some(event) => event,
+                None => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let Some(event) = self.receive(left).await? else {
+                        bail!("no completion event for job {job_id} within {timeout:?}");
+                    };
+                    event
+                }
             };
-            if event.body.get("job_id").and_then(Value::as_str) != Some(id.as_str()) {
+            if !is_ours(&event) {
+                // Bounded: a watcher on a busy exchange must not grow without limit.
+                if self.held.len() == MAX_HELD {
+                    self.held.pop_front();
+                }
+                self.held.push_back(event);
                 continue;
             }
             match event.routing_key.as_str() {

@@ -19,7 +19,10 @@ const REPLICAS: usize = 3;
 const JOBS: u32 = 24;
 
 fn sh(program: &str, args: &[&str]) {
-    let status = Command::new(program).args(args).status().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(status.success(), "{program} {args:?} failed");
 }
 
@@ -34,14 +37,20 @@ fn restart_postgres() {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .max()
         .unwrap();
-    sh("pg_ctlcluster", &["--skip-systemctl-redirect", &version, "main", "restart"]);
+    sh(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", &version, "main", "restart"],
+    );
 }
 
 /// A small deterministic generator, so a failing run can be repeated.
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -49,8 +58,14 @@ impl Lcg {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
     let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(250)).await;
-    let replica_env = [("LEASE_SECS", "6"), ("SWEEP_INTERVAL_SECS", "2"), ("SHUTDOWN_GRACE_SECS", "5")];
-    let mut replicas: Vec<_> = (0..REPLICAS).map(|_| env.spawn_worker_process(&replica_env)).collect();
+    let replica_env = [
+        ("LEASE_SECS", "6"),
+        ("SWEEP_INTERVAL_SECS", "2"),
+        ("SHUTDOWN_GRACE_SECS", "5"),
+    ];
+    let mut replicas: Vec<_> = (0..REPLICAS)
+        .map(|_| env.spawn_worker_process(&replica_env))
+        .collect();
     let mut jobs = HashMap::new();
     for i in 0..JOBS {
         let weeks = 6 + i % 7;
@@ -68,7 +83,10 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
         if completed == Some(JOBS as i64) {
             break;
         }
-        assert!(started.elapsed() < deadline, "only {completed:?}/{JOBS} jobs completed in {deadline:?}");
+        assert!(
+            started.elapsed() < deadline,
+            "only {completed:?}/{JOBS} jobs completed in {deadline:?}"
+        );
         let elapsed = started.elapsed().as_secs();
         if elapsed >= 8 && !rabbit_restarted {
             println!("chaos: restarting RabbitMQ");
@@ -92,7 +110,11 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
 
     // The invariants, from the database.
     let db = env.db().await;
-    let roadmaps: i64 = db.query_one("SELECT count(*) FROM roadmaps", &[]).await.unwrap().get(0);
+    let roadmaps: i64 = db
+        .query_one("SELECT count(*) FROM roadmaps", &[])
+        .await
+        .unwrap()
+        .get(0);
     let duplicates: i64 = db
         .query_one("SELECT count(*) - count(DISTINCT job_id) FROM roadmaps", &[])
         .await
@@ -106,11 +128,24 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
         .await
         .unwrap()
         .get(0);
-    let unsent: i64 = db.query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[]).await.unwrap().get(0);
+    let unsent: i64 = db
+        .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
     let mut contiguous = 0;
-    for row in db.query("SELECT job_id, roadmap FROM roadmaps", &[]).await.unwrap() {
+    for row in db
+        .query("SELECT job_id, roadmap FROM roadmaps", &[])
+        .await
+        .unwrap()
+    {
         let (job_id, roadmap): (Uuid, serde_json::Value) = (row.get(0), row.get(1));
-        let weeks: Vec<u64> = roadmap["weeks"].as_array().unwrap().iter().map(|w| w["number"].as_u64().unwrap()).collect();
+        let weeks: Vec<u64> = roadmap["weeks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["number"].as_u64().unwrap())
+            .collect();
         let expected = jobs[&job_id].0 as u64;
         if weeks == (1..=expected).collect::<Vec<_>>() {
             contiguous += 1;
@@ -147,7 +182,10 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
         requests.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(rabbit_restarted && pg_restarted && kills > 0, "the chaos did not happen");
+    assert!(
+        rabbit_restarted && pg_restarted && kills > 0,
+        "the chaos did not happen"
+    );
     assert_eq!((roadmaps, duplicates, lost), (JOBS as i64, 0, 0));
     assert_eq!(events, JOBS as i64, "one completion event id per job");
     assert_eq!(contiguous, JOBS as i64);
@@ -156,7 +194,9 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
 }
 
 async fn completed_count(env: &TestEnv) -> Option<i64> {
-    let (client, conn) = tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls).await.ok()?;
+    let (client, conn) = tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
     tokio::spawn(conn);
     client
         .query_one("SELECT count(*) FROM jobs WHERE status = 'completed'", &[])

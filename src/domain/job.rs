@@ -157,11 +157,13 @@ impl JobRequest {
             .get("job_id")
             .and_then(Value::as_str)
             .and_then(|s| Uuid::parse_str(s).ok());
+        // The sender's identity for the failed event: only a user_id that passes the same checks
+        // as an accepted one (trimmed, 1..=128 characters, no control characters), so the event
+        // names the user exactly as an accepted job would.
         let user_id = obj
             .get("user_id")
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.chars().count() <= 128)
-            .map(str::to_owned);
+            .and_then(|s| checked_string(s, "user_id", 128).ok());
         Self::from_object(&obj).map_err(|reason| Rejection {
             reason,
             job_id,
@@ -309,6 +311,10 @@ fn integer(
     let Some(value) = optional(obj, field) else {
         return Ok(None);
     };
+    // An integer too large for i64 is still an integer: out of range, not of the wrong type.
+    if value.is_u64() && value.as_i64().is_none() {
+        return Err(RejectReason::OutOfRange { field, min, max });
+    }
     let n = value.as_i64().ok_or(RejectReason::InvalidType {
         field,
         expected: "an integer",
@@ -428,6 +434,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.job_id, Some(Uuid::parse_str(ID).unwrap()));
         assert_eq!(err.user_id.as_deref(), Some("u9"));
+        // The failed event names the user as an accepted job would: trimmed, never blank.
+        let err = JobRequest::decode(
+            format!(r#"{{"job_id":"{ID}","user_id":" u9 ","duration_weeks":99}}"#).as_bytes(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.user_id.as_deref(), Some("u9"));
+        let err = JobRequest::decode(
+            format!(r#"{{"job_id":"{ID}","user_id":"  ","duration_weeks":3}}"#).as_bytes(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!((err.reason.code(), err.user_id), ("empty_string", None));
+    }
+
+    #[test]
+    fn huge_integers_are_out_of_range() {
+        let body = format!(
+            r#"{{"job_id":"{ID}","user_id":"u","target_role":"r","duration_weeks":18446744073709551615}}"#
+        );
+        assert_eq!(decode(&body).unwrap_err().code(), "out_of_range");
     }
 
     #[test]

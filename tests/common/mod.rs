@@ -246,7 +246,9 @@ impl TestEnv {
         let channel = match self.connection.create_channel().await {
             Ok(channel) => channel,
             Err(_) => {
-                fresh = amqp::connect(&amqp_settings(&self.name), &self.name).await.unwrap();
+                fresh = amqp::connect(&amqp_settings(&self.name), &self.name)
+                    .await
+                    .unwrap();
                 fresh.create_channel().await.unwrap()
             }
         };
