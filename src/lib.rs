@@ -16,6 +16,7 @@
 //! - [`template`]: deterministic template weeks (the mock's content and the fallback).
 //! - [`store`]: Postgres pool, migrations and one module per table family.
 //! - [`outbox`]: the relay that publishes stored events with confirms.
+//! - [`json_scan`]: bracket scanning outside strings (nesting limits, truncated-answer salvage).
 //! - [`http`], [`metrics`]: /metrics, /healthz, /readyz and every metric.
 //! - [`client`]: the web backend's side (publish a job, watch events), for `enqueue`, `demo`, tests.
 //! - [`mock_server`]: the mock LLM over HTTP with fault injection.
@@ -27,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod json_scan;
 pub mod llm;
 pub mod metrics;
 pub mod mock_server;

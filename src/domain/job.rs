@@ -340,25 +340,13 @@ pub fn is_language_tag(tag: &str) -> bool {
 /// Deepest bracket nesting outside string literals; checked before parsing so that a hostile
 /// body cannot make the parser recurse.
 fn nesting_depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+    let (mut depth, mut max) = (0usize, 0usize);
+    for (_, b) in crate::json_scan::brackets(text) {
+        if matches!(b, b'{' | b'[') {
+            depth += 1;
+            max = max.max(depth);
+        } else {
+            depth = depth.saturating_sub(1);
         }
     }
     max

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,11 +26,7 @@ impl Gemini {
         let base = settings.llm_base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let model = settings.llm_model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
         Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(settings.timeout())
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .context("building the HTTP client")?,
+            http: super::http_client(settings)?,
             endpoint: format!("{}/models/{model}:generateContent", base.trim_end_matches('/')),
             model,
             api_key: settings.api_key(),

@@ -199,6 +199,16 @@ impl Provider {
     }
 }
 
+/// The HTTP client of the remote providers: the call timeout from settings, a short connect
+/// timeout so that an unreachable endpoint fails fast.
+pub(crate) fn http_client(settings: &LlmSettings) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(settings.timeout())
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))
+}
+
 /// Parses a `Retry-After` header value: delay-seconds or an HTTP date.
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();

@@ -32,40 +32,25 @@ pub fn salvage_weeks(text: &str) -> Vec<Week> {
         return Vec::new();
     };
     let mut weeks = Vec::new();
-    let bytes = body.as_bytes();
-    let (mut depth, mut in_string, mut escaped, mut start) = (0usize, false, false, None);
-    for (i, &b) in bytes.iter().enumerate().skip(open) {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let (mut depth, mut start) = (0usize, None);
+    for (i, b) in crate::json_scan::brackets(&body[open..]).map(|(i, b)| (i + open, b)) {
+        if matches!(b, b'{' | b'[') {
+            if depth == 0 {
+                start = Some(i);
             }
+            depth += 1;
             continue;
         }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                if depth == 0 {
-                    start = Some(i);
-                }
-                depth += 1;
+        if depth == 0 {
+            break; // the end of the weeks array: the answer was complete after all
+        }
+        depth -= 1;
+        if depth == 0 {
+            let Some(s) = start.take() else { break };
+            match serde_json::from_str::<Week>(&body[s..=i]) {
+                Ok(week) => weeks.push(week),
+                Err(_) => break,
             }
-            b'}' | b']' => {
-                if depth == 0 {
-                    break; // the end of the weeks array: the answer was complete after all
-                }
-                depth -= 1;
-                if depth == 0 {
-                    let Some(s) = start.take() else { break };
-                    match serde_json::from_str::<Week>(&body[s..=i]) {
-                        Ok(week) => weeks.push(week),
-                        Err(_) => break,
-                    }
-                }
-            }
-            _ => {}
         }
     }
     weeks
