@@ -91,6 +91,12 @@ async fn transient_failures_are_retried_with_backoff() {
         assert_eq!(run.batches[0].1, 3, "{provider}: failed attempts are counted");
         assert_eq!(run.completed.usage.llm_calls, 4, "{provider}");
         assert_eq!(run.completed.fallback_batches, 0, "{provider}");
+
+        // A call slower than LLM_TIMEOUT_SECS times out and is retried like any transient fault.
+        let slow = vec![Fault::Slow { ms: 2500 }];
+        let run = run_job(provider, slow, 3, &["--llm-timeout-secs", "1"]).await;
+        assert_eq!(run.asked, vec![(1, 3), (1, 3)], "{provider}");
+        assert_eq!(outcomes(&run), vec!["retried"], "{provider}");
     }
 }
 

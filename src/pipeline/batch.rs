@@ -7,7 +7,7 @@ use std::{
 };
 
 use backon::{ExponentialBuilder, Retryable};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     parse,
@@ -293,6 +293,12 @@ impl Generator {
             .inc();
         let mut spent = usage.lock().expect("usage lock");
         spent.llm_calls += 1;
+        debug!(
+            attempt = spent.llm_calls,
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "LLM call"
+        );
         if let Ok(answer) = &result {
             spent.input_tokens += answer.usage.input;
             spent.output_tokens += answer.usage.output;
