@@ -1,16 +1,16 @@
 //! The intake loop of one broker session, and the handling of one delivery up to its outcome.
 
-use std::sync::Arc;
+use std::{panic::AssertUnwindSafe, sync::Arc};
 
 use anyhow::Context as _;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::{
     Channel,
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
     types::FieldTable,
 };
 use tokio::{sync::Semaphore, task::JoinSet};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{
@@ -72,7 +72,21 @@ pub(super) async fn consume(
                 metrics
                     .worker_slots_free
                     .set(ctx.concurrency as i64 - metrics.jobs_in_flight.get());
-                handle(&ctx, delivery).await;
+                // A panic must not strand the delivery unacked on the channel: it goes back to
+                // the queue, and repeated panics end as a poison job (the lease is not released).
+                let acker = delivery.acker.clone();
+                if AssertUnwindSafe(handle(&ctx, delivery))
+                    .catch_unwind()
+                    .await
+                    .is_err()
+                {
+                    error!("job task panicked; its message goes back to the queue");
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    };
+                    let _ = acker.nack(requeue).await;
+                }
                 metrics.jobs_in_flight.dec();
                 metrics
                     .worker_slots_free
