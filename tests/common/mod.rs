@@ -376,3 +376,4 @@ pub async fn db_when_ready(env: &TestEnv) -> tokio_postgres::Client {
     })
     .await
 }
+pub mod hostile;
