@@ -96,7 +96,11 @@ async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
         None
     };
     client::publish_job(&publisher, &topology, &body).await?;
-    println!("published job {job_id} to {}", topology.jobs_exchange);
+    if args.raw.is_some() {
+        println!("published {} raw bytes to {}", body.len(), topology.jobs_exchange);
+    } else {
+        println!("published job {job_id} to {}", topology.jobs_exchange);
+    }
     if let Some(watcher) = watcher.as_mut() {
         let event = watcher
             .wait_for_end(job_id, Duration::from_secs(args.timeout_secs), |p| {
