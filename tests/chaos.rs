@@ -16,7 +16,7 @@ use roadmap_worker::mock_server::FaultPlan;
 use uuid::Uuid;
 
 const REPLICAS: usize = 3;
-const JOBS: u32 = 24;
+const JOBS: u32 = 48;
 
 fn sh(program: &str, args: &[&str]) {
     let status = Command::new(program)
@@ -57,18 +57,19 @@ impl Lcg {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
-    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(250)).await;
+    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(1200)).await;
     let replica_env = [
         ("LEASE_SECS", "6"),
         ("SWEEP_INTERVAL_SECS", "2"),
         ("SHUTDOWN_GRACE_SECS", "5"),
+        ("WORKER_CONCURRENCY", "6"),
     ];
     let mut replicas: Vec<_> = (0..REPLICAS)
         .map(|_| env.spawn_worker_process(&replica_env))
         .collect();
     let mut jobs = HashMap::new();
     for i in 0..JOBS {
-        let weeks = 6 + i % 7;
+        let weeks = 9 + i % 16;
         let (job_id, body) = job(weeks, &format!("Chaos role {i}"));
         jobs.insert(job_id, (weeks, format!("Chaos role {i}")));
         env.publish(&body).await;
@@ -88,15 +89,15 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
             "only {completed:?}/{JOBS} jobs completed in {deadline:?}"
         );
         let elapsed = started.elapsed().as_secs();
-        if elapsed >= 8 && !rabbit_restarted {
+        if elapsed >= 4 && !rabbit_restarted {
             println!("chaos: restarting RabbitMQ");
             restart_rabbitmq();
             rabbit_restarted = true;
-        } else if elapsed >= 16 && !pg_restarted {
+        } else if elapsed >= 10 && !pg_restarted {
             println!("chaos: restarting Postgres");
             restart_postgres();
             pg_restarted = true;
-        } else if elapsed < 40 {
+        } else if elapsed < 30 {
             let victim = rng.next(REPLICAS as u64) as usize;
             replicas[victim].start_kill().unwrap();
             replicas[victim].wait().await.unwrap();
