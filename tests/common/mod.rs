@@ -45,6 +45,7 @@ pub struct TestEnv {
     pub mock: MockLlmServer,
     pub connection: Connection,
     pub publisher: Publisher,
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -91,6 +92,7 @@ impl TestEnv {
             mock,
             connection,
             publisher,
+            cleaned: false,
         }
     }
 
@@ -240,39 +242,59 @@ impl TestEnv {
     }
 
     /// Deletes this test's queues, exchanges and database.
-    pub async fn cleanup(self) {
-        // The test's own connection may have died with a broker restart (the chaos run).
-        let fresh;
-        let channel = match self.connection.create_channel().await {
-            Ok(channel) => channel,
-            Err(_) => {
-                fresh = amqp::connect(&amqp_settings(&self.name), &self.name)
-                    .await
-                    .unwrap();
-                fresh.create_channel().await.unwrap()
-            }
-        };
-        for q in [&self.topology.queue, &self.topology.dead_letter_queue] {
+    pub async fn cleanup(mut self) {
+        let _ = self.connection.close(200, "test done".into()).await;
+        remove(&self.name, &self.topology).await;
+        self.cleaned = true;
+    }
+}
+
+/// A test that panicked before `cleanup` still leaves nothing behind.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (name, topology) = (self.name.clone(), self.topology.clone());
+        // Drop may run inside the test's runtime, which cannot be blocked on: use a thread.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(remove(&name, &topology));
+        })
+        .join();
+    }
+}
+
+/// Deletes a test's queues, exchanges and database, on a connection of its own (the test's may
+/// have died with a broker restart).
+async fn remove(name: &str, topology: &Topology) {
+    if let Ok(connection) = amqp::connect(&amqp_settings(name), name).await
+        && let Ok(channel) = connection.create_channel().await
+    {
+        for q in [&topology.queue, &topology.dead_letter_queue] {
             let _ = channel.queue_delete(q.as_str().into(), Default::default()).await;
         }
         for x in [
-            &self.topology.jobs_exchange,
-            &self.topology.events_exchange,
-            &self.topology.dead_letter_exchange,
+            &topology.jobs_exchange,
+            &topology.events_exchange,
+            &topology.dead_letter_exchange,
         ] {
             let _ = channel
                 .exchange_delete(x.as_str().into(), Default::default())
                 .await;
         }
-        let _ = self.connection.close(200, "test done".into()).await;
-        if let Ok((admin, conn)) =
-            tokio_postgres::connect(&format!("{}/postgres", base_pg()), tokio_postgres::NoTls).await
-        {
-            tokio::spawn(conn);
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-                .await;
-        }
+        let _ = connection.close(200, "test cleanup".into()).await;
+    }
+    if let Ok((admin, conn)) =
+        tokio_postgres::connect(&format!("{}/postgres", base_pg()), tokio_postgres::NoTls).await
+    {
+        tokio::spawn(conn);
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
     }
 }
 
