@@ -1,0 +1,154 @@
+//! The job the parts send, and its batches exactly as the worker produces them on the mock LLM:
+//! the prompts it renders, the answers the mock gives, the weeks it checkpoints.
+
+use chrono::{DateTime, Utc};
+use roadmap_worker::{
+    config::{BatchSettings, ResponseFormat},
+    domain::{
+        JobRequest, Roadmap, Week,
+        event::{COMPLETED, Completed, Progress, Usage},
+        roadmap::check_weeks,
+    },
+    llm::{estimate_tokens, mock},
+    pipeline::{
+        batch::BatchResult,
+        parse,
+        plan::{BatchRange, Plan},
+        prompt::{self, Brief, SYSTEM_PROMPT},
+    },
+};
+use uuid::Uuid;
+
+use crate::common;
+
+/// Every job of parts 1–3 has this many weeks (4 batches at the default BATCH_WEEKS).
+pub const WEEKS: u32 = 12;
+pub const ROLE: &str = "Backend Developer";
+/// What the worker sends by default (LLM_RESPONSE_FORMAT).
+pub const FORMAT: ResponseFormat = ResponseFormat::JsonSchema;
+
+/// One batch: what the worker renders, what the mock answers, what gets checkpointed.
+#[derive(Clone)]
+pub struct Stage {
+    pub range: BatchRange,
+    pub brief: Brief,
+    pub previous: Option<Week>,
+    pub prompt: String,
+    pub answer: String,
+    pub result: BatchResult,
+}
+
+#[derive(Clone)]
+pub struct Fixture {
+    pub job: JobRequest,
+    pub plan: Plan,
+    pub stages: Vec<Stage>,
+}
+
+impl Fixture {
+    pub fn new(weeks: u32) -> Self {
+        let (_, body) = common::job(weeks, ROLE);
+        let job = JobRequest::decode(body.to_string().as_bytes(), Some("application/json"))
+            .expect("the harness's job message is valid");
+        let profile = job.profile();
+        let defaults = BatchSettings::default();
+        let plan = Plan::new(&profile, weeks, defaults.batch_weeks);
+        let mut stages: Vec<Stage> = Vec::with_capacity(plan.batches.len());
+        for range in &plan.batches {
+            let previous = stages.last().and_then(|s| s.result.weeks.last().cloned());
+            let brief = Brief {
+                profile: profile.clone(),
+                duration_weeks: weeks,
+                first_week: range.first,
+                last_week: range.last,
+                phases: plan.phases.clone(),
+            };
+            let prompt = prompt::render(&brief, previous.as_ref(), defaults.context_days, None, FORMAT);
+            let answer = mock::answer(&prompt).expect("the mock answers a batch prompt");
+            let weeks = parse::parse_answer(&answer).expect("the mock's answer parses");
+            let weeks =
+                check_weeks(weeks, range.weeks(), |n| plan.phase_of(n)).expect("the mock's weeks pass");
+            let result = BatchResult {
+                weeks,
+                usage: Usage {
+                    llm_calls: 1,
+                    input_tokens: estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(&prompt),
+                    output_tokens: estimate_tokens(&answer),
+                },
+                outcome: "ok",
+            };
+            stages.push(Stage {
+                range: *range,
+                brief,
+                previous,
+                prompt,
+                answer,
+                result,
+            });
+        }
+        Self { job, plan, stages }
+    }
+
+    /// The same job with every batch's weeks left out: the same transactions without the JSON.
+    pub fn without_weeks(&self) -> Self {
+        let mut fx = self.clone();
+        for s in &mut fx.stages {
+            s.result.weeks.clear();
+        }
+        fx
+    }
+
+    /// Bytes of JSON one job's writes carry into Postgres: batches, roadmap, completion event,
+    /// and the rest (job request, plan, progress events).
+    pub fn json_bytes(&self) -> [usize; 4] {
+        let batches = self.stages.iter().map(|s| json_len(&s.result.weeks)).sum();
+        let event = self.completed(&self.job, Utc::now());
+        let total = self.stages.len() as u32;
+        let progress: usize = (1..=total)
+            .map(|done| json_len(&Progress::new(self.job.job_id, done, total)))
+            .sum();
+        [
+            batches,
+            json_len(&event.roadmap),
+            json_len(&event),
+            json_len(&self.job) + json_len(&self.plan) + progress,
+        ]
+    }
+
+    pub fn completed(&self, job: &JobRequest, started_at: DateTime<Utc>) -> Completed {
+        let roadmap_id = Uuid::new_v5(&job.job_id, b"roadmap");
+        let mut usage = Usage::default();
+        for s in &self.stages {
+            usage += s.result.usage;
+        }
+        Completed {
+            event: COMPLETED.into(),
+            version: 1,
+            event_id: Uuid::now_v7(),
+            job_id: job.job_id,
+            user_id: job.user_id.clone(),
+            roadmap_id,
+            duration_weeks: job.duration_weeks,
+            batches: self.stages.len() as u32,
+            fallback_batches: 0,
+            usage,
+            started_at,
+            completed_at: Utc::now(),
+            roadmap: Roadmap {
+                roadmap_id,
+                job_id: job.job_id,
+                target_role: job.target_role.clone(),
+                experience_level: job.experience_level,
+                hours_per_week: job.hours_per_week,
+                language: job.language.clone(),
+                duration_weeks: job.duration_weeks,
+                phases: self.plan.phases.clone(),
+                weeks: self.stages.iter().flat_map(|s| s.result.weeks.clone()).collect(),
+            },
+        }
+    }
+}
+
+fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(0, |bytes| bytes.len())
+}

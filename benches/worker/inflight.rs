@@ -1,0 +1,127 @@
+//! Part 3: jobs held in flight by one replica process with a slow LLM, and its memory.
+//!
+//! **Jobs in flight.** The worker *binary* as a child process (`WORKER_CONCURRENCY=256`,
+//! `DATABASE_POOL_SIZE=32`) against the mock LLM HTTP server answering after 2 s; 300 jobs of
+//! 12 weeks are published and `roadmap_jobs_in_flight` is scraped from its /metrics every
+//! 100 ms for 10 s, with the child's `VmRSS`/`VmHWM` from `/proc/<pid>/status`. A separate
+//! process is used so that the figure is one replica's memory alone: in this process the
+//! mock server (which holds every pending request) and the allocator's leftovers from the
+//! other parts would be counted too.
+
+use std::time::{Duration, Instant};
+
+use roadmap_worker::{config::BatchSettings, mock_server::FaultPlan};
+
+use crate::{
+    common::{self, TestEnv},
+    fixture::{ROLE, WEEKS},
+    util::proc_field,
+};
+
+const IN_FLIGHT_JOBS: usize = 300;
+const IN_FLIGHT_CONCURRENCY: usize = 256;
+const IN_FLIGHT_POOL: usize = 32;
+const SLOW_LLM: Duration = Duration::from_secs(2);
+const IN_FLIGHT_WINDOW: Duration = Duration::from_secs(10);
+
+pub async fn in_flight() {
+    let env = TestEnv::with_mock(FaultPlan::default(), SLOW_LLM).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (concurrency, pool_size) = (IN_FLIGHT_CONCURRENCY.to_string(), IN_FLIGHT_POOL.to_string());
+    let mut child = env.spawn_worker_process(&[
+        ("WORKER_CONCURRENCY", &concurrency),
+        ("DATABASE_POOL_SIZE", &pool_size),
+        ("METRICS_ADDR", &addr),
+    ]);
+    let pid = child.id().expect("the replica is running");
+    let http = reqwest::Client::new();
+    common::eventually(Duration::from_secs(60), "the replica to be ready", || async {
+        let response = http.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = format!("/proc/{pid}/status");
+    let idle_rss = proc_field(&status, "VmRSS:").unwrap_or(0);
+
+    let start = Instant::now();
+    for _ in 0..IN_FLIGHT_JOBS {
+        env.publish(&common::job(WEEKS, ROLE).1).await;
+    }
+    let published = start.elapsed();
+    let (mut peak, mut peak_at, mut rss_at_peak) = (0i64, Duration::ZERO, 0u64);
+    while start.elapsed() < IN_FLIGHT_WINDOW {
+        let in_flight = scrape(&http, &addr, "roadmap_jobs_in_flight")
+            .await
+            .unwrap_or(0.0) as i64;
+        let rss = proc_field(&status, "VmRSS:").unwrap_or(0);
+        if in_flight > peak {
+            (peak, peak_at, rss_at_peak) = (in_flight, start.elapsed(), rss);
+        } else if in_flight == peak {
+            rss_at_peak = rss_at_peak.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let completed = scrape(&http, &addr, "roadmap_jobs_completed_total")
+        .await
+        .unwrap_or(0.0);
+    let job_secs = scrape(&http, &addr, "roadmap_job_duration_seconds_sum")
+        .await
+        .unwrap_or(0.0);
+    let hwm = proc_field(&status, "VmHWM:").unwrap_or(0);
+    let threads = proc_field(&status, "Threads:").unwrap_or(0);
+    child.start_kill().expect("stopping the replica");
+    let _ = child.wait().await;
+    env.cleanup().await;
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let per_job = (rss_at_peak.saturating_sub(idle_rss)) as f64 / peak.max(1) as f64;
+    let per_job_hwm = (hwm.saturating_sub(idle_rss)) as f64 / peak.max(1) as f64;
+    println!(
+        "[3] jobs in flight, one replica process: {IN_FLIGHT_JOBS} jobs x {WEEKS} weeks, mock LLM over HTTP \
+         answering after {} ms, WORKER_CONCURRENCY {IN_FLIGHT_CONCURRENCY}, pool {IN_FLIGHT_POOL}",
+        SLOW_LLM.as_millis()
+    );
+    println!(
+        "    peak in flight       {peak} jobs, reached {:.2} s after the first publish (publishing took \
+         {:.2} s)",
+        peak_at.as_secs_f64(),
+        published.as_secs_f64(),
+    );
+    let llm_only = SLOW_LLM.as_secs_f64() * f64::from(WEEKS.div_ceil(BatchSettings::default().batch_weeks));
+    println!(
+        "    completed            {completed} within {} s, {:.2} s per job on average ({llm_only:.0} s of it \
+         waiting for the LLM)",
+        IN_FLIGHT_WINDOW.as_secs(),
+        job_secs / completed.max(1.0)
+    );
+    println!(
+        "    resident memory      idle {:.1} MiB -> {:.1} MiB at peak in flight (VmHWM {:.1} MiB), {threads} \
+         threads",
+        mib(idle_rss),
+        mib(rss_at_peak),
+        mib(hwm)
+    );
+    println!(
+        "    per in-flight job    {per_job:.0} KiB (RSS at peak - idle) / {peak}; {per_job_hwm:.0} KiB by VmHWM"
+    );
+    println!();
+}
+
+/// The value of an unlabelled series on the replica's /metrics.
+async fn scrape(http: &reqwest::Client, addr: &str, series: &str) -> Option<f64> {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
