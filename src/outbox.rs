@@ -11,6 +11,9 @@ use crate::{amqp::Publisher, metrics::Metrics, store};
 
 const BATCH: i64 = 100;
 const POLL: Duration = Duration::from_millis(200);
+/// How long confirmed events stay in the outbox table, and how often they are trimmed.
+const KEEP_SENT: Duration = Duration::from_secs(7 * 24 * 3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Runs until `shutdown`, then drains what is pending once more before returning.
 pub async fn relay(
@@ -21,6 +24,7 @@ pub async fn relay(
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
+    let mut last_prune = std::time::Instant::now();
     loop {
         let current = publisher.borrow().clone();
         let published = match &current {
@@ -40,11 +44,18 @@ pub async fn relay(
                 warn!(error = %e, "outbox relay failed; will retry");
             }
         }
-        if let Ok(client) = pool.get().await
-            && let Ok((count, age)) = store::outbox::backlog(&client).await
-        {
-            metrics.outbox_backlog.set(count);
-            metrics.outbox_oldest_age.set(age);
+        if let Ok(client) = pool.get().await {
+            if let Ok((count, age)) = store::outbox::backlog(&client).await {
+                metrics.outbox_backlog.set(count);
+                metrics.outbox_oldest_age.set(age);
+            }
+            // Sent events are kept a while for inspection, then trimmed so the table stays small.
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = std::time::Instant::now();
+                if let Err(e) = store::outbox::prune_sent(&client, KEEP_SENT).await {
+                    warn!(error = %e, "could not trim sent events");
+                }
+            }
         }
         let pause = POLL * 2u32.pow(failures.min(5));
         tokio::select! {

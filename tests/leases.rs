@@ -6,10 +6,8 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use clap::Parser as _;
 use common::{TestEnv, job};
 use roadmap_worker::{
-    cli::{Cli, Command},
     domain::{
         JobRequest,
         event::{COMPLETED, Completed, Usage},
@@ -18,17 +16,6 @@ use roadmap_worker::{
     store::{self, StoreError, jobs::Claim},
     template,
 };
-
-async fn pool_for(env: &TestEnv, replica: &str) -> deadpool_postgres::Pool {
-    let args = ["roadmap-worker", "migrate", "--database-url", &env.database_url];
-    let Command::Migrate(db) = Cli::try_parse_from(args).unwrap().command else {
-        unreachable!()
-    };
-    // Each pool's sessions carry the replica's name, as a worker's do: the owner looks alive.
-    store::connect(&db, &format!("{}{replica}", store::jobs::APP_PREFIX))
-        .await
-        .unwrap()
-}
 
 fn batch(job: &JobRequest, plan: &Plan, index: usize) -> BatchResult {
     let range = plan.batches[index];
@@ -45,10 +32,7 @@ fn batch(job: &JobRequest, plan: &Plan, index: usize) -> BatchResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_owner_is_fenced_out_after_takeover() {
     let env = TestEnv::new().await;
-    let (a, b) = (
-        pool_for(&env, "replica-a").await,
-        pool_for(&env, "replica-b").await,
-    );
+    let (a, b) = (env.pool("replica-a").await, env.pool("replica-b").await);
     let (_, body) = job(6, "Security Engineer");
     let job = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
     let plan = Plan::new(&job.profile(), 6, 3);

@@ -60,6 +60,19 @@ pub async fn mark_sent(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Deletes events confirmed more than `keep` ago, a bounded number per call so that a large
+/// backlog of old rows is trimmed in small transactions. Returns how many went.
+pub async fn prune_sent(client: &impl GenericClient, keep: std::time::Duration) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "DELETE FROM outbox WHERE id IN (
+                SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1::float8)
+                ORDER BY id LIMIT 1000)",
+            &[&keep.as_secs_f64()],
+        )
+        .await?)
+}
+
 /// Unsent events and the age in seconds of the oldest, for the backlog gauges.
 pub async fn backlog(client: &impl GenericClient) -> Result<(i64, f64), StoreError> {
     let row = client

@@ -214,6 +214,16 @@ impl TestEnv {
         client
     }
 
+    /// A pool on this test's database whose sessions carry `replica`'s name, as a worker's do.
+    pub async fn pool(&self, replica: &str) -> deadpool_postgres::Pool {
+        let args = ["roadmap-worker", "migrate", "--database-url", &self.database_url];
+        let Command::Migrate(db) = Cli::try_parse_from(args).unwrap().command else {
+            unreachable!()
+        };
+        let name = format!("{}{replica}", roadmap_worker::store::jobs::APP_PREFIX);
+        roadmap_worker::store::connect(&db, &name).await.unwrap()
+    }
+
     /// Messages in the dead-letter queue, with their `x-reject-reason` headers.
     pub async fn dead_letters(&self) -> Vec<(Option<String>, Vec<u8>)> {
         let channel = self.connection.create_channel().await.unwrap();

@@ -1,0 +1,55 @@
+//! Promise: the outbox does not grow without bound: confirmed events are trimmed after their
+//! retention, and an unconfirmed event is never trimmed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, job};
+use roadmap_worker::store;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_events_are_trimmed_and_unsent_ones_kept() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(&[]).await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(3, "Data Analyst");
+    env.publish(&body).await;
+    events
+        .wait_for_end(job_id, Duration::from_secs(30), |_| {})
+        .await
+        .unwrap();
+    worker.stop().await;
+
+    let db = env.db().await;
+    // One event confirmed long ago, one never sent.
+    db.batch_execute(
+        "UPDATE outbox SET sent_at = now() - interval '30 days' WHERE routing_key = 'roadmap.progress';
+         INSERT INTO outbox (event_id, routing_key, payload, created_at)
+         VALUES (gen_random_uuid(), 'roadmap.failed', '{}', now() - interval '30 days');",
+    )
+    .await
+    .unwrap();
+    let pool = env.pool("test").await;
+    let client = pool.get().await.unwrap();
+    let pruned = store::outbox::prune_sent(&client, Duration::from_secs(7 * 24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1, "the month-old confirmed progress event");
+    let left: Vec<(String, bool)> = db
+        .query("SELECT routing_key, sent_at IS NULL FROM outbox ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            ("roadmap.completed".to_owned(), false),
+            ("roadmap.failed".to_owned(), true)
+        ]
+    );
+    drop((client, pool));
+    env.cleanup().await;
+}
