@@ -74,6 +74,9 @@ pub struct Recorded {
     pub last_week: u32,
     pub fault: Option<String>,
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// The structured-output mode the request asked for: `json_schema[<pinned weeks>]`,
+    /// `json_object` or `none` (OpenAI); `response_schema[<min>-<max>]`, `json` or `none` (Gemini).
+    pub format: String,
 }
 
 #[derive(Debug)]
@@ -185,6 +188,7 @@ async fn prepare(
     system: &str,
     user: &str,
     max_tokens: Option<u64>,
+    format: String,
 ) -> Result<Answer, Response> {
     let brief = prompt::parse_brief(user);
     let fault = {
@@ -200,6 +204,7 @@ async fn prepare(
             last_week: brief.as_ref().map_or(0, |b| b.last_week),
             fault: fault.as_ref().map(|f| format!("{f:?}")),
             received_at: chrono::Utc::now(),
+            format,
         });
         fault
     };
@@ -298,7 +303,25 @@ async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
     let max_tokens = body["max_tokens"]
         .as_u64()
         .or_else(|| body["max_completion_tokens"].as_u64());
-    match prepare(&state, "openai", &content("system"), &content("user"), max_tokens).await {
+    let format = match body["response_format"]["type"].as_str() {
+        Some("json_schema") => {
+            let pinned = &body["response_format"]["json_schema"]["schema"]["properties"]["weeks"]["items"]["properties"]
+                ["number"]["enum"];
+            format!("json_schema{pinned}")
+        }
+        Some(other) => other.to_owned(),
+        None => "none".to_owned(),
+    };
+    match prepare(
+        &state,
+        "openai",
+        &content("system"),
+        &content("user"),
+        max_tokens,
+        format,
+    )
+    .await
+    {
         Err(response) => response,
         Ok(a) => Json(json!({
             "id": "chatcmpl-mock",
@@ -338,7 +361,16 @@ async fn gemini(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
         .collect::<Vec<_>>()
         .join("\n");
     let max_tokens = body["generationConfig"]["maxOutputTokens"].as_u64();
-    match prepare(&state, "gemini", &system, &user, max_tokens).await {
+    let config = &body["generationConfig"];
+    let format = if config.get("responseSchema").is_some() {
+        let number = &config["responseSchema"]["properties"]["weeks"]["items"]["properties"]["number"];
+        format!("response_schema[{}-{}]", number["minimum"], number["maximum"])
+    } else if config.get("responseMimeType").is_some() {
+        "json".to_owned()
+    } else {
+        "none".to_owned()
+    };
+    match prepare(&state, "gemini", &system, &user, max_tokens, format).await {
         Err(response) => response,
         Ok(a) => Json(json!({
             "candidates": [{

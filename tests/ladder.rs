@@ -19,6 +19,7 @@ const PROVIDERS: [&str; 2] = ["openai", "gemini"];
 struct Run {
     completed: Completed,
     asked: Vec<(u32, u32)>,
+    formats: Vec<String>,
     batches: Vec<(String, i32)>,
 }
 
@@ -53,6 +54,7 @@ async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&str])
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let formats = env.mock.requests().iter().map(|r| r.format.clone()).collect();
     let asked = env
         .mock
         .requests()
@@ -64,6 +66,7 @@ async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&str])
     Run {
         completed,
         asked,
+        formats,
         batches,
     }
 }
@@ -239,5 +242,30 @@ async fn configuration_fault_pauses_intake_and_keeps_the_job_queued() {
         assert_eq!(reqwest::get(&ready_url).await.unwrap().status(), 200);
         worker.stop().await;
         env.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_response_format_mode_sends_what_the_server_expects() {
+    let expected = [
+        (
+            "openai",
+            "json-schema",
+            ["json_schema[1,2,3]", "json_schema[4,5,6]"],
+        ),
+        ("openai", "json-object", ["json_object", "json_object"]),
+        ("openai", "none", ["none", "none"]),
+        (
+            "gemini",
+            "json-schema",
+            ["response_schema[1-3]", "response_schema[4-6]"],
+        ),
+        ("gemini", "json-object", ["json", "json"]),
+        ("gemini", "none", ["none", "none"]),
+    ];
+    for (provider, mode, formats) in expected {
+        let run = run_job(provider, vec![], 6, &["--llm-response-format", mode]).await;
+        assert_eq!(run.formats, formats, "{provider} {mode}");
+        assert_eq!(outcomes(&run), vec!["ok", "ok"], "{provider} {mode}");
     }
 }
