@@ -59,6 +59,16 @@ async fn twelve_week_job_publishes_one_completed_event() {
     assert_eq!(row.get::<_, String>(0), "completed");
     assert_eq!(row.get::<_, i32>(1), 4);
     assert_eq!(row.get::<_, String>(2), event.roadmap.weeks[0].title);
+    // The roadmap is stored once: the outbox row refers to it and the relay embeds it.
+    let embedded: bool = db
+        .query_one(
+            "SELECT payload ? 'roadmap' FROM outbox WHERE routing_key = 'roadmap.completed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!embedded);
 
     worker.stop().await;
     env.cleanup().await;

@@ -34,22 +34,34 @@ pub struct Pending {
     pub payload: serde_json::Value,
 }
 
-/// Locks up to `limit` unsent events, oldest first; other replicas' relays skip them.
+/// Locks up to `limit` unsent events, oldest first; other replicas' relays skip them. A
+/// completion event is stored without its roadmap (the roadmaps table holds it once) and gets it
+/// back here.
 pub async fn lock_unsent(tx: &Transaction<'_>, limit: i64) -> Result<Vec<Pending>, StoreError> {
     let rows = tx
         .query(
-            "SELECT id, event_id, routing_key, payload FROM outbox
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT o.id, o.event_id, o.routing_key, o.payload, r.roadmap
+             FROM outbox o
+             LEFT JOIN roadmaps r
+               ON o.routing_key = 'roadmap.completed' AND r.roadmap_id = (o.payload->>'roadmap_id')::uuid
+             WHERE o.sent_at IS NULL ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
             &[&limit],
         )
         .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Pending {
-            id: r.get(0),
-            event_id: r.get(1),
-            routing_key: r.get(2),
-            payload: r.get(3),
+        .map(|r| {
+            let mut payload: serde_json::Value = r.get(3);
+            let roadmap: Option<serde_json::Value> = r.get(4);
+            if let (Some(roadmap), Some(obj)) = (roadmap, payload.as_object_mut()) {
+                obj.insert("roadmap".into(), roadmap);
+            }
+            Pending {
+                id: r.get(0),
+                event_id: r.get(1),
+                routing_key: r.get(2),
+                payload,
+            }
         })
         .collect())
 }

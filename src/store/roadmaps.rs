@@ -31,7 +31,12 @@ pub async fn complete(pool: &Pool, token: i64, event: &Completed) -> Result<(), 
         ],
     )
     .await?;
-    super::outbox::insert(&tx, event.event_id, Some(event.job_id), COMPLETED, event).await?;
+    // The roadmap is stored once, above; the relay puts it back into the event when publishing.
+    let mut payload = serde_json::to_value(event)?;
+    if let Some(obj) = payload.as_object_mut() {
+        obj.remove("roadmap");
+    }
+    super::outbox::insert(&tx, event.event_id, Some(event.job_id), COMPLETED, &payload).await?;
     tx.commit().await?;
     Ok(())
 }
