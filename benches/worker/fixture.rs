@@ -107,10 +107,16 @@ impl Fixture {
         let progress: usize = (1..=total)
             .map(|done| json_len(&Progress::new(self.job.job_id, done, total)))
             .sum();
+        // The outbox row of the completion event holds it without the roadmap (the relay joins
+        // the roadmap back in when publishing).
+        let mut stored_event = serde_json::to_value(&event).expect("events serialise");
+        if let Some(obj) = stored_event.as_object_mut() {
+            obj.remove("roadmap");
+        }
         [
             batches,
             json_len(&event.roadmap),
-            json_len(&event),
+            json_len(&stored_event),
             json_len(&self.job) + json_len(&self.plan) + progress,
         ]
     }

@@ -207,8 +207,8 @@ pub async fn throughput() {
     let [batches, roadmap, event, rest] = fx.json_bytes();
     let kib = |b: usize| b as f64 / 1024.0;
     println!(
-        "    JSON written per job: batches {:.1} KiB + roadmap {:.1} KiB + completion event {:.1} KiB + \
-         job, plan, progress {:.1} KiB = {:.1} KiB (the weeks go in three times)",
+        "    JSON written per job: batches {:.1} KiB + roadmap {:.1} KiB + completion event row {:.1} KiB + \
+         job, plan, progress {:.1} KiB = {:.1} KiB (the weeks go in twice: checkpoints and roadmap)",
         kib(batches),
         kib(roadmap),
         kib(event),
