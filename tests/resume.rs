@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestEnv, eventually, job};
+use common::{TestEnv, db_when_ready, eventually, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_resumes_from_checkpoints_without_regenerating() {
@@ -16,15 +16,8 @@ async fn killed_worker_resumes_from_checkpoints_without_regenerating() {
     let mut first = env.spawn_worker_process(&[]);
     let mut events = env.watcher().await;
     env.publish(&body).await;
-    let db = eventually(Duration::from_secs(30), "the test database", || async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let db = env.db().await;
-        db.query_opt("SELECT 1 FROM jobs LIMIT 1", &[])
-            .await
-            .ok()
-            .map(|_| db)
-    })
-    .await;
+    // The worker process creates and migrates the database; wait for it rather than race it.
+    let db = db_when_ready(&env).await;
     eventually(
         Duration::from_secs(30),
         "two checkpoints and the third batch asked",

@@ -207,8 +207,9 @@ pub struct Stranded {
     pub request: serde_json::Value,
 }
 
-/// Finds running jobs that no delivery will bring back, and stamps them so that no other
-/// replica's sweeper picks them at the same time:
+/// Finds running jobs that no delivery will bring back, and stamps them so that neither this
+/// nor another replica's sweeper re-publishes them again before they are claimed (a claim clears
+/// the stamp; a long queue must not fill up with copies of one job):
 /// - the delivery was acked early and the owner's database sessions are gone (it died);
 /// - the lease expired more than a lease ago (a safety net for anything else that slipped).
 pub async fn sweep(pool: &Pool, lease: Duration, limit: i64) -> Result<Vec<Stranded>, StoreError> {
@@ -219,7 +220,7 @@ pub async fn sweep(pool: &Pool, lease: Duration, limit: i64) -> Result<Vec<Stran
              WHERE job_id IN (
                 SELECT job_id FROM jobs j
                 WHERE status = 'running'
-                  AND (redispatched_at IS NULL OR redispatched_at < now() - make_interval(secs => 2 * $1::float8))
+                  AND redispatched_at IS NULL
                   AND ((delivery_acked AND NOT EXISTS (
                            SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || j.owner))
                        OR lease_until < now() - make_interval(secs => $1::float8))
@@ -237,4 +238,16 @@ pub async fn sweep(pool: &Pool, lease: Duration, limit: i64) -> Result<Vec<Stran
             request: r.get(1),
         })
         .collect())
+}
+
+/// Clears the sweeper's stamp after a failed re-publish, so that the next sweep tries again.
+pub async fn unstamp(pool: &Pool, job_id: Uuid) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE jobs SET redispatched_at = NULL WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await?;
+    Ok(())
 }

@@ -291,7 +291,10 @@ async fn sweep(
                     metrics.jobs_redispatched.inc();
                     info!(job_id = %job.job_id, "stranded job re-published");
                 }
-                Err(e) => warn!(job_id = %job.job_id, error = %e, "could not re-publish a stranded job"),
+                Err(e) => {
+                    warn!(job_id = %job.job_id, error = %e, "could not re-publish a stranded job");
+                    let _ = store::jobs::unstamp(&pool, job.job_id).await;
+                }
             }
         }
     }
