@@ -8,11 +8,8 @@ use std::time::Duration;
 use chrono::Utc;
 use common::{TestEnv, job};
 use roadmap_worker::{
-    domain::{
-        JobRequest,
-        event::{COMPLETED, Completed, Usage},
-    },
-    pipeline::{batch::BatchResult, plan::Plan},
+    domain::{JobRequest, event::Usage},
+    pipeline::{batch::BatchResult, job::completion_event, plan::Plan},
     store::{self, StoreError, jobs::Claim},
     template,
 };
@@ -93,32 +90,7 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     assert_eq!(tokens, vec![second.token, second.token]);
 
     let weeks = (0..2).flat_map(|i| batch(&job, &plan, i).weeks).collect();
-    let roadmap_id = uuid::Uuid::new_v4();
-    let completed = Completed {
-        event: COMPLETED.into(),
-        version: 1,
-        event_id: uuid::Uuid::now_v7(),
-        job_id: job.job_id,
-        user_id: job.user_id.clone(),
-        roadmap_id,
-        duration_weeks: 6,
-        batches: 2,
-        fallback_batches: 0,
-        usage: Usage::default(),
-        started_at: Utc::now(),
-        completed_at: Utc::now(),
-        roadmap: roadmap_worker::domain::Roadmap {
-            roadmap_id,
-            job_id: job.job_id,
-            target_role: job.target_role.clone(),
-            experience_level: job.experience_level,
-            hours_per_week: job.hours_per_week,
-            language: job.language.clone(),
-            duration_weeks: 6,
-            phases: plan.phases.clone(),
-            weeks,
-        },
-    };
+    let completed = completion_event(&job, &plan, weeks, Usage::default(), 0, Utc::now());
     assert!(matches!(
         store::roadmaps::complete(&a, first.token, &completed).await,
         Err(StoreError::Fenced)

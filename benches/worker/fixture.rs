@@ -1,25 +1,24 @@
 //! The job the parts send, and its batches exactly as the worker produces them on the mock LLM:
 //! the prompts it renders, the answers the mock gives, the weeks it checkpoints.
 
+use crate::common;
 use chrono::{DateTime, Utc};
 use roadmap_worker::{
     config::{BatchSettings, ResponseFormat},
     domain::{
-        JobRequest, Roadmap, Week,
-        event::{COMPLETED, Completed, Progress, Usage},
+        JobRequest, Week,
+        event::{Completed, Progress, Usage},
         roadmap::check_weeks,
     },
     llm::{estimate_tokens, mock},
     pipeline::{
         batch::BatchResult,
+        job::completion_event,
         parse,
         plan::{BatchRange, Plan},
         prompt::{self, Brief, SYSTEM_PROMPT},
     },
 };
-use uuid::Uuid;
-
-use crate::common;
 
 /// Every job of parts 1–3 has this many weeks (4 batches at the default BATCH_WEEKS).
 pub const WEEKS: u32 = 12;
@@ -122,36 +121,14 @@ impl Fixture {
     }
 
     pub fn completed(&self, job: &JobRequest, started_at: DateTime<Utc>) -> Completed {
-        let roadmap_id = Uuid::new_v5(&job.job_id, b"roadmap");
         let mut usage = Usage::default();
         for s in &self.stages {
             usage += s.result.usage;
         }
-        Completed {
-            event: COMPLETED.into(),
-            version: 1,
-            event_id: Uuid::now_v7(),
-            job_id: job.job_id,
-            user_id: job.user_id.clone(),
-            roadmap_id,
-            duration_weeks: job.duration_weeks,
-            batches: self.stages.len() as u32,
-            fallback_batches: 0,
-            usage,
-            started_at,
-            completed_at: Utc::now(),
-            roadmap: Roadmap {
-                roadmap_id,
-                job_id: job.job_id,
-                target_role: job.target_role.clone(),
-                experience_level: job.experience_level,
-                hours_per_week: job.hours_per_week,
-                language: job.language.clone(),
-                duration_weeks: job.duration_weeks,
-                phases: self.plan.phases.clone(),
-                weeks: self.stages.iter().flat_map(|s| s.result.weeks.clone()).collect(),
-            },
-        }
+        let weeks = self.stages.iter().flat_map(|s| s.result.weeks.clone()).collect();
+        let mut event = completion_event(job, &self.plan, weeks, usage, 0, started_at);
+        event.batches = self.stages.len() as u32;
+        event
     }
 }
 

@@ -207,21 +207,26 @@ fn assemble(
     fallback_batches: u32,
     started_at: chrono::DateTime<Utc>,
 ) -> Result<Completed, String> {
-    let roadmap_id = Uuid::new_v5(&job.job_id, b"roadmap");
-    let roadmap = Roadmap {
-        roadmap_id,
-        job_id: job.job_id,
-        target_role: job.target_role.clone(),
-        experience_level: job.experience_level,
-        hours_per_week: job.hours_per_week,
-        language: job.language.clone(),
-        duration_weeks: job.duration_weeks,
-        phases: plan.phases.clone(),
-        weeks,
-    };
+    let event = completion_event(job, plan, weeks, usage, fallback_batches, started_at);
     // Every batch was checked on its own; this guards the seams between them.
-    check_roadmap(&roadmap).map_err(|problem| format!("assembled roadmap is inconsistent: {problem}"))?;
-    Ok(Completed {
+    check_roadmap(&event.roadmap)
+        .map_err(|problem| format!("assembled roadmap is inconsistent: {problem}"))?;
+    Ok(event)
+}
+
+/// The completion event of `job` with these weeks, unchecked (the worker checks it in
+/// `assemble`). The roadmap id derives from the job id, so a job has one roadmap id whoever
+/// completes it.
+pub fn completion_event(
+    job: &JobRequest,
+    plan: &Plan,
+    weeks: Vec<Week>,
+    usage: Usage,
+    fallback_batches: u32,
+    started_at: chrono::DateTime<Utc>,
+) -> Completed {
+    let roadmap_id = Uuid::new_v5(&job.job_id, b"roadmap");
+    Completed {
         event: COMPLETED.into(),
         version: 1,
         event_id: Uuid::now_v7(),
@@ -234,8 +239,18 @@ fn assemble(
         usage,
         started_at,
         completed_at: Utc::now(),
-        roadmap,
-    })
+        roadmap: Roadmap {
+            roadmap_id,
+            job_id: job.job_id,
+            target_role: job.target_role.clone(),
+            experience_level: job.experience_level,
+            hours_per_week: job.hours_per_week,
+            language: job.language.clone(),
+            duration_weeks: job.duration_weeks,
+            phases: plan.phases.clone(),
+            weeks,
+        },
+    }
 }
 
 /// Renews the lease every third of its length; cancels `lost` once another replica owns the job.
