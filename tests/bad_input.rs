@@ -44,11 +44,14 @@ async fn invalid_messages_are_dead_lettered_and_the_worker_goes_on() {
         (dead.len() == 2).then_some(dead)
     })
     .await;
-    let mut reasons: Vec<String> = dead.iter().map(|(r, _)| r.clone().unwrap_or_default()).collect();
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|d| d.reason.clone().unwrap_or_default())
+        .collect();
     reasons.sort();
     assert_eq!(reasons, vec!["not_json", "out_of_range"]);
     assert!(
-        dead.iter().any(|(_, body)| body == b"this is not json"),
+        dead.iter().any(|d| d.body == b"this is not json"),
         "the original bytes are kept"
     );
     let metrics = &worker.running.metrics;

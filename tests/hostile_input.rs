@@ -10,8 +10,8 @@ use std::{
 };
 
 use common::{
-    TestEnv, eventually,
-    hostile::{Case, DeadLetter, collect_events, corpus, wait_for_dead_letters},
+    DeadLetter, TestEnv, eventually,
+    hostile::{Case, collect_events, corpus, wait_for_dead_letters},
     job,
 };
 

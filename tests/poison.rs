@@ -53,7 +53,7 @@ async fn job_that_kills_its_workers_is_dead_lettered_after_the_limit() {
     })
     .await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].0.as_deref(), Some("poison_job"));
+    assert_eq!(dead[0].reason.as_deref(), Some("poison_job"));
     assert_eq!(
         env.mock.requests().len(),
         3,

@@ -25,24 +25,15 @@ fn with_password(url: &str, password: &str) -> String {
     parsed.to_string()
 }
 
-/// The worker binary with this test's settings and piped output; `env_pairs` override.
+/// The worker binary with this test's settings, debug logs and piped output; `env_pairs`
+/// override. Keys come only from `env_pairs`, never from the environment the tests run in.
 fn worker_command(env: &TestEnv, env_pairs: &[(&str, &str)]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadmap-worker"));
-    cmd.arg("run")
-        .env("DATABASE_URL", &env.database_url)
-        .env("AMQP_URL", amqp_url())
-        .env("AMQP_NAMESPACE", &env.name)
-        .env("LLM_PROVIDER", "openai")
-        .env("LLM_BASE_URL", env.mock.openai_base_url())
-        .env("METRICS_ADDR", "127.0.0.1:0")
-        .env("SHUTDOWN_GRACE_SECS", "5")
-        .env("RUST_LOG", "debug")
+    let mut cmd = env.worker_command(&[("SHUTDOWN_GRACE_SECS", "5"), ("RUST_LOG", "debug")]);
+    cmd.env_remove("LLM_API_KEY")
         .env_remove("OPENAI_API_KEY")
         .env_remove("GEMINI_API_KEY")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     for (k, v) in env_pairs {
         cmd.env(k, v);
     }

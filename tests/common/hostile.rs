@@ -3,56 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::{
-    options::BasicGetOptions,
-    types::{AMQPValue, FieldTable},
-};
 use roadmap_worker::client::{EventWatcher, ReceivedEvent};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::TestEnv;
-
-/// A dead letter as the broker holds it.
-pub struct DeadLetter {
-    pub reason: Option<String>,
-    pub headers: FieldTable,
-    pub body: Vec<u8>,
-}
-
-/// Takes every message now in the dead-letter queue (they are removed).
-pub async fn take_dead_letters(env: &TestEnv) -> Vec<DeadLetter> {
-    let channel = env.connection.create_channel().await.unwrap();
-    let mut out = Vec::new();
-    while let Some(msg) = channel
-        .basic_get(
-            env.topology.dead_letter_queue.as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-    {
-        let headers = msg.delivery.properties.headers().clone().unwrap_or_default();
-        let reason = match headers.inner().get("x-reject-reason") {
-            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-            _ => None,
-        };
-        out.push(DeadLetter {
-            reason,
-            headers,
-            body: msg.delivery.data,
-        });
-    }
-    let _ = channel.close(200, "done".into()).await;
-    out
-}
+use super::{DeadLetter, TestEnv};
 
 /// Waits until `count` dead letters have arrived in all, and returns them.
 pub async fn wait_for_dead_letters(env: &TestEnv, count: usize, timeout: Duration) -> Vec<DeadLetter> {
     let start = Instant::now();
     let mut all = Vec::new();
     while all.len() < count {
-        all.extend(take_dead_letters(env).await);
+        all.extend(env.dead_letters().await);
         assert!(
             start.elapsed() < timeout,
             "timed out with {} of {count} dead letters",

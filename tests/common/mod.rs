@@ -160,6 +160,14 @@ impl TestEnv {
 
     /// Starts the worker binary as a child process, so that a test can SIGKILL it.
     pub fn spawn_worker_process(&self, extra_env: &[(&str, &str)]) -> tokio::process::Child {
+        self.worker_command(extra_env)
+            .spawn()
+            .expect("starting the worker binary")
+    }
+
+    /// The worker binary's `run` with this test's settings (OpenAI provider on the mock, a free
+    /// metrics port, warnings only); `extra_env` overrides.
+    pub fn worker_command(&self, extra_env: &[(&str, &str)]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadmap-worker"));
         cmd.arg("run")
             .env("DATABASE_URL", &self.database_url)
@@ -175,7 +183,7 @@ impl TestEnv {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        cmd.spawn().expect("starting the worker binary")
+        cmd
     }
 
     pub async fn watcher(&self) -> EventWatcher {
@@ -224,8 +232,8 @@ impl TestEnv {
         roadmap_worker::store::connect(&db, &name).await.unwrap()
     }
 
-    /// Messages in the dead-letter queue, with their `x-reject-reason` headers.
-    pub async fn dead_letters(&self) -> Vec<(Option<String>, Vec<u8>)> {
+    /// Takes every message now in the dead-letter queue (they are removed), with its reason.
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
         let channel = self.connection.create_channel().await.unwrap();
         let mut out = Vec::new();
         while let Some(msg) = channel
@@ -236,18 +244,18 @@ impl TestEnv {
             .await
             .unwrap()
         {
-            let reason = msg
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get("x-reject-reason").cloned())
-                .and_then(|v| match v {
-                    lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
-                    _ => None,
-                });
-            out.push((reason, msg.delivery.data));
+            let headers = msg.delivery.properties.headers().clone().unwrap_or_default();
+            let reason = match headers.inner().get("x-reject-reason") {
+                Some(lapin::types::AMQPValue::LongString(s)) => Some(s.to_string()),
+                _ => None,
+            };
+            out.push(DeadLetter {
+                reason,
+                headers,
+                body: msg.delivery.data,
+            });
         }
+        let _ = channel.close(200, "done".into()).await;
         out
     }
 
@@ -314,6 +322,13 @@ fn amqp_settings(namespace: &str) -> AmqpSettings {
         amqp_namespace: namespace.into(),
         amqp_delivery_limit: 5,
     }
+}
+
+/// A dead letter as the broker holds it.
+pub struct DeadLetter {
+    pub reason: Option<String>,
+    pub headers: lapin::types::FieldTable,
+    pub body: Vec<u8>,
 }
 
 pub struct WorkerHandle {
