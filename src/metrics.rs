@@ -172,6 +172,45 @@ impl Metrics {
             ),
             registry,
         }
+        .with_known_labels()
+    }
+
+    /// Starts every known label value at 0. A counter child appears only once it is used, and an
+    /// alert on `increase()` cannot see a series that is born at 1.
+    fn with_known_labels(self) -> Self {
+        for outcome in ["ok", "retried", "truncated", "reasked", "fallback"] {
+            self.batches.with_label_values(&[outcome]);
+        }
+        for reason in [
+            "truncated",
+            "invalid_json",
+            "invalid_schema",
+            "timeout",
+            "connect",
+            "http_429",
+            "http_5xx",
+        ] {
+            self.batch_failures.with_label_values(&[reason]);
+        }
+        let reasons = crate::domain::RejectReason::CODES;
+        for reason in reasons.iter().chain(&["poison_job"]) {
+            self.jobs_failed.with_label_values(&[reason]);
+            self.dead_lettered.with_label_values(&[reason]);
+        }
+        for reason in reasons {
+            self.jobs_rejected.with_label_values(&[reason]);
+        }
+        for kind in [
+            crate::domain::event::PROGRESS,
+            crate::domain::event::COMPLETED,
+            crate::domain::event::FAILED,
+        ] {
+            self.events_published.with_label_values(&[kind]);
+        }
+        for direction in ["input", "output"] {
+            self.llm_tokens.with_label_values(&[direction]);
+        }
+        self
     }
 
     /// The text exposition format served at /metrics.

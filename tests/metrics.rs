@@ -103,6 +103,15 @@ async fn metrics_move_as_documented_after_a_job() {
     );
     assert_eq!(value(&text, "roadmap_provider_ready"), 1.0);
     assert_eq!(value(&text, "roadmap_jobs_resumed_total"), 0.0);
+    // Known label values start at 0, so an alert sees the first fallback or poison job.
+    assert_eq!(value(&text, "roadmap_batches_total{outcome=\"fallback\"}"), 0.0);
+    assert_eq!(
+        value(
+            &text,
+            "roadmap_messages_dead_lettered_total{reason=\"poison_job\"}"
+        ),
+        0.0
+    );
     // No label carries a job or user id.
     assert!(!text.contains(&job_id.to_string()) && !text.contains("user-1"));
 

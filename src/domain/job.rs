@@ -96,6 +96,26 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every code [`Self::code`] can return (metrics start each at 0, so alerts see the first one).
+    pub const CODES: [&'static str; 16] = [
+        "body_too_large",
+        "wrong_content_type",
+        "invalid_utf8",
+        "nesting_too_deep",
+        "not_json",
+        "not_object",
+        "missing_field",
+        "invalid_type",
+        "out_of_range",
+        "empty_string",
+        "too_long",
+        "too_many_focus_areas",
+        "unknown_experience_level",
+        "invalid_language",
+        "invalid_job_id",
+        "job_owned_by_another_user",
+    ];
+
     /// Stable reason code; a bounded set, so it is safe as a metric label.
     pub fn code(&self) -> &'static str {
         match self {
@@ -443,6 +463,38 @@ mod tests {
             r#"{{"job_id":"{ID}","user_id":"u","target_role":"r","duration_weeks":18446744073709551615}}"#
         );
         assert_eq!(decode(&body).unwrap_err().code(), "out_of_range");
+    }
+
+    #[test]
+    fn every_code_is_listed() {
+        let f = "x";
+        let all = [
+            RejectReason::BodyTooLarge(0),
+            RejectReason::WrongContentType(String::new()),
+            RejectReason::InvalidUtf8,
+            RejectReason::NestingTooDeep,
+            RejectReason::NotJson(String::new()),
+            RejectReason::NotObject,
+            RejectReason::MissingField(f),
+            RejectReason::InvalidType {
+                field: f,
+                expected: f,
+            },
+            RejectReason::OutOfRange {
+                field: f,
+                min: 0,
+                max: 0,
+            },
+            RejectReason::EmptyString(f),
+            RejectReason::TooLong { field: f, max: 0 },
+            RejectReason::TooManyFocusAreas,
+            RejectReason::UnknownExperienceLevel,
+            RejectReason::InvalidLanguage,
+            RejectReason::InvalidJobId,
+            RejectReason::JobOwnedByAnotherUser,
+        ];
+        let codes: Vec<&str> = all.iter().map(RejectReason::code).collect();
+        assert_eq!(codes, RejectReason::CODES);
     }
 
     #[test]
