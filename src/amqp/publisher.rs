@@ -89,8 +89,4 @@ impl Publisher {
         }
         Ok(())
     }
-
-    pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
 }

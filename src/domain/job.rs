@@ -493,6 +493,28 @@ mod tests {
             RejectReason::InvalidJobId,
             RejectReason::JobOwnedByAnotherUser,
         ];
+        // Exhaustive on purpose: a new variant fails to compile here until it is listed above,
+        // and so in CODES (and the schema, which tests/contracts.rs checks against CODES).
+        for reason in &all {
+            match reason {
+                RejectReason::BodyTooLarge(_)
+                | RejectReason::WrongContentType(_)
+                | RejectReason::InvalidUtf8
+                | RejectReason::NestingTooDeep
+                | RejectReason::NotJson(_)
+                | RejectReason::NotObject
+                | RejectReason::MissingField(_)
+                | RejectReason::InvalidType { .. }
+                | RejectReason::OutOfRange { .. }
+                | RejectReason::EmptyString(_)
+                | RejectReason::TooLong { .. }
+                | RejectReason::TooManyFocusAreas
+                | RejectReason::UnknownExperienceLevel
+                | RejectReason::InvalidLanguage
+                | RejectReason::InvalidJobId
+                | RejectReason::JobOwnedByAnotherUser => {}
+            }
+        }
         let codes: Vec<&str> = all.iter().map(RejectReason::code).collect();
         assert_eq!(codes, RejectReason::CODES);
     }

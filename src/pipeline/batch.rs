@@ -97,13 +97,13 @@ impl Generator {
         span_hint: &mut u32,
     ) -> Result<BatchResult, ProviderFault> {
         let started = Instant::now();
-        let mut weeks: Vec<Week> = Vec::with_capacity(range.len() as usize);
+        let mut weeks: Vec<Week> = Vec::with_capacity(range.week_count() as usize);
         let mut usage = Usage::default();
         let mut rungs = Rungs::default();
         let mut next = range.first;
         // How many weeks one answer can hold; shrinks when answers are cut off, and the job's
         // later batches start from what this one learned instead of repeating the same cut.
-        let mut span = range.len().min((*span_hint).max(1));
+        let mut span = range.week_count().min((*span_hint).max(1));
         let mut feedback: Option<Vec<String>> = None;
         while next <= range.last {
             let last = (next + span - 1).min(range.last);

@@ -29,12 +29,8 @@ impl BatchRange {
         self.first..=self.last
     }
 
-    pub fn len(&self) -> u32 {
+    pub fn week_count(&self) -> u32 {
         self.last - self.first + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -87,7 +83,7 @@ mod tests {
                 let plan = Plan::new(&profile(), weeks, size);
                 let covered: Vec<u32> = plan.batches.iter().flat_map(|b| b.weeks()).collect();
                 assert_eq!(covered, (1..=weeks).collect::<Vec<_>>());
-                assert!(plan.batches.iter().all(|b| b.len() <= size));
+                assert!(plan.batches.iter().all(|b| b.week_count() <= size));
             }
         }
         let plan = Plan::new(&profile(), 12, 3);

@@ -17,7 +17,6 @@ use crate::{
 pub struct StoredBatch {
     pub index: u32,
     pub weeks: Vec<Week>,
-    pub outcome: String,
     pub fallback_weeks: u32,
     pub usage: Usage,
 }
@@ -25,7 +24,7 @@ pub struct StoredBatch {
 pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<StoredBatch>, StoreError> {
     let rows = client
         .query(
-            "SELECT batch_index, weeks, outcome, fallback_weeks, llm_calls, input_tokens, output_tokens
+            "SELECT batch_index, weeks, fallback_weeks, llm_calls, input_tokens, output_tokens
              FROM batches WHERE job_id = $1 ORDER BY batch_index",
             &[&job_id],
         )
@@ -35,12 +34,11 @@ pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<Store
             Ok(StoredBatch {
                 index: row.get::<_, i32>(0) as u32,
                 weeks: serde_json::from_value(row.get(1))?,
-                outcome: row.get(2),
-                fallback_weeks: row.get::<_, i32>(3) as u32,
+                fallback_weeks: row.get::<_, i32>(2) as u32,
                 usage: Usage {
-                    llm_calls: row.get::<_, i32>(4) as u32,
-                    input_tokens: row.get::<_, i64>(5) as u64,
-                    output_tokens: row.get::<_, i64>(6) as u64,
+                    llm_calls: row.get::<_, i32>(3) as u32,
+                    input_tokens: row.get::<_, i64>(4) as u64,
+                    output_tokens: row.get::<_, i64>(5) as u64,
                 },
             })
         })

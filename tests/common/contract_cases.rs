@@ -1,63 +1,7 @@
-//! The tables of `contracts.rs`: every reason code the decoder can give, and job messages that break
-//! the contract, each with the reason code the decoder must give it. Included by `#[path]` from
+//! The table of `contracts.rs`: job messages that break the contract, each with the reason code the decoder must give it. Included by `#[path]` from
 //! `contracts.rs`.
 
-use roadmap_worker::domain::RejectReason;
 use serde_json::{Value, json};
-
-/// Every reason code the decoder can give. The match is exhaustive, so adding a variant to
-/// `RejectReason` fails to compile here until the schema's list is updated too.
-pub fn all_reasons() -> Vec<RejectReason> {
-    let all = vec![
-        RejectReason::BodyTooLarge(0),
-        RejectReason::WrongContentType(String::new()),
-        RejectReason::InvalidUtf8,
-        RejectReason::NestingTooDeep,
-        RejectReason::NotJson(String::new()),
-        RejectReason::NotObject,
-        RejectReason::MissingField("job_id"),
-        RejectReason::InvalidType {
-            field: "job_id",
-            expected: "",
-        },
-        RejectReason::OutOfRange {
-            field: "duration_weeks",
-            min: 1,
-            max: 52,
-        },
-        RejectReason::EmptyString("user_id"),
-        RejectReason::TooLong {
-            field: "user_id",
-            max: 128,
-        },
-        RejectReason::TooManyFocusAreas,
-        RejectReason::UnknownExperienceLevel,
-        RejectReason::InvalidLanguage,
-        RejectReason::InvalidJobId,
-        RejectReason::JobOwnedByAnotherUser,
-    ];
-    for reason in &all {
-        match reason {
-            RejectReason::BodyTooLarge(_)
-            | RejectReason::WrongContentType(_)
-            | RejectReason::InvalidUtf8
-            | RejectReason::NestingTooDeep
-            | RejectReason::NotJson(_)
-            | RejectReason::NotObject
-            | RejectReason::MissingField(_)
-            | RejectReason::InvalidType { .. }
-            | RejectReason::OutOfRange { .. }
-            | RejectReason::EmptyString(_)
-            | RejectReason::TooLong { .. }
-            | RejectReason::TooManyFocusAreas
-            | RejectReason::UnknownExperienceLevel
-            | RejectReason::InvalidLanguage
-            | RejectReason::InvalidJobId
-            | RejectReason::JobOwnedByAnotherUser => {}
-        }
-    }
-    all
-}
 
 /// Messages that break the contract: the schema must refuse each, and the decoder with this code.
 pub fn invalid_messages() -> Vec<(&'static str, Value, &'static str)> {
