@@ -80,7 +80,7 @@ fn job_body(job: &JobArgs) -> (Uuid, Vec<u8>) {
 
 async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
     let connection = amqp::connect(&args.amqp, "roadmap-enqueue").await?;
-    let topology = Topology::new(&args.amqp.amqp_namespace, args.amqp.amqp_delivery_limit);
+    let topology = Topology::new(&args.amqp.namespace, args.amqp.delivery_limit);
     topology.declare(&connection.create_channel().await?).await?;
     let publisher = Publisher::new(&connection).await?;
     let (job_id, body) = match &args.raw {
@@ -130,7 +130,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         running.owner, running.metrics_addr
     );
     let connection = amqp::connect(&settings.amqp, "roadmap-demo").await?;
-    let topology = Topology::new(&settings.amqp.amqp_namespace, settings.amqp.amqp_delivery_limit);
+    let topology = Topology::new(&settings.amqp.namespace, settings.amqp.delivery_limit);
     let publisher = Publisher::new(&connection).await?;
     let mut watcher = EventWatcher::new(&connection, &topology).await?;
     let (job_id, body) = job_body(&args.job);

@@ -133,19 +133,31 @@ pub enum LogFormat {
 }
 
 /// Database connection settings, shared by every subcommand that touches Postgres.
+///
+/// Every range is checked here, where the value is parsed: a bad value stops the process at
+/// start with the variable's name (each value is named after its environment variable).
 #[derive(Debug, Clone, Args)]
 pub struct DbSettings {
     /// Postgres URL; the database is created if missing.
     #[arg(
-        long,
+        long = "database-url",
+        id = "database_url",
         env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/roadmap",
         hide_env_values = true
     )]
-    pub database_url: ServiceUrl,
+    pub url: ServiceUrl,
     /// Largest number of pooled Postgres connections.
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
-    pub database_pool_size: usize,
+    #[arg(
+        long = "database-pool-size",
+        id = "database_pool_size",
+        env = "DATABASE_POOL_SIZE",
+        value_name = "DATABASE_POOL_SIZE",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub pool_size: u32,
 }
 
 /// Broker connection settings and the names of the topology.
@@ -153,63 +165,160 @@ pub struct DbSettings {
 pub struct AmqpSettings {
     /// RabbitMQ URL.
     #[arg(
-        long,
+        long = "amqp-url",
+        id = "amqp_url",
         env = "AMQP_URL",
+        value_name = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true
     )]
-    pub amqp_url: ServiceUrl,
+    pub url: ServiceUrl,
     /// Prefix of every exchange and queue name; `roadmap` gives the contract's names. Tests and
     /// side-by-side deployments on one vhost use their own.
-    #[arg(long, env = "AMQP_NAMESPACE", default_value = "roadmap")]
-    pub amqp_namespace: String,
+    #[arg(
+        long = "amqp-namespace",
+        id = "amqp_namespace",
+        env = "AMQP_NAMESPACE",
+        value_name = "AMQP_NAMESPACE",
+        default_value = "roadmap",
+        value_parser = parse_namespace
+    )]
+    pub namespace: String,
     /// Deliveries of one job before it is dead-lettered as poison.
-    #[arg(long, env = "AMQP_DELIVERY_LIMIT", default_value_t = 5)]
-    pub amqp_delivery_limit: u32,
+    #[arg(
+        long = "amqp-delivery-limit",
+        id = "amqp_delivery_limit",
+        env = "AMQP_DELIVERY_LIMIT",
+        value_name = "AMQP_DELIVERY_LIMIT",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub delivery_limit: u32,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct LlmSettings {
-    #[arg(long, env = "LLM_PROVIDER", value_enum, default_value = "mock")]
-    pub llm_provider: ProviderKind,
+    #[arg(
+        long = "llm-provider",
+        id = "llm_provider",
+        env = "LLM_PROVIDER",
+        value_name = "LLM_PROVIDER",
+        value_enum,
+        default_value = "mock"
+    )]
+    pub provider: ProviderKind,
     /// Base URL of the provider's API; defaults to the provider's public endpoint.
-    #[arg(long, env = "LLM_BASE_URL")]
-    pub llm_base_url: Option<String>,
+    #[arg(
+        long = "llm-base-url",
+        id = "llm_base_url",
+        env = "LLM_BASE_URL",
+        value_name = "LLM_BASE_URL"
+    )]
+    pub base_url: Option<String>,
     /// Model name; defaults per provider.
-    #[arg(long, env = "LLM_MODEL")]
-    pub llm_model: Option<String>,
+    #[arg(
+        long = "llm-model",
+        id = "llm_model",
+        env = "LLM_MODEL",
+        value_name = "LLM_MODEL"
+    )]
+    pub model: Option<String>,
     /// API key (also read from OPENAI_API_KEY / GEMINI_API_KEY).
-    #[arg(long, env = "LLM_API_KEY", hide_env_values = true)]
-    pub llm_api_key: Option<Secret>,
-    #[arg(long, env = "LLM_MAX_OUTPUT_TOKENS", default_value_t = 8192)]
-    pub llm_max_output_tokens: u32,
-    #[arg(long, env = "LLM_RESPONSE_FORMAT", value_enum, default_value = "json-schema")]
-    pub llm_response_format: ResponseFormat,
-    #[arg(long, env = "LLM_TEMPERATURE", default_value_t = 0.7)]
-    pub llm_temperature: f32,
+    #[arg(
+        long = "llm-api-key",
+        id = "llm_api_key",
+        env = "LLM_API_KEY",
+        value_name = "LLM_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<Secret>,
+    /// Output limit per call, in tokens.
+    #[arg(
+        long = "llm-max-output-tokens",
+        id = "llm_max_output_tokens",
+        env = "LLM_MAX_OUTPUT_TOKENS",
+        value_name = "LLM_MAX_OUTPUT_TOKENS",
+        default_value_t = 8192,
+        value_parser = clap::value_parser!(u32).range(256..=1_000_000)
+    )]
+    pub max_output_tokens: u32,
+    #[arg(
+        long = "llm-response-format",
+        id = "llm_response_format",
+        env = "LLM_RESPONSE_FORMAT",
+        value_name = "LLM_RESPONSE_FORMAT",
+        value_enum,
+        default_value = "json-schema"
+    )]
+    pub response_format: ResponseFormat,
+    /// Sampling temperature, 0 to 2.
+    #[arg(
+        long = "llm-temperature",
+        id = "llm_temperature",
+        env = "LLM_TEMPERATURE",
+        value_name = "LLM_TEMPERATURE",
+        default_value_t = 0.7,
+        value_parser = parse_temperature
+    )]
+    pub temperature: f32,
     /// Time allowed for one LLM call, in seconds.
-    #[arg(long, env = "LLM_TIMEOUT_SECS", default_value_t = 120)]
-    pub llm_timeout_secs: u64,
+    #[arg(
+        long = "llm-timeout-secs",
+        id = "llm_timeout_secs",
+        env = "LLM_TIMEOUT_SECS",
+        value_name = "LLM_TIMEOUT_SECS",
+        default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub timeout_secs: u64,
     /// Retries of a transient LLM failure (timeout, 429, 5xx) before the batch falls back.
-    #[arg(long, env = "LLM_MAX_RETRIES", default_value_t = 4)]
-    pub llm_max_retries: usize,
+    #[arg(
+        long = "llm-max-retries",
+        id = "llm_max_retries",
+        env = "LLM_MAX_RETRIES",
+        value_name = "LLM_MAX_RETRIES",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(0..=50)
+    )]
+    pub max_retries: u32,
     /// Seconds between checks of a provider that refused our key or model; intake resumes when
     /// a check passes.
-    #[arg(long, env = "LLM_PROBE_INTERVAL_SECS", default_value_t = 15)]
-    pub llm_probe_interval_secs: u64,
+    #[arg(
+        long = "llm-probe-interval-secs",
+        id = "llm_probe_interval_secs",
+        env = "LLM_PROBE_INTERVAL_SECS",
+        value_name = "LLM_PROBE_INTERVAL_SECS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub probe_interval_secs: u64,
     /// Simulated latency of each embedded mock call, in milliseconds (demos and benchmarks).
-    #[arg(long, env = "LLM_MOCK_LATENCY_MS", default_value_t = 0)]
-    pub llm_mock_latency_ms: u64,
+    #[arg(
+        long = "llm-mock-latency-ms",
+        id = "llm_mock_latency_ms",
+        env = "LLM_MOCK_LATENCY_MS",
+        value_name = "LLM_MOCK_LATENCY_MS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=600_000)
+    )]
+    pub mock_latency_ms: u64,
     /// Longest wait between retries, in milliseconds, whatever the server asks for.
-    #[arg(long, env = "LLM_MAX_RETRY_DELAY_MS", default_value_t = 30_000)]
-    pub llm_max_retry_delay_ms: u64,
+    #[arg(
+        long = "llm-max-retry-delay-ms",
+        id = "llm_max_retry_delay_ms",
+        env = "LLM_MAX_RETRY_DELAY_MS",
+        value_name = "LLM_MAX_RETRY_DELAY_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(0..=3_600_000)
+    )]
+    pub max_retry_delay_ms: u64,
 }
 
 impl LlmSettings {
     pub fn api_key(&self) -> Option<Secret> {
         let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        self.llm_api_key.clone().or_else(|| {
-            match self.llm_provider {
+        self.api_key.clone().or_else(|| {
+            match self.provider {
                 ProviderKind::Openai => from_env("OPENAI_API_KEY"),
                 ProviderKind::Gemini => from_env("GEMINI_API_KEY"),
                 ProviderKind::Mock => None,
@@ -219,26 +328,51 @@ impl LlmSettings {
     }
 
     pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.llm_timeout_secs)
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_secs(self.probe_interval_secs)
+    }
+
+    pub fn mock_latency(&self) -> Duration {
+        Duration::from_millis(self.mock_latency_ms)
     }
 }
+
+/// Default weeks per LLM call: about 5,000 output tokens, well inside common output limits.
+pub const DEFAULT_BATCH_WEEKS: u32 = 3;
+/// Default days of the previous week carried into the next prompt.
+pub const DEFAULT_CONTEXT_DAYS: u32 = 2;
 
 /// How roadmaps are cut into LLM calls.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct BatchSettings {
     /// Weeks per LLM call.
-    #[arg(long, env = "BATCH_WEEKS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=12))]
+    #[arg(
+        long,
+        env = "BATCH_WEEKS",
+        value_name = "BATCH_WEEKS",
+        default_value_t = DEFAULT_BATCH_WEEKS,
+        value_parser = clap::value_parser!(u32).range(1..=12)
+    )]
     pub batch_weeks: u32,
     /// Days of the previous week carried into the next prompt.
-    #[arg(long, env = "CONTEXT_DAYS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=7))]
+    #[arg(
+        long,
+        env = "CONTEXT_DAYS",
+        value_name = "CONTEXT_DAYS",
+        default_value_t = DEFAULT_CONTEXT_DAYS,
+        value_parser = clap::value_parser!(u32).range(0..=7)
+    )]
     pub context_days: u32,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
         Self {
-            batch_weeks: 3,
-            context_days: 2,
+            batch_weeks: DEFAULT_BATCH_WEEKS,
+            context_days: DEFAULT_CONTEXT_DAYS,
         }
     }
 }
@@ -255,28 +389,113 @@ pub struct WorkerSettings {
     #[command(flatten)]
     pub batch: BatchSettings,
     /// Jobs in flight per replica (also the broker prefetch).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(
+        long,
+        env = "WORKER_CONCURRENCY",
+        value_name = "WORKER_CONCURRENCY",
+        default_value_t = 32,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     pub worker_concurrency: u16,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        value_name = "METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
     pub metrics_addr: SocketAddr,
-    /// Seconds a job's lease lasts without a heartbeat before another replica may take it over.
-    #[arg(long, env = "LEASE_SECS", default_value_t = 60)]
+    /// Seconds a job's lease lasts without a heartbeat before another replica may take it over
+    /// (at least 3: the heartbeat renews it every third).
+    #[arg(
+        long,
+        env = "LEASE_SECS",
+        value_name = "LEASE_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(3..=86_400)
+    )]
     pub lease_secs: u64,
     /// Seconds in-flight jobs get to finish their batch after SIGTERM before being handed back.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    #[arg(
+        long,
+        env = "SHUTDOWN_GRACE_SECS",
+        value_name = "SHUTDOWN_GRACE_SECS",
+        default_value_t = 25,
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
     pub shutdown_grace_secs: u64,
     /// Seconds after which a job still running acks its delivery and relies on Postgres and the
     /// sweeper instead; keep it below RabbitMQ's consumer timeout (30 minutes by default).
-    #[arg(long, env = "AMQP_ACK_DEADLINE_SECS", default_value_t = 1500)]
+    #[arg(
+        long,
+        env = "AMQP_ACK_DEADLINE_SECS",
+        value_name = "AMQP_ACK_DEADLINE_SECS",
+        default_value_t = 1500,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
     pub amqp_ack_deadline_secs: u64,
     /// Seconds between sweeps for stranded jobs (acked deliveries whose owner died, long-expired
     /// leases), which are re-published.
-    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "SWEEP_INTERVAL_SECS",
+        value_name = "SWEEP_INTERVAL_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
     pub sweep_interval_secs: u64,
     /// A job taken over from a dead or fenced owner this many times is failed as poison.
-    #[arg(long, env = "JOB_POISON_AFTER", default_value_t = 3)]
+    #[arg(
+        long,
+        env = "JOB_POISON_AFTER",
+        value_name = "JOB_POISON_AFTER",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(i32).range(1..=1000)
+    )]
     pub job_poison_after: i32,
+}
+
+impl WorkerSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn ack_deadline(&self) -> Duration {
+        Duration::from_secs(self.amqp_ack_deadline_secs)
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(self.sweep_interval_secs)
+    }
+}
+
+fn parse_temperature(value: &str) -> Result<f32, String> {
+    let t: f32 = value.parse().map_err(|_| format!("{value:?} is not a number"))?;
+    if (0.0..=2.0).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!("{t} is not between 0 and 2"))
+    }
+}
+
+/// Namespaces become exchange and queue names: keep them to what every tool quotes safely.
+fn parse_namespace(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 100
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} must be 1-100 characters of letters, digits, '.', '-' or '_'"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,6 @@ pub mod json_scan;
 pub mod llm;
 pub mod metrics;
 pub mod mock_server;
-pub mod outbox;
 pub mod pipeline;
 pub mod store;
 pub mod telemetry;

@@ -6,6 +6,11 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::domain::{
+    AnswerFault, BatchOutcome, RejectReason,
+    event::{COMPLETED, FAILED, JobFailure, PROGRESS},
+};
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -178,33 +183,25 @@ impl Metrics {
     /// Starts every known label value at 0. A counter child appears only once it is used, and an
     /// alert on `increase()` cannot see a series that is born at 1.
     fn with_known_labels(self) -> Self {
-        for outcome in ["ok", "retried", "truncated", "reasked", "fallback"] {
-            self.batches.with_label_values(&[outcome]);
+        for outcome in BatchOutcome::ALL {
+            self.batches.with_label_values(&[outcome.as_str()]);
         }
-        for reason in [
-            "truncated",
-            "invalid_json",
-            "invalid_schema",
-            "timeout",
-            "connect",
-            "http_429",
-            "http_5xx",
-        ] {
+        let answer_faults = AnswerFault::ALL.map(AnswerFault::as_str);
+        // The LLM call's own statuses are many; these are the ones dashboards plot.
+        let call_faults = ["timeout", "connect", "http_429", "http_5xx"];
+        for reason in answer_faults.iter().chain(&call_faults) {
             self.batch_failures.with_label_values(&[reason]);
         }
-        let reasons = crate::domain::RejectReason::CODES;
-        for reason in reasons.iter().chain(&["poison_job"]) {
+        let reasons = RejectReason::CODES;
+        let failures = JobFailure::ALL.map(JobFailure::as_str);
+        for reason in reasons.iter().chain(&failures) {
             self.jobs_failed.with_label_values(&[reason]);
             self.dead_lettered.with_label_values(&[reason]);
         }
         for reason in reasons {
             self.jobs_rejected.with_label_values(&[reason]);
         }
-        for kind in [
-            crate::domain::event::PROGRESS,
-            crate::domain::event::COMPLETED,
-            crate::domain::event::FAILED,
-        ] {
+        for kind in [PROGRESS, COMPLETED, FAILED] {
             self.events_published.with_label_values(&[kind]);
         }
         for direction in ["input", "output"] {

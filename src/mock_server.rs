@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::{
+    domain::brief::Brief,
     llm::{estimate_tokens, mock},
-    pipeline::prompt,
 };
 
 /// One injected fault.
@@ -190,7 +190,7 @@ async fn prepare(
     max_tokens: Option<u64>,
     format: String,
 ) -> Result<Answer, Response> {
-    let brief = prompt::parse_brief(user);
+    let brief = Brief::parse(user);
     let fault = {
         let mut shared = state.shared.lock().expect("mock state");
         let fault = next_fault(&mut shared);

@@ -3,6 +3,9 @@
 //! Postgres restarted once each; then the invariants are checked from the database and the mock's
 //! request log. Run: `cargo test --test chaos -- --nocapture`.
 
+// The chaos run shares the integration tests' harness and uses only part of it.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::{

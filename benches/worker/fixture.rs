@@ -6,17 +6,17 @@ use chrono::{DateTime, Utc};
 use roadmap_worker::{
     config::{BatchSettings, ResponseFormat},
     domain::{
-        JobRequest, Week,
+        BatchOutcome, BatchRange, BatchResult, JobRequest, Plan, Week,
+        brief::Brief,
         event::{Completed, Progress, Usage},
         roadmap::check_weeks,
     },
     llm::{estimate_tokens, mock},
     pipeline::{
-        batch::BatchResult,
+        self,
         job::completion_event,
         parse,
-        plan::{BatchRange, Plan},
-        prompt::{self, Brief, SYSTEM_PROMPT},
+        prompt::{self, SYSTEM_PROMPT},
     },
 };
 
@@ -51,7 +51,7 @@ impl Fixture {
             .expect("the harness's job message is valid");
         let profile = job.profile();
         let defaults = BatchSettings::default();
-        let plan = Plan::new(&profile, weeks, defaults.batch_weeks);
+        let plan = pipeline::plan(&profile, weeks, defaults.batch_weeks);
         let mut stages: Vec<Stage> = Vec::with_capacity(plan.batches.len());
         for range in &plan.batches {
             let previous = stages.last().and_then(|s| s.result.weeks.last().cloned());
@@ -74,7 +74,7 @@ impl Fixture {
                     input_tokens: estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(&prompt),
                     output_tokens: estimate_tokens(&answer),
                 },
-                outcome: "ok",
+                outcome: BatchOutcome::Ok,
             };
             stages.push(Stage {
                 range: *range,

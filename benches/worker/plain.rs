@@ -118,8 +118,8 @@ pub async fn plain_loop(pool: &Pool, fx: &Arc<Fixture>, jobs: usize, tasks: usiz
 /// A pool on `env`'s database (the worker has created and migrated it).
 pub async fn plain_pool(env: &TestEnv, size: usize) -> Pool {
     let settings = DbSettings {
-        database_url: env.database_url.parse().expect("a valid URL"),
-        database_pool_size: size,
+        url: env.database_url.parse().expect("a valid URL"),
+        pool_size: size as u32,
     };
     let pool = store::connect(&settings, "bench-plain-loop")
         .await

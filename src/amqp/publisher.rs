@@ -1,11 +1,36 @@
 //! Publishing with publisher confirms: a message counts as sent only once the broker confirms it.
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use lapin::{
     BasicProperties, Channel, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{FieldTable, ShortString},
 };
+
+/// Why a message did not reach a queue. Every variant means "not sent": the caller keeps the
+/// message (outbox row, unsettled delivery) and tries again or hands it to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Between broker sessions: there is no channel to publish on.
+    #[error("no broker session")]
+    NotConnected,
+    /// The broker refused the message (a negative confirm).
+    #[error("the broker refused a message to {exchange}")]
+    Nacked { exchange: String },
+    /// A mandatory message that no queue took.
+    #[error("no queue took a message to {exchange} with key {routing_key}: {reply}")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        reply: String,
+    },
+    #[error("publishing to {exchange}: {source}")]
+    Lapin {
+        exchange: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
 
 /// A confirm-mode channel; cheap to clone, safe to share between tasks.
 #[derive(Clone)]
@@ -41,7 +66,7 @@ impl Publisher {
         message_id: Option<&str>,
         headers: Option<FieldTable>,
         mandatory: bool,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PublishError> {
         let mut props = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
             .with_delivery_mode(2);
@@ -61,7 +86,11 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
         mandatory: bool,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PublishError> {
+        let lapin = |source| PublishError::Lapin {
+            exchange: exchange.to_owned(),
+            source,
+        };
         let confirm = self
             .channel
             .basic_publish(
@@ -75,17 +104,20 @@ impl Publisher {
                 props,
             )
             .await
-            .with_context(|| format!("publishing to {exchange}"))?
+            .map_err(lapin)?
             .await
-            .with_context(|| format!("waiting for the broker to confirm a message to {exchange}"))?;
+            .map_err(lapin)?;
         if confirm.is_nack() {
-            bail!("the broker refused a message to {exchange}");
+            return Err(PublishError::Nacked {
+                exchange: exchange.to_owned(),
+            });
         }
         if let Some(returned) = confirm.take_message() {
-            bail!(
-                "no queue took a message to {exchange} with key {routing_key}: {}",
-                returned.reply_text
-            );
+            return Err(PublishError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                reply: returned.reply_text.to_string(),
+            });
         }
         Ok(())
     }

@@ -10,6 +10,24 @@ pub const COMPLETED: &str = "roadmap.completed";
 pub const FAILED: &str = "roadmap.failed";
 pub const PROGRESS: &str = "roadmap.progress";
 
+/// Why a job that was taken on ended as failed (a `roadmap.failed` reason beside the refusal
+/// codes of [`RejectReason`](super::RejectReason)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobFailure {
+    /// The job was abandoned by too many workers (they crashed or lost its lease).
+    PoisonJob,
+}
+
+impl JobFailure {
+    pub const ALL: [Self; 1] = [Self::PoisonJob];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PoisonJob => "poison_job",
+        }
+    }
+}
+
 /// LLM usage, summed over every attempt including failed ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

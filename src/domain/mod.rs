@@ -1,8 +1,14 @@
-//! The product's own types: the job message, the roadmap, and the events, with their checks.
+//! The product's own types: the job message, the roadmap, the plan and its batches, the batch
+//! brief, and the events, with their checks. Nothing here does I/O.
 
+pub mod batch;
+pub mod brief;
 pub mod event;
 pub mod job;
+pub mod plan;
 pub mod roadmap;
 
+pub use batch::{AnswerFault, BatchOutcome, BatchResult};
 pub use job::{ExperienceLevel, JobProfile, JobRequest, RejectReason, Rejection};
+pub use plan::{BatchRange, Plan};
 pub use roadmap::{Day, Phase, Resource, Roadmap, Task, TaskKind, Week, WeekSource};

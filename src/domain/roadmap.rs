@@ -1,4 +1,4 @@
-//! The roadmap shape (BRIEF §3) and the checks that LLM output must pass to become part of one.
+//! The roadmap shape and the checks that LLM output must pass to become part of one.
 //!
 //! LLM output is untrusted: it is parsed into these types, then [`check_weeks`] rejects what is
 //! structurally wrong (numbering, counts) and sanitises what can be repaired safely (control
@@ -98,19 +98,37 @@ pub struct BatchOutput {
     pub weeks: Vec<Week>,
 }
 
+/// One thing wrong with weeks written by the model. The `Display` text is phrased so that it can
+/// be handed back to the model on a re-ask.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeekProblem {
+    #[error("expected weeks {wanted:?} in order, got {got:?}")]
+    Numbering { wanted: Vec<u32>, got: Vec<u32> },
+    #[error("week {week} has an empty title")]
+    EmptyTitle { week: u32 },
+    #[error("week {week} has {days} days, it must have exactly {DAYS_PER_WEEK}")]
+    DayCount { week: u32, days: usize },
+    #[error("week {week} day {day} has an empty title")]
+    EmptyDayTitle { week: u32, day: u32 },
+    #[error("week {week} day {day} has {tasks} tasks, it must have 1 to {MAX_TASKS_PER_DAY}")]
+    TaskCount { week: u32, day: u32, tasks: usize },
+    #[error("week {week} day {day} has a task without a title")]
+    UntitledTask { week: u32, day: u32 },
+}
+
 /// Checks weeks written for `expected` (inclusive week numbers) and sanitises their text.
 /// `phase_of` gives the phase each week belongs to by the plan; the plan wins over the model.
-/// On failure returns every problem found, phrased so that it can be handed back to the model.
+/// On failure returns every problem found.
 pub fn check_weeks(
     mut weeks: Vec<Week>,
     expected: std::ops::RangeInclusive<u32>,
     phase_of: impl Fn(u32) -> u32,
-) -> Result<Vec<Week>, Vec<String>> {
+) -> Result<Vec<Week>, Vec<WeekProblem>> {
     let mut problems = Vec::new();
     let numbers: Vec<u32> = weeks.iter().map(|w| w.number).collect();
     let wanted: Vec<u32> = expected.clone().collect();
     if numbers != wanted {
-        problems.push(format!("expected weeks {wanted:?} in order, got {numbers:?}"));
+        problems.push(WeekProblem::Numbering { wanted, got: numbers });
     }
     for week in &mut weeks {
         week.source = WeekSource::Llm;
@@ -124,36 +142,38 @@ pub fn check_weeks(
             .filter(|g| !g.is_empty())
             .collect();
         if week.title.is_empty() {
-            problems.push(format!("week {} has an empty title", week.number));
+            problems.push(WeekProblem::EmptyTitle { week: week.number });
         }
         if week.days.len() != DAYS_PER_WEEK {
-            problems.push(format!(
-                "week {} has {} days, it must have exactly {DAYS_PER_WEEK}",
-                week.number,
-                week.days.len()
-            ));
+            problems.push(WeekProblem::DayCount {
+                week: week.number,
+                days: week.days.len(),
+            });
         }
         for (i, day) in week.days.iter_mut().enumerate() {
             day.day = i as u32 + 1;
             day.title = clean(&day.title, MAX_TITLE);
+            let (week, day_number) = (week.number, day.day);
             if day.title.is_empty() {
-                problems.push(format!("week {} day {} has an empty title", week.number, day.day));
+                problems.push(WeekProblem::EmptyDayTitle {
+                    week,
+                    day: day_number,
+                });
             }
             if day.tasks.is_empty() || day.tasks.len() > MAX_TASKS_PER_DAY {
-                problems.push(format!(
-                    "week {} day {} has {} tasks, it must have 1 to {MAX_TASKS_PER_DAY}",
-                    week.number,
-                    day.day,
-                    day.tasks.len()
-                ));
+                problems.push(WeekProblem::TaskCount {
+                    week,
+                    day: day_number,
+                    tasks: day.tasks.len(),
+                });
             }
             for task in &mut day.tasks {
                 sanitise_task(task);
                 if task.title.is_empty() {
-                    problems.push(format!(
-                        "week {} day {} has a task without a title",
-                        week.number, day.day
-                    ));
+                    problems.push(WeekProblem::UntitledTask {
+                        week,
+                        day: day_number,
+                    });
                 }
             }
         }
@@ -203,18 +223,30 @@ pub fn clean(s: &str, max: usize) -> String {
         .to_owned()
 }
 
+/// Why an assembled roadmap is inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoadmapProblem {
+    #[error("weeks are {got:?}, expected 1..={duration_weeks}")]
+    Numbering { got: Vec<u32>, duration_weeks: u32 },
+    #[error("week {week} has {days} days")]
+    DayCount { week: u32, days: usize },
+}
+
 /// Checks an assembled roadmap: weeks 1..N, no gap, no repeat, 7 days each.
-pub fn check_roadmap(roadmap: &Roadmap) -> Result<(), String> {
+pub fn check_roadmap(roadmap: &Roadmap) -> Result<(), RoadmapProblem> {
     let numbers: Vec<u32> = roadmap.weeks.iter().map(|w| w.number).collect();
     let wanted: Vec<u32> = (1..=roadmap.duration_weeks).collect();
     if numbers != wanted {
-        return Err(format!(
-            "weeks are {numbers:?}, expected 1..={}",
-            roadmap.duration_weeks
-        ));
+        return Err(RoadmapProblem::Numbering {
+            got: numbers,
+            duration_weeks: roadmap.duration_weeks,
+        });
     }
     if let Some(w) = roadmap.weeks.iter().find(|w| w.days.len() != DAYS_PER_WEEK) {
-        return Err(format!("week {} has {} days", w.number, w.days.len()));
+        return Err(RoadmapProblem::DayCount {
+            week: w.number,
+            days: w.days.len(),
+        });
     }
     Ok(())
 }
@@ -273,7 +305,11 @@ mod tests {
 
     #[test]
     fn rejects_wrong_numbers_and_day_counts() {
-        let problems = check_weeks(vec![week(1, 6), week(3, 7)], 1..=2, |_| 1).unwrap_err();
+        let problems: Vec<String> = check_weeks(vec![week(1, 6), week(3, 7)], 1..=2, |_| 1)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert!(problems[0].contains("expected weeks [1, 2]"), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("has 6 days")), "{problems:?}");
     }

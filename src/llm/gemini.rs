@@ -23,15 +23,15 @@ pub struct Gemini {
 
 impl Gemini {
     pub fn new(settings: &LlmSettings) -> anyhow::Result<Self> {
-        let base = settings.llm_base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let model = settings.llm_model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
+        let base = settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let model = settings.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
         Ok(Self {
             http: super::http_client(settings)?,
             endpoint: format!("{}/models/{model}:generateContent", base.trim_end_matches('/')),
             model,
             api_key: settings.api_key(),
-            format: settings.llm_response_format,
-            temperature: settings.llm_temperature,
+            format: settings.response_format,
+            temperature: settings.temperature,
         })
     }
 

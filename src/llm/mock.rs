@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens};
-use crate::{pipeline::prompt, template};
+use crate::{domain::brief::Brief, template};
 
 #[derive(Debug, Clone, Default)]
 pub struct MockLlm {
@@ -40,7 +40,7 @@ pub fn answer(prompt_text: &str) -> Result<String, String> {
 
 /// Like [`answer`], as a JSON value (the fault injector edits it).
 pub fn answer_value(prompt_text: &str) -> Result<Value, String> {
-    let brief = prompt::parse_brief(prompt_text)
+    let brief = Brief::parse(prompt_text)
         .ok_or_else(|| "the mock LLM understands only roadmap batch prompts".to_owned())?;
     let weeks: Vec<Value> = (brief.first_week..=brief.last_week)
         .map(|n| {

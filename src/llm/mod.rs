@@ -150,8 +150,10 @@ pub enum Provider {
 
 impl Provider {
     pub fn from_settings(settings: &LlmSettings) -> anyhow::Result<Self> {
-        Ok(match settings.llm_provider {
-            ProviderKind::Mock => Self::Mock(mock::MockLlm::default()),
+        Ok(match settings.provider {
+            ProviderKind::Mock => Self::Mock(mock::MockLlm {
+                latency: settings.mock_latency(),
+            }),
             ProviderKind::Openai => Self::OpenAi(openai::OpenAi::new(settings)?),
             ProviderKind::Gemini => Self::Gemini(gemini::Gemini::new(settings)?),
         })

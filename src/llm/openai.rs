@@ -24,14 +24,14 @@ pub struct OpenAi {
 
 impl OpenAi {
     pub fn new(settings: &LlmSettings) -> anyhow::Result<Self> {
-        let base = settings.llm_base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let base = settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         Ok(Self {
             http: super::http_client(settings)?,
             endpoint: format!("{}/chat/completions", base.trim_end_matches('/')),
-            model: settings.llm_model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
+            model: settings.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
             api_key: settings.api_key(),
-            format: settings.llm_response_format,
-            temperature: settings.llm_temperature,
+            format: settings.response_format,
+            temperature: settings.temperature,
         })
     }
 

@@ -1,5 +1,5 @@
-//! One batch through the robustness ladder (BRIEF §4): retry transient failures, salvage and
-//! shrink on truncation, re-ask once on invalid output, then fall back to template weeks.
+//! One batch through the robustness ladder: retry transient failures, salvage and shrink on
+//! truncation, re-ask once on invalid output, then fall back to template weeks.
 
 use std::{
     sync::Mutex,
@@ -10,13 +10,17 @@ use backon::{ExponentialBuilder, Retryable};
 use tracing::{debug, info, warn};
 
 use super::{
-    parse,
-    plan::{BatchRange, Plan},
+    parse::{self, AnswerError},
     prompt,
 };
 use crate::{
     config::{LlmSettings, ResponseFormat},
-    domain::{JobProfile, Week, WeekSource, event::Usage, roadmap::check_weeks},
+    domain::{
+        AnswerFault, BatchOutcome, BatchRange, BatchResult, JobProfile, Plan, Week,
+        brief::Brief,
+        event::Usage,
+        roadmap::{WeekProblem, check_weeks},
+    },
     llm::{FinishReason, LlmError, LlmRequest, LlmResponse, Provider, schema},
     metrics::Metrics,
     template,
@@ -37,13 +41,13 @@ pub struct LadderSettings {
 impl LadderSettings {
     pub fn from_settings(llm: &LlmSettings, context_days: u32) -> Self {
         Self {
-            max_output_tokens: llm.llm_max_output_tokens,
-            temperature: llm.llm_temperature,
-            format: llm.llm_response_format,
+            max_output_tokens: llm.max_output_tokens,
+            temperature: llm.temperature,
+            format: llm.response_format,
             context_days,
-            max_retries: llm.llm_max_retries,
+            max_retries: llm.max_retries as usize,
             min_retry_delay: Duration::from_millis(500),
-            max_retry_delay: Duration::from_millis(llm.llm_max_retry_delay_ms),
+            max_retry_delay: Duration::from_millis(llm.max_retry_delay_ms),
         }
     }
 }
@@ -56,29 +60,34 @@ pub struct Generator {
     pub metrics: Metrics,
 }
 
-/// A finished batch, ready to checkpoint.
-#[derive(Debug, Clone)]
-pub struct BatchResult {
-    pub weeks: Vec<Week>,
-    pub usage: Usage,
-    /// ok, retried, truncated, reasked or fallback: the highest rung the batch needed.
-    pub outcome: &'static str,
-}
-
-impl BatchResult {
-    pub fn fallback_weeks(&self) -> u32 {
-        self.weeks
-            .iter()
-            .filter(|w| w.source == WeekSource::Fallback)
-            .count() as u32
-    }
-}
-
 /// A batch that cannot be finished by this worker: the provider refuses every request.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct ProviderFault(pub LlmError);
 
+/// What was wrong with a complete answer; its problems go back to the model on the re-ask.
+enum Invalid {
+    Answer(AnswerError),
+    Weeks(Vec<WeekProblem>),
+}
+
+impl Invalid {
+    fn fault(&self) -> AnswerFault {
+        match self {
+            Self::Answer(e) => e.fault(),
+            Self::Weeks(_) => AnswerFault::InvalidSchema,
+        }
+    }
+
+    fn feedback(&self) -> Vec<String> {
+        match self {
+            Self::Answer(e) => vec![e.to_string()],
+            Self::Weeks(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// The rungs a batch has climbed; the highest is its outcome.
 #[derive(Default)]
 struct Rungs {
     retried: bool,
@@ -87,7 +96,24 @@ struct Rungs {
     fallback: bool,
 }
 
+impl Rungs {
+    fn outcome(&self) -> BatchOutcome {
+        match self {
+            Self { fallback: true, .. } => BatchOutcome::Fallback,
+            Self { reasked: true, .. } => BatchOutcome::Reasked,
+            Self { truncated: true, .. } => BatchOutcome::Truncated,
+            Self { retried: true, .. } => BatchOutcome::Retried,
+            _ => BatchOutcome::Ok,
+        }
+    }
+}
+
 impl Generator {
+    /// Whether the provider accepts our key and model (after a configuration fault).
+    pub async fn probe(&self) -> Result<(), LlmError> {
+        self.provider.probe().await
+    }
+
     pub async fn batch(
         &self,
         profile: &JobProfile,
@@ -122,7 +148,7 @@ impl Generator {
                 rungs.truncated = true;
                 self.metrics
                     .batch_failures
-                    .with_label_values(&["truncated"])
+                    .with_label_values(&[AnswerFault::Truncated.as_str()])
                     .inc();
                 let mut salvaged = parse::salvage_weeks(&answer.text);
                 // Only a clean prefix of the requested weeks is kept; anything odd is dropped.
@@ -151,22 +177,21 @@ impl Generator {
                 }
                 continue;
             }
-            let checked = parse::parse_answer(&answer.text).and_then(|ws| {
-                check_weeks(ws, next..=last, |w| plan.phase_of(w)).map_err(|problems| problems.join("; "))
-            });
+            let checked = parse::parse_answer(&answer.text)
+                .map_err(Invalid::Answer)
+                .and_then(|ws| check_weeks(ws, next..=last, |w| plan.phase_of(w)).map_err(Invalid::Weeks));
             match checked {
                 Ok(good) => {
                     next = last + 1;
                     weeks.extend(good);
                     feedback = None;
                 }
-                Err(problem) => {
-                    let reason = if problem.contains("not valid JSON") {
-                        "invalid_json"
-                    } else {
-                        "invalid_schema"
-                    };
-                    self.metrics.batch_failures.with_label_values(&[reason]).inc();
+                Err(invalid) => {
+                    self.metrics
+                        .batch_failures
+                        .with_label_values(&[invalid.fault().as_str()])
+                        .inc();
+                    let problem = invalid.feedback().join("; ");
                     if rungs.reasked {
                         warn!(first = next, last, %problem, "answer still invalid after a re-ask; template weeks");
                         self.fallback(profile, plan, next..=last, &mut weeks, &mut rungs);
@@ -180,14 +205,8 @@ impl Generator {
             }
         }
         *span_hint = span;
-        let outcome = match rungs {
-            Rungs { fallback: true, .. } => "fallback",
-            Rungs { reasked: true, .. } => "reasked",
-            Rungs { truncated: true, .. } => "truncated",
-            Rungs { retried: true, .. } => "retried",
-            _ => "ok",
-        };
-        self.metrics.batches.with_label_values(&[outcome]).inc();
+        let outcome = rungs.outcome();
+        self.metrics.batches.with_label_values(&[outcome.as_str()]).inc();
         self.metrics
             .batch_duration
             .observe(started.elapsed().as_secs_f64());
@@ -207,7 +226,7 @@ impl Generator {
         previous: Option<&Week>,
         feedback: Option<&[String]>,
     ) -> LlmRequest {
-        let brief = prompt::Brief {
+        let brief = Brief {
             profile: profile.clone(),
             duration_weeks: plan.duration_weeks,
             first_week: first,

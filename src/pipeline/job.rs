@@ -1,24 +1,25 @@
 //! One job from claim to stored roadmap: claim under a lease, generate the missing batches with a
 //! checkpoint after each, assemble, and complete with the event in the same transaction.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
-use super::{batch::Generator, plan::Plan};
+use super::batch::Generator;
 use crate::{
+    config::WorkerSettings,
     domain::{
-        JobRequest, Roadmap, Week,
-        event::{COMPLETED, Completed, Failed, Usage},
+        JobRequest, Plan, Roadmap, Week,
+        event::{COMPLETED, Completed, Failed, JobFailure, Usage},
         roadmap::check_roadmap,
     },
     llm::LlmError,
-    store::{self, StoreError, jobs::Claim},
+    metrics::Metrics,
+    store::{self, StoreError, jobs::Claim, with_retries},
 };
 
 /// How a job run ended, for the worker to settle its delivery.
@@ -43,25 +44,58 @@ pub enum JobEnd {
 /// Runs jobs; one per worker, shared by its job tasks.
 #[derive(Debug, Clone)]
 pub struct JobRunner {
-    pub pool: Pool,
-    pub generator: Generator,
-    pub batch_weeks: u32,
-    pub lease: Duration,
+    pool: Pool,
+    generator: Generator,
+    batch_weeks: u32,
+    lease: Duration,
     /// This replica's id: the owner of the leases it takes.
-    pub owner: String,
+    owner: String,
     /// Takeovers from dead or fenced owners after which a job is failed as poison.
-    pub poison_after: i32,
+    poison_after: i32,
 }
 
 /// How often a job whose owner is alive is checked again.
 const BUSY_POLL: Duration = Duration::from_secs(2);
 
 impl JobRunner {
+    /// The runner of replica `owner`, from the worker's settings.
+    pub fn new(settings: &WorkerSettings, pool: Pool, generator: Generator, owner: String) -> Self {
+        Self {
+            pool,
+            generator,
+            batch_weeks: settings.batch.batch_weeks,
+            lease: settings.lease(),
+            owner,
+            poison_after: settings.job_poison_after,
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.generator.metrics
+    }
+
+    /// Whether the provider accepts our key and model again (after a configuration fault).
+    pub async fn probe_provider(&self) -> Result<(), LlmError> {
+        self.generator.probe().await
+    }
+
     /// Runs `job` to its end. `shutdown` stops it between batches; store errors that persist past
     /// the retries are returned.
     pub async fn run(&self, job: &JobRequest, shutdown: &CancellationToken) -> Result<JobEnd, StoreError> {
         let profile = job.profile();
-        let plan = Plan::new(&profile, job.duration_weeks, self.batch_weeks);
+        let plan = super::plan(&profile, job.duration_weeks, self.batch_weeks);
         let owned = loop {
             let claim =
                 with_retries(|| store::jobs::claim(&self.pool, job, &plan, &self.owner, self.lease)).await?;
@@ -82,9 +116,9 @@ impl JobRunner {
             }
         };
         let token = owned.token;
-        let metrics = &self.generator.metrics;
+        let metrics = self.metrics();
         if owned.abandoned >= self.poison_after {
-            let reason = "poison_job";
+            let reason = JobFailure::PoisonJob.as_str();
             let message = format!(
                 "the job was abandoned by {} workers (crash or lost lease); it is not retried again",
                 owned.abandoned
@@ -157,7 +191,7 @@ impl JobRunner {
             }
             info!(
                 batch = range.index,
-                outcome = result.outcome,
+                outcome = result.outcome.as_str(),
                 done = batches.len() + 1,
                 total,
                 "batch stored"
@@ -173,8 +207,7 @@ impl JobRunner {
             usage += u;
             fallback_batches += f;
         }
-        let event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)
-            .map_err(StoreError::Corrupt)?;
+        let event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)?;
         match with_retries(|| store::roadmaps::complete(&self.pool, token, &event)).await {
             Ok(()) => {}
             Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
@@ -206,11 +239,11 @@ fn assemble(
     usage: Usage,
     fallback_batches: u32,
     started_at: chrono::DateTime<Utc>,
-) -> Result<Completed, String> {
+) -> Result<Completed, StoreError> {
     let event = completion_event(job, plan, weeks, usage, fallback_batches, started_at);
     // Every batch was checked on its own; this guards the seams between them.
     check_roadmap(&event.roadmap)
-        .map_err(|problem| format!("assembled roadmap is inconsistent: {problem}"))?;
+        .map_err(|problem| StoreError::Corrupt(format!("assembled roadmap is inconsistent: {problem}")))?;
     Ok(event)
 }
 
@@ -269,24 +302,4 @@ async fn heartbeat(pool: Pool, job_id: Uuid, token: i64, lease: Duration, lost: 
             Err(e) => warn!(error = %e, "lease renewal failed; retrying"),
         }
     }
-}
-
-/// Retries a store operation through short database outages; `Fenced` and corrupt data are final.
-pub async fn with_retries<T, F, Fut>(op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    op.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .with_max_times(8)
-            .with_jitter(),
-    )
-    .when(|e| matches!(e, StoreError::Pool(_) | StoreError::Db(_)))
-    .notify(
-        |e, delay| warn!(error = %e, delay_ms = delay.as_millis() as u64, "database call failed; retrying"),
-    )
-    .await
 }

@@ -4,5 +4,19 @@
 pub mod batch;
 pub mod job;
 pub mod parse;
-pub mod plan;
 pub mod prompt;
+
+use crate::{
+    domain::{JobProfile, Plan},
+    template,
+};
+
+/// The plan of a new job: the template phase outline for its role, cut into batches of
+/// `batch_weeks` weeks.
+pub fn plan(profile: &JobProfile, duration_weeks: u32, batch_weeks: u32) -> Plan {
+    Plan::new(
+        template::phases(profile, duration_weeks),
+        duration_weeks,
+        batch_weeks,
+    )
+}

@@ -3,21 +3,42 @@
 
 use serde_json::Value;
 
-use crate::domain::{Week, roadmap::BatchOutput};
+use crate::domain::{AnswerFault, Week, roadmap::BatchOutput};
 
 /// Largest answer parsed at all; anything bigger is refused unread (about 10× a full batch).
 pub const MAX_ANSWER_BYTES: usize = 512 * 1024;
 
+/// Why an answer could not be read as weeks. The `Display` text is handed back to the model
+/// on a re-ask.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("the answer is {0} bytes, over the limit")]
+    TooLarge(usize),
+    #[error("the answer is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("the answer does not have the required shape: {0}")]
+    WrongShape(String),
+}
+
+impl AnswerError {
+    pub fn fault(&self) -> AnswerFault {
+        match self {
+            // Refused unread: as far as the worker could tell, it is not JSON it can use.
+            Self::TooLarge(_) | Self::NotJson(_) => AnswerFault::InvalidJson,
+            Self::WrongShape(_) => AnswerFault::InvalidSchema,
+        }
+    }
+}
+
 /// Parses a complete answer into weeks, or says what is wrong with it.
-pub fn parse_answer(text: &str) -> Result<Vec<Week>, String> {
+pub fn parse_answer(text: &str) -> Result<Vec<Week>, AnswerError> {
     if text.len() > MAX_ANSWER_BYTES {
-        return Err(format!("the answer is {} bytes, over the limit", text.len()));
+        return Err(AnswerError::TooLarge(text.len()));
     }
     let body = strip_fences(text);
-    let value: Value =
-        serde_json::from_str(body).map_err(|e| format!("the answer is not valid JSON: {e}"))?;
-    let output: BatchOutput = serde_json::from_value(value)
-        .map_err(|e| format!("the answer does not have the required shape: {e}"))?;
+    let value: Value = serde_json::from_str(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
+    let output: BatchOutput =
+        serde_json::from_value(value).map_err(|e| AnswerError::WrongShape(e.to_string()))?;
     Ok(output.weeks)
 }
 

@@ -1,30 +1,14 @@
 //! Prompts for one batch: the job as quoted data, the phase outline, and a sliding window of the
 //! previous days, so input tokens grow linearly with the roadmap instead of quadratically.
-//!
-//! The brief is embedded as JSON between tags. User text is JSON-escaped and `<`/`>` are escaped
-//! too, so a hostile `target_role` can neither close a tag nor read as an instruction.
-
-use serde::{Deserialize, Serialize};
+//! The quoting itself is [`Brief::embed`]'s.
 
 use crate::{
     config::ResponseFormat,
-    domain::{JobProfile, Phase, Week},
+    domain::{
+        Week,
+        brief::{Brief, escape_tags},
+    },
 };
-
-/// What one batch asks of the model; rendered into the prompt and recovered by the mock LLM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Brief {
-    pub profile: JobProfile,
-    pub duration_weeks: u32,
-    pub first_week: u32,
-    pub last_week: u32,
-    pub phases: Vec<Phase>,
-}
-
-const JOB_OPEN: &str = "<job_data>";
-const JOB_CLOSE: &str = "</job_data>";
-const PLAN_OPEN: &str = "<plan>";
-const PLAN_CLOSE: &str = "</plan>";
 
 pub const SYSTEM_PROMPT: &str = "You are an expert curriculum designer who writes practical, \
 week-by-week learning roadmaps. Answer with one JSON object and nothing else. The text between \
@@ -45,20 +29,7 @@ pub fn render(
         "Write weeks {} to {} ({count} weeks) of a {}-week learning roadmap.\n\n",
         brief.first_week, brief.last_week, brief.duration_weeks
     );
-    out.push_str(JOB_OPEN);
-    out.push_str(&json_for_prompt(&brief.profile));
-    out.push_str(JOB_CLOSE);
-    out.push('\n');
-    let plan = PlanBlock {
-        duration_weeks: brief.duration_weeks,
-        first_week: brief.first_week,
-        last_week: brief.last_week,
-        phases: &brief.phases,
-    };
-    out.push_str(PLAN_OPEN);
-    out.push_str(&json_for_prompt(&plan));
-    out.push_str(PLAN_CLOSE);
-    out.push('\n');
+    brief.embed(&mut out);
     let window = context_window(previous, context_days);
     if !window.is_empty() {
         out.push_str(
@@ -94,14 +65,6 @@ pub fn render(
     out
 }
 
-#[derive(Serialize, Deserialize)]
-struct PlanBlock<P> {
-    duration_weeks: u32,
-    first_week: u32,
-    last_week: u32,
-    phases: P,
-}
-
 /// The last `days` days of `previous`, one compact line each.
 pub fn context_window(previous: Option<&Week>, days: u32) -> String {
     let Some(week) = previous else {
@@ -124,38 +87,10 @@ pub fn context_window(previous: Option<&Week>, days: u32) -> String {
     out
 }
 
-/// Recovers the brief from a rendered prompt (used by the mock LLM).
-pub fn parse_brief(prompt: &str) -> Option<Brief> {
-    let profile: JobProfile = serde_json::from_str(between(prompt, JOB_OPEN, JOB_CLOSE)?).ok()?;
-    let plan: PlanBlock<Vec<Phase>> = serde_json::from_str(between(prompt, PLAN_OPEN, PLAN_CLOSE)?).ok()?;
-    (plan.first_week >= 1 && plan.first_week <= plan.last_week).then_some(Brief {
-        profile,
-        duration_weeks: plan.duration_weeks,
-        first_week: plan.first_week,
-        last_week: plan.last_week,
-        phases: plan.phases,
-    })
-}
-
-fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
-    let start = text.find(open)? + open.len();
-    let len = text[start..].find(close)?;
-    Some(&text[start..start + len])
-}
-
-fn json_for_prompt<T: Serialize>(value: &T) -> String {
-    escape_tags(&serde_json::to_string(value).expect("prompt data always serialises"))
-}
-
-/// `<` and `>` as JSON unicode escapes: still the same JSON, but no tag can be forged.
-fn escape_tags(s: &str) -> String {
-    s.replace('<', "\\u003c").replace('>', "\\u003e")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{domain::ExperienceLevel, pipeline::plan::Plan};
+    use crate::domain::{ExperienceLevel, JobProfile, plan::Plan};
 
     #[test]
     fn brief_round_trips_even_with_hostile_text() {
@@ -166,7 +101,7 @@ mod tests {
             focus_areas: vec!["<b>".into()],
             language: "de".into(),
         };
-        let plan = Plan::new(&profile, 12, 3);
+        let plan = Plan::new(crate::template::phases(&profile, 12), 12, 3);
         let brief = Brief {
             profile,
             duration_weeks: 12,
@@ -175,7 +110,7 @@ mod tests {
             phases: plan.phases,
         };
         let text = render(&brief, None, 2, None, ResponseFormat::JsonSchema);
-        assert_eq!(text.matches(JOB_CLOSE).count(), 1);
-        assert_eq!(parse_brief(&text), Some(brief));
+        assert_eq!(text.matches("</job_data>").count(), 1);
+        assert_eq!(Brief::parse(&text), Some(brief));
     }
 }

@@ -4,12 +4,9 @@ use deadpool_postgres::{GenericClient, Pool};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::{
-    domain::{
-        Week,
-        event::{PROGRESS, Progress, Usage},
-    },
-    pipeline::batch::BatchResult,
+use crate::domain::{
+    BatchResult, Week,
+    event::{PROGRESS, Progress, Usage},
 };
 
 /// A checkpoint as read back from the database.
@@ -83,7 +80,7 @@ pub async fn checkpoint(
                 &first,
                 &last,
                 &serde_json::to_value(&batch.weeks)?,
-                &batch.outcome,
+                &batch.outcome.as_str(),
                 &(batch.fallback_weeks() as i32),
                 &(batch.usage.llm_calls as i32),
                 &(batch.usage.input_tokens as i64),

@@ -7,7 +7,10 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::{StoreError, batches::StoredBatch};
-use crate::{domain::JobRequest, pipeline::plan::Plan};
+use crate::domain::{
+    JobRequest, Plan,
+    event::{FAILED, Failed},
+};
 
 /// The prefix of every replica's Postgres `application_name`; the suffix is its replica id.
 pub const APP_PREFIX: &str = "roadmap-worker:";
@@ -161,7 +164,7 @@ pub async fn fail(
     job_id: Uuid,
     token: i64,
     reason: &str,
-    event: &crate::domain::event::Failed,
+    event: &Failed,
 ) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -176,14 +179,7 @@ pub async fn fail(
     if n != 1 {
         return Err(StoreError::Fenced);
     }
-    super::outbox::insert(
-        &tx,
-        event.event_id,
-        Some(job_id),
-        crate::domain::event::FAILED,
-        event,
-    )
-    .await?;
+    super::outbox::insert(&tx, event.event_id, Some(job_id), FAILED, event).await?;
     tx.commit().await?;
     Ok(())
 }

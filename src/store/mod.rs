@@ -5,12 +5,13 @@ pub mod jobs;
 pub mod outbox;
 pub mod roadmaps;
 
-use std::str::FromStr;
+use std::{future::Future, str::FromStr, time::Duration};
 
 use anyhow::Context as _;
+use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{Config, NoTls};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::DbSettings;
 
@@ -42,6 +43,33 @@ fn chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+impl StoreError {
+    /// Database and pool errors pass with the outage; `Fenced` and corrupt data never do.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Pool(_) | Self::Db(_))
+    }
+}
+
+/// Retries a store operation through short database outages; `Fenced` and corrupt data are final.
+pub async fn with_retries<T, F, Fut>(op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(8)
+            .with_jitter(),
+    )
+    .when(StoreError::is_transient)
+    .notify(
+        |e, delay| warn!(error = %e, delay_ms = delay.as_millis() as u64, "database call failed; retrying"),
+    )
+    .await
+}
+
 impl From<serde_json::Error> for StoreError {
     fn from(err: serde_json::Error) -> Self {
         Self::Corrupt(err.to_string())
@@ -63,22 +91,18 @@ pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::R
         },
     );
     Pool::builder(manager)
-        .max_size(settings.database_pool_size)
+        .max_size(settings.pool_size as usize)
         .build()
         .context("building the Postgres pool")
 }
 
 fn parse_config(settings: &DbSettings) -> anyhow::Result<Config> {
-    Config::from_str(settings.database_url.expose()).map_err(|_| {
-        anyhow::anyhow!(
-            "DATABASE_URL {} is not a valid Postgres URL",
-            settings.database_url
-        )
-    })
+    Config::from_str(settings.url.expose())
+        .map_err(|_| anyhow::anyhow!("DATABASE_URL {} is not a valid Postgres URL", settings.url))
 }
 
-/// Creates the configured database if it does not exist (BRIEF §6), through the `postgres`
-/// maintenance database.
+/// Creates the configured database if it does not exist, through the `postgres` maintenance
+/// database.
 pub async fn ensure_database(config: &Config) -> anyhow::Result<()> {
     let name = config.get_dbname().unwrap_or("postgres").to_owned();
     let mut admin = config.clone();

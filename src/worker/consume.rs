@@ -17,11 +17,7 @@ use super::{
     Context,
     settle::{Outcome, settle},
 };
-use crate::{
-    domain::{JobRequest, RejectReason, Rejection},
-    pipeline::job::JobEnd,
-    store,
-};
+use crate::{domain::JobRequest, store};
 
 /// Takes deliveries until shutdown (`Ok`) or until the broker session fails (`Err`). Jobs run
 /// as tasks in `tasks`, bounded by `slots`; they outlive a failed session and are drained by
@@ -34,7 +30,7 @@ pub(super) async fn consume(
 ) -> anyhow::Result<()> {
     let mut provider_ok = ctx.provider_ok.subscribe();
     loop {
-        let tag = format!("{}-{}", ctx.runner.owner, Uuid::new_v4().simple());
+        let tag = format!("{}-{}", ctx.runner.owner(), Uuid::new_v4().simple());
         let mut consumer = channel
             .basic_consume(
                 ctx.topology.queue.as_str().into(),
@@ -122,7 +118,7 @@ pub(super) async fn consume(
                 () = tokio::time::sleep(ctx.probe_interval) => {}
                 () = ctx.shutdown.cancelled() => return Ok(()),
             }
-            match ctx.runner.generator.provider.probe().await {
+            match ctx.runner.probe_provider().await {
                 Ok(()) => break,
                 Err(e) => warn!(error = %e, "LLM provider still refuses requests"),
             }
@@ -156,7 +152,7 @@ async fn handle(ctx: &Context, delivery: lapin::message::Delivery) {
                 deadline_passed = true;
                 // Postgres first: once the row says "acked", the sweeper covers the job if this
                 // replica dies. Then the broker can no longer time the delivery out.
-                if store::jobs::mark_delivery_acked(&ctx.runner.pool, job.job_id).await.is_ok()
+                if store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id).await.is_ok()
                     && delivery.ack(BasicAckOptions::default()).await.is_ok()
                 {
                     acked_early = true;
@@ -165,17 +161,6 @@ async fn handle(ctx: &Context, delivery: lapin::message::Delivery) {
             }
         }
     };
-    let outcome = match end {
-        Ok(JobEnd::Completed | JobEnd::AlreadyFailed | JobEnd::Fenced) => Outcome::Done,
-        Ok(JobEnd::OtherUser) => Outcome::Rejected(Rejection {
-            reason: RejectReason::JobOwnedByAnotherUser,
-            job_id: Some(job.job_id),
-            user_id: Some(job.user_id.clone()),
-        }),
-        Ok(JobEnd::Poison { abandoned }) => Outcome::Poison { abandoned },
-        Ok(JobEnd::HandedBack) => Outcome::HandedBack,
-        Ok(JobEnd::ProviderFault(e)) => Outcome::ProviderFault(e),
-        Err(e) => Outcome::StoreDown(e),
-    };
+    let outcome = Outcome::of(&job, end);
     settle(ctx, delivery, outcome, acked_early).instrument(span).await;
 }

@@ -1,17 +1,26 @@
 //! The worker: broker sessions (reconnecting with backoff), intake bounded to
-//! WORKER_CONCURRENCY jobs, the outbox relay, the sweeper, and the drain on shutdown.
+//! WORKER_CONCURRENCY jobs, the background tasks (outbox relay, sweeper), and the drain on
+//! shutdown.
+//!
+//! # Stopping safely
+//!
+//! The shutdown signal is injected as a [`CancellationToken`]. Once it fires, intake stops, jobs
+//! in flight finish their current batch and hand their jobs back (checkpoints kept, leases
+//! released), the relay sends what is pending, and the broker connection closes.
 
 mod consume;
+mod relay;
 mod settle;
+mod sweeper;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use deadpool_postgres::Pool;
-use lapin::options::BasicQosOptions;
+use lapin::{Channel, Connection, options::BasicQosOptions};
 use tokio::{
-    sync::{Semaphore, watch},
+    sync::{Semaphore, oneshot, watch},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -19,12 +28,11 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::{
-    amqp::{self, Publisher, Topology, topology::JOB_ROUTING_KEY},
+    amqp::{self, Publisher, Topology},
     config::WorkerSettings,
     http::{self, Health},
-    llm::{Provider, mock::MockLlm},
+    llm::Provider,
     metrics::Metrics,
-    outbox,
     pipeline::{
         batch::{Generator, LadderSettings},
         job::JobRunner,
@@ -36,7 +44,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Running {
     pub metrics: Metrics,
-    pub metrics_addr: std::net::SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub owner: String,
 }
 
@@ -61,43 +69,38 @@ impl Context {
     }
 }
 
+/// What the background tasks (relay, sweeper) share. They stop on `stop`, which fires after the
+/// drain, so that the relay's last pass still has the broker.
+#[derive(Clone)]
+struct Background {
+    pool: Pool,
+    /// The current broker session's publisher; `None` between sessions.
+    publisher: watch::Receiver<Option<Publisher>>,
+    topology: Topology,
+    metrics: Metrics,
+    stop: CancellationToken,
+}
+
+/// Where the session loop announces each new broker session.
+struct SessionLinks {
+    connection: watch::Sender<Option<Arc<Connection>>>,
+    publisher: watch::Sender<Option<Publisher>>,
+    /// Told once, when the worker first consumes.
+    started: Option<oneshot::Sender<Running>>,
+    running: Running,
+}
+
 /// Runs the worker until `shutdown` is cancelled, then drains and returns. `started` receives
 /// the running worker's handles once it first consumes.
 pub async fn run(
     settings: WorkerSettings,
     shutdown: CancellationToken,
-    mut started: Option<tokio::sync::oneshot::Sender<Running>>,
+    started: Option<oneshot::Sender<Running>>,
 ) -> anyhow::Result<()> {
     let owner = replica_id();
     let metrics = Metrics::new();
     let pool = store::connect(&settings.db, &format!("{APP_PREFIX}{owner}")).await?;
-    let mut provider = Provider::from_settings(&settings.llm)?;
-    if let Provider::Mock(_) = provider {
-        provider = Provider::Mock(MockLlm {
-            latency: Duration::from_millis(settings.llm.llm_mock_latency_ms),
-        });
-    }
-    metrics.provider_ready.set(1);
-    info!(
-        provider = provider.name(),
-        model = provider.model(),
-        db = %settings.db.database_url,
-        amqp = %settings.amqp.amqp_url,
-        "worker starting"
-    );
-    let lease = Duration::from_secs(settings.lease_secs.max(3));
-    let runner = JobRunner {
-        pool: pool.clone(),
-        generator: Generator {
-            provider,
-            settings: LadderSettings::from_settings(&settings.llm, settings.batch.context_days),
-            metrics: metrics.clone(),
-        },
-        batch_weeks: settings.batch.batch_weeks,
-        lease,
-        owner: owner.clone(),
-        poison_after: settings.job_poison_after.max(1),
-    };
+    let runner = job_runner(&settings, pool.clone(), metrics.clone(), owner.clone())?;
     let (connection_tx, connection_rx) = watch::channel(None);
     let (publisher_tx, publisher_rx) = watch::channel(None);
     let stop_background = CancellationToken::new();
@@ -107,106 +110,49 @@ pub async fn run(
         amqp: connection_rx,
     };
     let metrics_addr = http::serve(settings.metrics_addr, health, stop_background.clone()).await?;
-    let topology = Topology::new(&settings.amqp.amqp_namespace, settings.amqp.amqp_delivery_limit);
-    let relay = tokio::spawn(outbox::relay(
-        pool.clone(),
-        publisher_rx.clone(),
-        topology.events_exchange.clone(),
-        metrics.clone(),
-        stop_background.clone(),
-    ));
-    let sweeper = tokio::spawn(sweep(
-        pool.clone(),
-        publisher_rx.clone(),
-        topology.clone(),
-        lease,
-        Duration::from_secs(settings.sweep_interval_secs.max(1)),
-        metrics.clone(),
-        stop_background.clone(),
+    let topology = Topology::new(&settings.amqp.namespace, settings.amqp.delivery_limit);
+    let background = Background {
+        pool,
+        publisher: publisher_rx.clone(),
+        topology: topology.clone(),
+        metrics: metrics.clone(),
+        stop: stop_background.clone(),
+    };
+    let relay = tokio::spawn(relay::run(background.clone()));
+    let sweeper = tokio::spawn(sweeper::run(
+        background,
+        settings.lease(),
+        settings.sweep_interval(),
     ));
     let ctx = Arc::new(Context {
         runner,
         provider_ok: watch::Sender::new(true),
-        probe_interval: Duration::from_secs(settings.llm.llm_probe_interval_secs.max(1)),
-        ack_deadline: Duration::from_secs(settings.amqp_ack_deadline_secs.max(1)),
+        probe_interval: settings.llm.probe_interval(),
+        ack_deadline: settings.ack_deadline(),
         concurrency: settings.worker_concurrency,
         publisher: publisher_rx,
-        topology: topology.clone(),
+        topology,
         metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
+        shutdown,
     });
-    let concurrency = settings.worker_concurrency;
-    let slots = Arc::new(Semaphore::new(concurrency as usize));
-    metrics.worker_slots_free.set(concurrency as i64);
-    let mut tasks = JoinSet::new();
-    let mut backoff = reconnect_backoff();
-    let mut sessions = 0u32;
-    // One broker session per pass: connect, declare, consume until shutdown or a broker failure.
-    let last_channel = loop {
-        let session = async {
-            let connection = Arc::new(amqp::connect(&settings.amqp, &owner).await?);
-            let setup = connection.create_channel().await.context("opening a channel")?;
-            topology
-                .declare(&setup)
-                .await
-                .context("declaring the RabbitMQ topology")?;
-            let _ = setup.close(200, "topology declared".into()).await;
-            let publisher = Publisher::new(&connection).await?;
-            let channel = connection
-                .create_channel()
-                .await
-                .context("opening the consumer channel")?;
-            // Two bounds: the broker sends no more than we can work; the semaphore enforces it.
-            channel.basic_qos(concurrency, BasicQosOptions::default()).await?;
-            anyhow::Ok((connection, publisher, channel))
-        };
-        let (connection, publisher, channel) = tokio::select! {
-            s = session => match s {
-                Ok(s) => s,
-                // A broker that is unreachable at start is a configuration problem: say so.
-                Err(e) if sessions == 0 => return Err(e),
-                Err(e) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                    warn!(error = format!("{e:#}"), delay_ms = delay.as_millis() as u64, "broker unavailable; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => continue,
-                        () = shutdown.cancelled() => break None,
-                    }
-                }
-            },
-            () = shutdown.cancelled() => break None,
-        };
-        sessions += 1;
-        if sessions > 1 {
-            metrics.amqp_reconnects.inc();
-            info!(sessions, "broker session re-established; topology declared again");
-        }
-        backoff = reconnect_backoff();
-        connection_tx.send_replace(Some(connection.clone()));
-        publisher_tx.send_replace(Some(publisher));
-        if let Some(tx) = started.take() {
-            let _ = tx.send(Running {
-                metrics: metrics.clone(),
-                metrics_addr,
-                owner: owner.clone(),
-            });
-        }
-        match consume::consume(&channel, &ctx, &slots, &mut tasks).await {
-            Ok(()) => break Some((connection, channel)),
-            Err(e) => {
-                // Jobs in flight go on: Postgres holds their state, and their redelivered
-                // messages wait for them (the owner is alive) instead of starting them again.
-                warn!(error = format!("{e:#}"), "broker session lost; reconnecting");
-                publisher_tx.send_replace(None);
-            }
-        }
+    let links = SessionLinks {
+        connection: connection_tx,
+        publisher: publisher_tx,
+        started,
+        running: Running {
+            metrics,
+            metrics_addr,
+            owner,
+        },
     };
-    drain(&mut tasks, settings.shutdown_grace_secs).await;
+    let mut tasks = JoinSet::new();
+    let last_session = sessions(&settings, &ctx, links, &mut tasks).await?;
+    drain(&mut tasks, settings.shutdown_grace()).await;
     // The relay's last pass needs the broker, so it stops before the connection closes.
     stop_background.cancel();
     let _ = relay.await;
     let _ = sweeper.await;
-    if let Some((connection, channel)) = last_channel {
+    if let Some((connection, channel)) = last_session {
         // A broker that went away cannot answer close-ok; do not let that hold the exit.
         let close = async {
             let _ = channel.close(200, "drained".into()).await;
@@ -216,6 +162,112 @@ pub async fn run(
     }
     info!("worker stopped");
     Ok(())
+}
+
+/// The job runner of replica `owner`, on the configured provider.
+fn job_runner(
+    settings: &WorkerSettings,
+    pool: Pool,
+    metrics: Metrics,
+    owner: String,
+) -> anyhow::Result<JobRunner> {
+    let provider = Provider::from_settings(&settings.llm)?;
+    metrics.provider_ready.set(1);
+    info!(
+        provider = provider.name(),
+        model = provider.model(),
+        db = %settings.db.url,
+        amqp = %settings.amqp.url,
+        "worker starting"
+    );
+    let generator = Generator {
+        provider,
+        settings: LadderSettings::from_settings(&settings.llm, settings.batch.context_days),
+        metrics,
+    };
+    Ok(JobRunner::new(settings, pool, generator, owner))
+}
+
+/// One broker session per pass: connect, declare, consume until shutdown (returns the last
+/// session, to close after the drain) or a broker failure (reconnects with backoff). Jobs run
+/// as tasks in `tasks` and outlive a failed session.
+async fn sessions(
+    settings: &WorkerSettings,
+    ctx: &Arc<Context>,
+    mut links: SessionLinks,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Option<(Arc<Connection>, Channel)>> {
+    let slots = Arc::new(Semaphore::new(ctx.concurrency as usize));
+    ctx.metrics.worker_slots_free.set(i64::from(ctx.concurrency));
+    let mut backoff = reconnect_backoff();
+    let mut sessions = 0u32;
+    loop {
+        let session = tokio::select! {
+            s = open_session(settings, &ctx.topology, &links.running.owner, ctx.concurrency) => s,
+            () = ctx.shutdown.cancelled() => return Ok(None),
+        };
+        let (connection, publisher, channel) = match session {
+            Ok(s) => s,
+            // A broker that is unreachable at start is a configuration problem: say so.
+            Err(e) if sessions == 0 => return Err(e),
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                warn!(
+                    error = format!("{e:#}"),
+                    delay_ms = delay.as_millis() as u64,
+                    "broker unavailable; retrying"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => continue,
+                    () = ctx.shutdown.cancelled() => return Ok(None),
+                }
+            }
+        };
+        sessions += 1;
+        if sessions > 1 {
+            ctx.metrics.amqp_reconnects.inc();
+            info!(sessions, "broker session re-established; topology declared again");
+        }
+        backoff = reconnect_backoff();
+        links.connection.send_replace(Some(connection.clone()));
+        links.publisher.send_replace(Some(publisher));
+        if let Some(tx) = links.started.take() {
+            let _ = tx.send(links.running.clone());
+        }
+        match consume::consume(&channel, ctx, &slots, tasks).await {
+            Ok(()) => return Ok(Some((connection, channel))),
+            Err(e) => {
+                // Jobs in flight go on: Postgres holds their state, and their redelivered
+                // messages wait for them (the owner is alive) instead of starting them again.
+                warn!(error = format!("{e:#}"), "broker session lost; reconnecting");
+                links.publisher.send_replace(None);
+            }
+        }
+    }
+}
+
+/// Connects, declares the topology, and opens the publisher and the consumer channel.
+async fn open_session(
+    settings: &WorkerSettings,
+    topology: &Topology,
+    owner: &str,
+    concurrency: u16,
+) -> anyhow::Result<(Arc<Connection>, Publisher, Channel)> {
+    let connection = Arc::new(amqp::connect(&settings.amqp, owner).await?);
+    let setup = connection.create_channel().await.context("opening a channel")?;
+    topology
+        .declare(&setup)
+        .await
+        .context("declaring the RabbitMQ topology")?;
+    let _ = setup.close(200, "topology declared".into()).await;
+    let publisher = Publisher::new(&connection).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening the consumer channel")?;
+    // Two bounds: the broker sends no more than we can work; the semaphore enforces it.
+    channel.basic_qos(concurrency, BasicQosOptions::default()).await?;
+    Ok((connection, publisher, channel))
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
@@ -229,16 +281,17 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
 
 /// Waits for in-flight jobs; they stop between batches once shutdown is signalled and hand
 /// their jobs back. After the grace period the rest is abandoned to redelivery.
-async fn drain(tasks: &mut JoinSet<()>, grace_secs: u64) {
+async fn drain(tasks: &mut JoinSet<()>, grace: Duration) {
     while tasks.try_join_next().is_some() {}
     if tasks.is_empty() {
         return;
     }
-    info!(in_flight = tasks.len(), grace_secs, "draining in-flight jobs");
-    let drained = tokio::time::timeout(Duration::from_secs(grace_secs), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    info!(
+        in_flight = tasks.len(),
+        grace_secs = grace.as_secs(),
+        "draining in-flight jobs"
+    );
+    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         // Unsettled deliveries return to the queue when the channel closes; checkpoints stay.
         warn!(
@@ -246,57 +299,6 @@ async fn drain(tasks: &mut JoinSet<()>, grace_secs: u64) {
             "grace period over; abandoning the rest to redelivery"
         );
         tasks.abort_all();
-    }
-}
-
-/// The safety net: re-publishes running jobs that no delivery will bring back.
-async fn sweep(
-    pool: Pool,
-    publisher: watch::Receiver<Option<Publisher>>,
-    topology: Topology,
-    lease: Duration,
-    interval: Duration,
-    metrics: Metrics,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = stop.cancelled() => return,
-        }
-        let Some(publisher) = publisher.borrow().clone() else {
-            continue;
-        };
-        let stranded = match store::jobs::sweep(&pool, lease, 50).await {
-            Ok(stranded) => stranded,
-            Err(e) => {
-                warn!(error = %e, "sweep failed");
-                continue;
-            }
-        };
-        for job in stranded {
-            let body = job.request.to_string();
-            match publisher
-                .publish_json(
-                    &topology.jobs_exchange,
-                    JOB_ROUTING_KEY,
-                    body.as_bytes(),
-                    None,
-                    None,
-                    true,
-                )
-                .await
-            {
-                Ok(()) => {
-                    metrics.jobs_redispatched.inc();
-                    info!(job_id = %job.job_id, "stranded job re-published");
-                }
-                Err(e) => {
-                    warn!(job_id = %job.job_id, error = %e, "could not re-publish a stranded job");
-                    let _ = store::jobs::unstamp(&pool, job.job_id).await;
-                }
-            }
-        }
     }
 }
 

@@ -12,11 +12,14 @@ use uuid::Uuid;
 
 use super::Context;
 use crate::{
-    amqp::topology::JOB_ROUTING_KEY,
-    domain::{Rejection, event},
+    amqp::{PublishError, topology::JOB_ROUTING_KEY},
+    domain::{
+        JobRequest, RejectReason, Rejection,
+        event::{self, JobFailure},
+    },
     llm::LlmError,
-    pipeline::job::with_retries,
-    store::{self, StoreError},
+    pipeline::job::JobEnd,
+    store::{self, StoreError, with_retries},
 };
 
 /// What handling one delivery came to.
@@ -36,6 +39,24 @@ pub(super) enum Outcome {
     StoreDown(StoreError),
 }
 
+impl Outcome {
+    /// What a job run's end means for its delivery.
+    pub(super) fn of(job: &JobRequest, end: Result<JobEnd, StoreError>) -> Self {
+        match end {
+            Ok(JobEnd::Completed | JobEnd::AlreadyFailed | JobEnd::Fenced) => Self::Done,
+            Ok(JobEnd::OtherUser) => Self::Rejected(Rejection {
+                reason: RejectReason::JobOwnedByAnotherUser,
+                job_id: Some(job.job_id),
+                user_id: Some(job.user_id.clone()),
+            }),
+            Ok(JobEnd::Poison { abandoned }) => Self::Poison { abandoned },
+            Ok(JobEnd::HandedBack) => Self::HandedBack,
+            Ok(JobEnd::ProviderFault(e)) => Self::ProviderFault(e),
+            Err(e) => Self::StoreDown(e),
+        }
+    }
+}
+
 /// How a delivery is settled with the broker.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Disposition {
@@ -51,7 +72,9 @@ pub(super) fn disposition(outcome: &Outcome) -> Disposition {
         Outcome::Rejected(r) => Disposition::DeadLetter {
             reason: r.reason.code(),
         },
-        Outcome::Poison { .. } => Disposition::DeadLetter { reason: "poison_job" },
+        Outcome::Poison { .. } => Disposition::DeadLetter {
+            reason: JobFailure::PoisonJob.as_str(),
+        },
         Outcome::HandedBack => Disposition::Requeue {
             pause: Duration::ZERO,
         },
@@ -140,7 +163,7 @@ async fn queue_failed_event(ctx: &Context, rejection: &Rejection) {
     );
     let key = format!("rejected:{code}:{}", rejection.user_id.as_deref().unwrap_or(""));
     failed.event_id = Uuid::new_v5(&job_id, key.as_bytes());
-    let pool = &ctx.runner.pool;
+    let pool = ctx.runner.pool();
     let queued = with_retries(|| async {
         let client = pool.get().await?;
         store::outbox::insert(&client, failed.event_id, Some(job_id), event::FAILED, &failed).await
@@ -183,7 +206,7 @@ async fn dead_letter(
                 )
                 .await
         }
-        None => Err(anyhow::anyhow!("no broker session")),
+        None => Err(PublishError::NotConnected),
     };
     ctx.metrics.dead_lettered.with_label_values(&[code]).inc();
     match (copied, acked_early) {
@@ -213,7 +236,7 @@ async fn republish(ctx: &Context, delivery: &Delivery) {
             )
             .await
         }
-        None => Err(anyhow::anyhow!("no broker session")),
+        None => Err(PublishError::NotConnected),
     };
     if let Err(e) = published {
         // The job's row still says running with no owner; the sweeper re-publishes it.
@@ -224,7 +247,6 @@ async fn republish(ctx: &Context, delivery: &Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::RejectReason;
 
     #[test]
     fn outcomes_map_to_dispositions() {

@@ -1,13 +1,12 @@
 //! Promise: text in a job is data, never instructions: a target role that reads like a prompt
 //! injection is passed to the model intact, as job data, and kept literally in the roadmap.
 
-mod common;
-
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{TestEnv, hostile::collect_events, job};
 use roadmap_worker::client::ReceivedEvent;
 use uuid::Uuid;
+
+use crate::common::{TestEnv, hostile::collect_events, job};
 
 /// The completed or failed event of `job_id` among `events`.
 fn end_of<'a>(events: &'a [ReceivedEvent], job_id: &Uuid) -> Option<&'a ReceivedEvent> {

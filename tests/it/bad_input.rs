@@ -1,13 +1,12 @@
 //! Promise: a malformed message is dead-lettered with its reason, announced when its job_id is
 //! readable, and the worker goes on with the next job.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, eventually, job};
 use serde_json::json;
 use uuid::Uuid;
+
+use crate::common::{TestEnv, eventually, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_messages_are_dead_lettered_and_the_worker_goes_on() {

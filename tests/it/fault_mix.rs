@@ -1,16 +1,15 @@
 //! Promise: under a realistic mix of provider faults every job still completes with a valid
 //! roadmap. Prints the fallback ratio, calls and tokens per job of the run (quoted in reports).
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::{TestEnv, job};
 use roadmap_worker::{
     domain::event::Completed,
     mock_server::{Fault, FaultPlan, RatedFault},
 };
 use uuid::Uuid;
+
+use crate::common::{TestEnv, job};
 
 const JOBS: usize = 50;
 

@@ -2,13 +2,12 @@
 //! RabbitMQ passwords stay out of a running worker's output and HTTP endpoints, and out of the
 //! errors of a worker that cannot connect.
 
-mod common;
-
 use std::{process::Stdio, time::Duration};
 
-use common::{TestEnv, job};
 use tokio::io::AsyncReadExt as _;
 use uuid::Uuid;
+
+use crate::common::{TestEnv, job};
 
 fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())

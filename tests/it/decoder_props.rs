@@ -3,12 +3,8 @@
 //! refusal with a known reason code; and it agrees with `schemas/job.v1.json` on which JSON
 //! messages are acceptable, except where the schema's own comment says they differ.
 
-#[path = "common/job_strategies.rs"]
-mod job_strategies;
-
 use std::{collections::BTreeSet, sync::LazyLock};
 
-use job_strategies::{FIELDS, content_type, json_value, jsonish_bytes, mutated_message, valid_message};
 use proptest::prelude::*;
 use roadmap_worker::domain::{
     ExperienceLevel, JobRequest, Rejection,
@@ -16,6 +12,10 @@ use roadmap_worker::domain::{
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::common::job_strategies::{
+    FIELDS, content_type, json_value, jsonish_bytes, mutated_message, valid_message,
+};
 
 fn load(name: &str) -> Value {
     let path = format!("{}/schemas/{name}.json", env!("CARGO_MANIFEST_DIR"));

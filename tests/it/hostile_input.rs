@@ -2,14 +2,12 @@
 //! is readable) announced, and the worker goes on. The corpus of hostile messages is in
 //! `common/hostile.rs`; ownership, prompt injection and secrets have their own test files.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
 
-use common::{
+use crate::common::{
     DeadLetter, TestEnv, eventually,
     hostile::{Case, collect_events, corpus, wait_for_dead_letters},
     job,

@@ -1,13 +1,12 @@
 //! Promise: a job_id of another user is refused without touching or showing that user's job: the
 //! first owner's job, batches, roadmap and events stay exactly as they were.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, eventually, hostile::wait_for_dead_letters};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::common::{TestEnv, eventually, hostile::wait_for_dead_letters};
 
 /// A row as JSON text, to compare before and after.
 async fn row_json(db: &tokio_postgres::Client, sql: &str, job_id: Uuid) -> Vec<String> {

@@ -1,11 +1,9 @@
 //! Promise: when the broker drops the worker's connection, the worker reconnects with backoff,
 //! declares its topology again and carries on.
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
-use common::{TestEnv, eventually, job};
+use crate::common::{TestEnv, eventually, job};
 
 /// Closes the broker connection named `name` (what a broker restart or a network cut does to it).
 fn close_connection(name: &str) {

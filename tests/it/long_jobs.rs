@@ -1,11 +1,9 @@
 //! Promise: a job that outlives the broker's ack timeout acks its delivery early and stays safe:
 //! if its replica then dies, the sweeper re-dispatches it and it resumes from its checkpoints.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, db_when_ready, job, job_row};
+use crate::common::{TestEnv, db_when_ready, job, job_row};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_job_whose_replica_died_is_swept_and_resumed() {

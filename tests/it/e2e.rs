@@ -1,12 +1,11 @@
 //! Promise: a job published to the queue comes back as one `roadmap.completed` event carrying a
 //! complete roadmap, generated a batch at a time over the real HTTP path.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, job};
 use roadmap_worker::domain::event::Completed;
+
+use crate::common::{TestEnv, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_week_job_publishes_one_completed_event() {

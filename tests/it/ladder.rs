@@ -1,18 +1,17 @@
 //! Promise: every rung of the robustness ladder ends in a valid roadmap, for both providers over
 //! HTTP; a configuration fault leaves the job queued and the worker not ready.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, eventually, job};
 use roadmap_worker::{
     config::ResponseFormat,
-    domain::{JobRequest, WeekSource, event::Completed},
+    domain::{JobRequest, WeekSource, brief::Brief, event::Completed},
     llm::{estimate_tokens, mock},
     mock_server::{Fault, FaultPlan},
-    pipeline::{plan::Plan, prompt},
+    pipeline::{self, prompt},
 };
+
+use crate::common::{TestEnv, eventually, job};
 
 const PROVIDERS: [&str; 2] = ["openai", "gemini"];
 
@@ -107,10 +106,10 @@ async fn transient_failures_are_retried_with_backoff() {
 fn two_week_budget(weeks: u32) -> u64 {
     let (_, body) = job(weeks, "Cloud Engineer");
     let request = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
-    let plan = Plan::new(&request.profile(), weeks, 1);
+    let plan = pipeline::plan(&request.profile(), weeks, 1);
     let week_tokens: Vec<u64> = (1..=weeks)
         .map(|n| {
-            let brief = prompt::Brief {
+            let brief = Brief {
                 profile: request.profile(),
                 duration_weeks: weeks,
                 first_week: n,

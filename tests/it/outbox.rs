@@ -1,12 +1,11 @@
 //! Promise: the outbox does not grow without bound: confirmed events are trimmed after their
 //! retention, and an unconfirmed event is never trimmed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, job};
 use roadmap_worker::store;
+
+use crate::common::{TestEnv, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_events_are_trimmed_and_unsent_ones_kept() {

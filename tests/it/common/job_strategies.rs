@@ -1,7 +1,5 @@
 //! Proptest strategies for job messages, used by `decoder_props.rs`: arbitrary bytes and JSON, valid
 //! messages, and valid messages with fields removed or set to values near (or far from) their rules.
-//! Included by `#[path]` from that file rather than through `common/mod.rs`, so the property tests
-//! stay free of the database and broker harness.
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};

@@ -1,11 +1,9 @@
 //! Promise: a job whose worker dies mid-roadmap resumes on another worker from its checkpoints,
 //! and no finished batch is asked of the LLM again.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, db_when_ready, eventually, job};
+use crate::common::{TestEnv, db_when_ready, eventually, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_resumes_from_checkpoints_without_regenerating() {

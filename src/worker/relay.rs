@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::Background;
 use crate::{amqp::Publisher, metrics::Metrics, store};
 
 const BATCH: i64 = 100;
@@ -15,14 +15,16 @@ const POLL: Duration = Duration::from_millis(200);
 const KEEP_SENT: Duration = Duration::from_secs(7 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// Runs until `shutdown`, then drains what is pending once more before returning.
-pub async fn relay(
-    pool: Pool,
-    publisher: tokio::sync::watch::Receiver<Option<Publisher>>,
-    exchange: String,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) {
+/// Runs until the background tasks stop, then drains what is pending once more before returning.
+pub(super) async fn run(bg: Background) {
+    let Background {
+        pool,
+        publisher,
+        topology,
+        metrics,
+        stop,
+    } = bg;
+    let exchange = topology.events_exchange;
     let mut failures = 0u32;
     let mut last_prune = std::time::Instant::now();
     loop {
@@ -60,7 +62,7 @@ pub async fn relay(
         let pause = POLL * 2u32.pow(failures.min(5));
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = shutdown.cancelled() => {
+            () = stop.cancelled() => {
                 let current = publisher.borrow().clone();
                 if let Some(p) = current
                     && let Err(e) = publish_pending(&pool, &p, &exchange, &metrics).await
@@ -74,7 +76,7 @@ pub async fn relay(
 }
 
 /// Publishes up to one batch of unsent events; returns how many were sent.
-pub async fn publish_pending(
+async fn publish_pending(
     pool: &Pool,
     publisher: &Publisher,
     exchange: &str,

@@ -1,8 +1,6 @@
 //! Test harness: each test gets its own database and its own exchange/queue names, a real mock
 //! LLM server over HTTP, and workers in-process or as child processes.
 
-#![allow(dead_code)] // each test file uses a different part of the harness
-
 use std::{
     future::Future,
     process::Stdio,
@@ -96,13 +94,9 @@ impl TestEnv {
         }
     }
 
-    /// Worker settings for this test, through the real command line: OpenAI provider pointed at
-    /// the mock server, a free metrics port, short grace. `extra` flags override.
-    pub fn settings(&self, extra: &[&str]) -> WorkerSettings {
-        self.settings_for("openai", extra)
-    }
-
-    /// Like [`Self::settings`] for `provider` (`openai` or `gemini`), both served by the mock.
+    /// Worker settings for this test, through the real command line: `provider` (`openai` or
+    /// `gemini`) pointed at the mock server, a free metrics port, short grace. `extra` flags
+    /// override.
     pub fn settings_for(&self, provider: &str, extra: &[&str]) -> WorkerSettings {
         let base_url = match provider {
             "gemini" => self.mock.gemini_base_url(),
@@ -318,9 +312,9 @@ async fn remove(name: &str, topology: &Topology) {
 
 fn amqp_settings(namespace: &str) -> AmqpSettings {
     AmqpSettings {
-        amqp_url: amqp_url().parse().unwrap(),
-        amqp_namespace: namespace.into(),
-        amqp_delivery_limit: 5,
+        url: amqp_url().parse().unwrap(),
+        namespace: namespace.into(),
+        delivery_limit: 5,
     }
 }
 
@@ -423,4 +417,6 @@ pub async fn db_when_ready(env: &TestEnv) -> tokio_postgres::Client {
     })
     .await
 }
+pub mod contract_cases;
 pub mod hostile;
+pub mod job_strategies;

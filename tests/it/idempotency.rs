@@ -1,10 +1,8 @@
 //! Promise: the same job_id delivered more than once yields one roadmap and one event id.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use crate::common::{TestEnv, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_job_published_twice_yields_one_roadmap_and_one_event() {

@@ -1,5 +1,5 @@
-//! The table of `contracts.rs`: job messages that break the contract, each with the reason code the decoder must give it. Included by `#[path]` from
-//! `contracts.rs`.
+//! The table of `contracts.rs`: job messages that break the contract, each with the reason code
+//! the decoder must give it.
 
 use serde_json::{Value, json};
 

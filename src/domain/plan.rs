@@ -1,11 +1,8 @@
-//! Cutting a roadmap into phases and into batches of weeks, one LLM call each.
+//! A job's plan: its phase outline and its cut into batches of weeks, one LLM call each.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    domain::{JobProfile, Phase},
-    template,
-};
+use super::Phase;
 
 /// The plan of one job. It is stored with the job at its first claim, so that a replica with a
 /// different BATCH_WEEKS resumes the job on the plan its checkpoints were written for.
@@ -35,7 +32,8 @@ impl BatchRange {
 }
 
 impl Plan {
-    pub fn new(profile: &JobProfile, duration_weeks: u32, batch_weeks: u32) -> Self {
+    /// Cuts `duration_weeks` into batches of at most `batch_weeks` weeks under `phases`.
+    pub fn new(phases: Vec<Phase>, duration_weeks: u32, batch_weeks: u32) -> Self {
         let batch_weeks = batch_weeks.max(1);
         let batches = (0..duration_weeks.div_ceil(batch_weeks))
             .map(|index| BatchRange {
@@ -46,7 +44,7 @@ impl Plan {
             .collect();
         Self {
             duration_weeks,
-            phases: template::phases(profile, duration_weeks),
+            phases,
             batches,
         }
     }
@@ -64,29 +62,18 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ExperienceLevel;
-
-    fn profile() -> JobProfile {
-        JobProfile {
-            target_role: "Backend Developer".into(),
-            experience_level: ExperienceLevel::Beginner,
-            hours_per_week: 10,
-            focus_areas: vec![],
-            language: "en".into(),
-        }
-    }
 
     #[test]
     fn batches_cover_every_week_once() {
         for weeks in 1..=52 {
             for size in [1, 2, 3, 5] {
-                let plan = Plan::new(&profile(), weeks, size);
+                let plan = Plan::new(Vec::new(), weeks, size);
                 let covered: Vec<u32> = plan.batches.iter().flat_map(|b| b.weeks()).collect();
                 assert_eq!(covered, (1..=weeks).collect::<Vec<_>>());
                 assert!(plan.batches.iter().all(|b| b.week_count() <= size));
             }
         }
-        let plan = Plan::new(&profile(), 12, 3);
+        let plan = Plan::new(Vec::new(), 12, 3);
         assert_eq!(plan.batches.len(), 4);
         assert_eq!((plan.batches[3].first, plan.batches[3].last), (10, 12));
     }

@@ -1,11 +1,9 @@
 //! Promise: a job that crashes its worker again and again is failed with a `roadmap.failed`
 //! event and dead-lettered after a bounded number of takeovers; it does not loop forever.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, db_when_ready, eventually, job, job_row};
+use crate::common::{TestEnv, db_when_ready, eventually, job, job_row};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_that_kills_its_workers_is_dead_lettered_after_the_limit() {

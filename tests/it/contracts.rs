@@ -3,15 +3,8 @@
 //! (`JobRequest::to_message`, `roadmap-worker enqueue`) too, and invalid job messages must be
 //! refused by the job schema and by `JobRequest::decode` alike, so the two cannot drift apart.
 
-mod common;
-
-#[path = "common/contract_cases.rs"]
-mod contract_cases;
-
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{TestEnv, job};
-use contract_cases::invalid_messages;
 use lapin::options::BasicGetOptions;
 use roadmap_worker::{
     domain::{JobRequest, RejectReason},
@@ -19,6 +12,9 @@ use roadmap_worker::{
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::common::contract_cases::invalid_messages;
+use crate::common::{TestEnv, job};
 
 const SCHEMAS: [&str; 4] = [
     "job.v1",
@@ -296,7 +292,7 @@ fn job_messages_built_by_the_code_match_the_job_schema() {
         json!({"job_id": id.to_string().to_uppercase(), "user_id": "u", "target_role": "r",
                "duration_weeks": 3, "experience_level": "intermediate", "hours_per_week": 1,
                "focus_areas": ["😀".repeat(100)], "language": "es-419"}),
-        common::job(5, "Mobile Developer").1,
+        crate::common::job(5, "Mobile Developer").1,
     ];
     for input in inputs {
         assert_valid(&schema, &input, "a valid job message");

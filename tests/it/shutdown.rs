@@ -1,12 +1,11 @@
 //! Promise: SIGTERM stops intake, lets the batch in flight finish and checkpoint, hands the job
 //! back and exits 0; the next replica continues without asking for any batch twice.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, db_when_ready, job, job_row, sigterm};
 use roadmap_worker::mock_server::FaultPlan;
+
+use crate::common::{TestEnv, db_when_ready, job, job_row, sigterm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_batch_in_flight_and_hands_the_job_back() {

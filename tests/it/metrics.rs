@@ -2,14 +2,13 @@
 //! job, a retried LLM call and a refused message. The capture is saved for `deploy/check.sh`,
 //! which checks every metric named by the alert rules and the dashboard against it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, eventually, job};
 use roadmap_worker::mock_server::{Fault, FaultPlan};
 use serde_json::json;
 use uuid::Uuid;
+
+use crate::common::{TestEnv, eventually, job};
 
 /// Where the capture goes; `.ci/run` passes it to `deploy/check.sh`.
 pub const CAPTURE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/metrics.txt");

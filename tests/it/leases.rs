@@ -1,18 +1,17 @@
 //! Promise: a replica that lost its lease (paused, partitioned) cannot write over the new owner;
 //! its checkpoints and completion are fenced out.
 
-mod common;
-
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{TestEnv, job};
 use roadmap_worker::{
-    domain::{JobRequest, event::Usage},
-    pipeline::{batch::BatchResult, job::completion_event, plan::Plan},
+    domain::{BatchOutcome, BatchResult, JobRequest, Plan, event::Usage},
+    pipeline::{self, job::completion_event},
     store::{self, StoreError, jobs::Claim},
     template,
 };
+
+use crate::common::{TestEnv, job};
 
 fn batch(job: &JobRequest, plan: &Plan, index: usize) -> BatchResult {
     let range = plan.batches[index];
@@ -22,7 +21,7 @@ fn batch(job: &JobRequest, plan: &Plan, index: usize) -> BatchResult {
             .map(|n| template::week(&job.profile(), &plan.phases, n, plan.duration_weeks))
             .collect(),
         usage: Usage::default(),
-        outcome: "ok",
+        outcome: BatchOutcome::Ok,
     }
 }
 
@@ -32,7 +31,7 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     let (a, b) = (env.pool("replica-a").await, env.pool("replica-b").await);
     let (_, body) = job(6, "Security Engineer");
     let job = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
-    let plan = Plan::new(&job.profile(), 6, 3);
+    let plan = pipeline::plan(&job.profile(), 6, 3);
     let short = Duration::from_millis(500);
 
     let Claim::Owned(first) = store::jobs::claim(&a, &job, &plan, "replica-a", short)

@@ -1,0 +1,81 @@
+//! The batch brief: what one LLM call is asked to write, and how it is quoted into a prompt.
+//!
+//! The prompt writer embeds it and the mock LLM reads it back, so both sides use this one
+//! format. The brief is JSON between tags; user text is JSON-escaped and `<`/`>` are escaped
+//! too, so a hostile `target_role` can neither close a tag nor read as an instruction.
+
+use serde::{Deserialize, Serialize};
+
+use super::{JobProfile, Phase};
+
+/// What one batch asks of the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Brief {
+    pub profile: JobProfile,
+    pub duration_weeks: u32,
+    pub first_week: u32,
+    pub last_week: u32,
+    pub phases: Vec<Phase>,
+}
+
+const JOB_OPEN: &str = "<job_data>";
+const JOB_CLOSE: &str = "</job_data>";
+const PLAN_OPEN: &str = "<plan>";
+const PLAN_CLOSE: &str = "</plan>";
+
+#[derive(Serialize, Deserialize)]
+struct PlanBlock<P> {
+    duration_weeks: u32,
+    first_week: u32,
+    last_week: u32,
+    phases: P,
+}
+
+impl Brief {
+    /// Appends the job and plan blocks to `out`, one line each.
+    pub fn embed(&self, out: &mut String) {
+        out.push_str(JOB_OPEN);
+        out.push_str(&json_for_prompt(&self.profile));
+        out.push_str(JOB_CLOSE);
+        out.push('\n');
+        let plan = PlanBlock {
+            duration_weeks: self.duration_weeks,
+            first_week: self.first_week,
+            last_week: self.last_week,
+            phases: &self.phases,
+        };
+        out.push_str(PLAN_OPEN);
+        out.push_str(&json_for_prompt(&plan));
+        out.push_str(PLAN_CLOSE);
+        out.push('\n');
+    }
+
+    /// Reads the brief back out of a prompt that embeds one.
+    pub fn parse(prompt: &str) -> Option<Self> {
+        let profile: JobProfile = serde_json::from_str(between(prompt, JOB_OPEN, JOB_CLOSE)?).ok()?;
+        let plan: PlanBlock<Vec<Phase>> =
+            serde_json::from_str(between(prompt, PLAN_OPEN, PLAN_CLOSE)?).ok()?;
+        (plan.first_week >= 1 && plan.first_week <= plan.last_week).then_some(Self {
+            profile,
+            duration_weeks: plan.duration_weeks,
+            first_week: plan.first_week,
+            last_week: plan.last_week,
+            phases: plan.phases,
+        })
+    }
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some(&text[start..start + len])
+}
+
+fn json_for_prompt<T: Serialize>(value: &T) -> String {
+    escape_tags(&serde_json::to_string(value).expect("prompt data always serialises"))
+}
+
+/// `<` and `>` as JSON unicode escapes: still the same JSON, but no tag can be forged.
+pub fn escape_tags(s: &str) -> String {
+    s.replace('<', "\\u003c").replace('>', "\\u003e")
+}

@@ -1,0 +1,27 @@
+//! The integration tests: one binary, one module per promise of the contract. Every test talks
+//! to the real Postgres and RabbitMQ, in its own database and under its own exchange and queue
+//! names, with the project's mock LLM server over real HTTP, so the tests run in parallel.
+//!
+//! The chaos run (`tests/chaos.rs`) is a separate target: it restarts the machine's services.
+
+mod common;
+
+mod bad_input;
+mod contracts;
+mod decoder_props;
+mod e2e;
+mod fault_mix;
+mod hostile_input;
+mod idempotency;
+mod ladder;
+mod leases;
+mod long_jobs;
+mod metrics;
+mod outbox;
+mod ownership;
+mod poison;
+mod prompt_injection;
+mod reconnect;
+mod resume;
+mod secrets;
+mod shutdown;
