@@ -3,23 +3,23 @@
 //!
 //! # Layout
 //!
-//! The pipeline reads top to bottom:
+//! Layers from the top; a module imports only from layers below its own (`tests/it/layers.rs`
+//! checks it, `docs/architecture.md` draws it):
 //!
-//! - [`cli`], [`commands`]: the command line and what each subcommand does.
-//! - [`config`]: typed settings from environment variables; secrets in redacting types.
-//! - [`telemetry`]: logging (human or JSON lines).
-//! - [`domain`]: the job message (decoding with reason codes), the roadmap and its checks, events.
-//! - [`amqp`]: RabbitMQ topology and publishing with confirms.
-//! - [`worker`]: the consume loop; the one place where outcomes become ack / requeue / dead-letter.
-//! - [`pipeline`]: plan → prompt → batch (the robustness ladder) → job (claim, checkpoints, assemble).
-//! - [`llm`]: the provider interface with the embedded mock, OpenAI-compatible and Gemini providers.
-//! - [`template`]: deterministic template weeks (the mock's content and the fallback).
-//! - [`store`]: Postgres pool, migrations and one module per table family.
-//! - [`outbox`]: the relay that publishes stored events with confirms.
-//! - [`json_scan`]: bracket scanning outside strings (nesting limits, truncated-answer salvage).
-//! - [`http`], [`metrics`]: /metrics, /healthz, /readyz and every metric.
-//! - [`client`]: the web backend's side (publish a job, watch events), for `enqueue`, `demo`, tests.
-//! - [`mock_server`]: the mock LLM over HTTP with fault injection.
+//! 1. [`commands`], [`cli`]: what each subcommand does, and the command line; [`client`]: the
+//!    web backend's side (publish a job, watch events); [`mock_server`]: the mock LLM over HTTP
+//!    with fault injection.
+//! 2. [`worker`]: broker sessions, intake, the one place where outcomes become ack / requeue /
+//!    dead-letter, the outbox relay and the sweeper.
+//! 3. [`pipeline`]: prompt → batch (the robustness ladder) → job (claim, checkpoints, assemble).
+//! 4. [`llm`]: the embedded mock, OpenAI-compatible and Gemini providers; [`store`]: the Postgres
+//!    pool, migrations, one module per table family, database retries; [`amqp`]: topology and
+//!    publishing with confirms; `http`: /metrics, /healthz, /readyz.
+//! 5. [`template`]: deterministic template content (phase outline, the mock's weeks, fallback);
+//!    [`metrics`]: every metric; [`telemetry`]: logging (human or JSON lines).
+//! 6. [`domain`]: the job message and its refusals, the roadmap and its checks, the plan and its
+//!    batches, the batch brief, the events; [`config`]: typed settings, secrets in redacting
+//!    types; `json_scan`: bracket scanning outside JSON strings.
 
 pub mod amqp;
 pub mod cli;
@@ -27,8 +27,8 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod domain;
-pub mod http;
-pub mod json_scan;
+pub(crate) mod http;
+pub(crate) mod json_scan;
 pub mod llm;
 pub mod metrics;
 pub mod mock_server;

@@ -1,6 +1,6 @@
 //! RabbitMQ: connecting, the topology every replica declares, and publishing with confirms.
 
-pub mod publisher;
+mod publisher;
 pub mod topology;
 
 use anyhow::Context as _;

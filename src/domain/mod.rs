@@ -6,9 +6,11 @@ pub mod brief;
 pub mod event;
 pub mod job;
 pub mod plan;
+pub mod reject;
 pub mod roadmap;
 
 pub use batch::{AnswerFault, BatchOutcome, BatchResult};
-pub use job::{ExperienceLevel, JobProfile, JobRequest, RejectReason, Rejection};
+pub use job::{ExperienceLevel, JobProfile, JobRequest};
 pub use plan::{BatchRange, Plan};
+pub use reject::{RejectReason, Rejection};
 pub use roadmap::{Day, Phase, Resource, Roadmap, Task, TaskKind, Week, WeekSource};

@@ -3,9 +3,9 @@
 //! Providers are an enum rather than a trait object: the set is closed (mock, OpenAI-compatible,
 //! Gemini), and an enum keeps `async fn` without boxing.
 
-pub mod gemini;
+pub(crate) mod gemini;
 pub mod mock;
-pub mod openai;
+pub(crate) mod openai;
 pub mod schema;
 
 use std::time::Duration;

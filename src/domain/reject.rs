@@ -1,0 +1,98 @@
+//! Why a job message was refused: a stable reason code for headers, metrics and events, with
+//! whatever identity could still be read from the message.
+
+use uuid::Uuid;
+
+use super::job::{MAX_BODY_BYTES, MAX_DEPTH, MAX_FOCUS_AREAS};
+
+/// Why a message was refused. `code()` is what goes into headers, metrics and events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("body is {0} bytes, over the limit of {MAX_BODY_BYTES}")]
+    BodyTooLarge(usize),
+    #[error("content type {0:?} is not application/json")]
+    WrongContentType(String),
+    #[error("body is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("JSON nesting deeper than {MAX_DEPTH}")]
+    NestingTooDeep,
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("body is not a JSON object")]
+    NotObject,
+    #[error("field `{0}` is missing")]
+    MissingField(&'static str),
+    #[error("field `{field}` must be {expected}")]
+    InvalidType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("field `{field}` must be between {min} and {max}")]
+    OutOfRange { field: &'static str, min: i64, max: i64 },
+    #[error("field `{0}` must not be empty")]
+    EmptyString(&'static str),
+    #[error("field `{field}` is longer than {max} characters")]
+    TooLong { field: &'static str, max: usize },
+    #[error("at most {MAX_FOCUS_AREAS} focus areas are allowed")]
+    TooManyFocusAreas,
+    #[error("experience_level must be beginner, intermediate or advanced")]
+    UnknownExperienceLevel,
+    #[error("language is not a BCP 47 tag")]
+    InvalidLanguage,
+    #[error("field `job_id` is not a UUID")]
+    InvalidJobId,
+    #[error("job_id belongs to another user")]
+    JobOwnedByAnotherUser,
+}
+
+impl RejectReason {
+    /// Every code [`Self::code`] can return (metrics start each at 0, so alerts see the first one).
+    pub const CODES: [&'static str; 16] = [
+        "body_too_large",
+        "wrong_content_type",
+        "invalid_utf8",
+        "nesting_too_deep",
+        "not_json",
+        "not_object",
+        "missing_field",
+        "invalid_type",
+        "out_of_range",
+        "empty_string",
+        "too_long",
+        "too_many_focus_areas",
+        "unknown_experience_level",
+        "invalid_language",
+        "invalid_job_id",
+        "job_owned_by_another_user",
+    ];
+
+    /// Stable reason code; a bounded set, so it is safe as a metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::WrongContentType(_) => "wrong_content_type",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::NestingTooDeep => "nesting_too_deep",
+            Self::NotJson(_) => "not_json",
+            Self::NotObject => "not_object",
+            Self::MissingField(_) => "missing_field",
+            Self::InvalidType { .. } => "invalid_type",
+            Self::OutOfRange { .. } => "out_of_range",
+            Self::EmptyString(_) => "empty_string",
+            Self::TooLong { .. } => "too_long",
+            Self::TooManyFocusAreas => "too_many_focus_areas",
+            Self::UnknownExperienceLevel => "unknown_experience_level",
+            Self::InvalidLanguage => "invalid_language",
+            Self::InvalidJobId => "invalid_job_id",
+            Self::JobOwnedByAnotherUser => "job_owned_by_another_user",
+        }
+    }
+}
+
+/// A refused message, with whatever identity could still be read from it (for the failed event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub job_id: Option<Uuid>,
+    pub user_id: Option<String>,
+}

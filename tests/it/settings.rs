@@ -1,0 +1,76 @@
+//! Promise: a bad setting stops the worker at start with the variable's name, before it touches
+//! Postgres or RabbitMQ; nothing is clamped or replaced silently.
+
+use std::process::{Command, Stdio};
+
+/// Runs `roadmap-worker run` with one variable set to `value` and returns (success, stderr).
+fn run_with(variable: &str, value: &str) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_roadmap-worker"))
+        .arg("run")
+        // Unreachable services: a setting that slipped through would fail later, differently.
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env(variable, value)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the worker binary");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn out_of_range_values_are_refused_with_the_variable_name() {
+    let cases = [
+        ("LEASE_SECS", "2"),
+        ("LEASE_SECS", "sixty"),
+        ("JOB_POISON_AFTER", "0"),
+        ("SWEEP_INTERVAL_SECS", "0"),
+        ("AMQP_ACK_DEADLINE_SECS", "0"),
+        ("LLM_PROBE_INTERVAL_SECS", "0"),
+        ("LLM_TIMEOUT_SECS", "0"),
+        ("LLM_MAX_OUTPUT_TOKENS", "10"),
+        ("LLM_TEMPERATURE", "3"),
+        ("LLM_TEMPERATURE", "NaN"),
+        ("LLM_RESPONSE_FORMAT", "yaml"),
+        ("LLM_PROVIDER", "claude"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("AMQP_DELIVERY_LIMIT", "0"),
+        ("AMQP_NAMESPACE", "bad name"),
+        ("BATCH_WEEKS", "13"),
+        ("CONTEXT_DAYS", "8"),
+        ("WORKER_CONCURRENCY", "0"),
+        ("METRICS_ADDR", "nowhere"),
+    ];
+    for (variable, value) in cases {
+        let (ok, stderr) = run_with(variable, value);
+        assert!(!ok, "{variable}={value} was accepted");
+        assert!(
+            stderr.contains(&format!("<{variable}>")),
+            "{variable}={value}: the error does not name the variable:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("connecting to"),
+            "{variable}={value}: refused only after connecting:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn values_at_the_edges_of_their_ranges_are_accepted() {
+    // Accepted settings get as far as connecting, and fail there (the services are unreachable).
+    for (variable, value) in [
+        ("LEASE_SECS", "3"),
+        ("LLM_TEMPERATURE", "0"),
+        ("CONTEXT_DAYS", "0"),
+    ] {
+        let (ok, stderr) = run_with(variable, value);
+        assert!(!ok, "{variable}={value}: the worker started without its services");
+        assert!(
+            stderr.contains("connecting to Postgres"),
+            "{variable}={value} was not accepted:\n{stderr}"
+        );
+    }
+}
