@@ -6,7 +6,7 @@ use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, rou
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Dependency, Metrics};
 
 /// What /readyz looks at.
 #[derive(Clone)]
@@ -76,6 +76,17 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     }
     if health.metrics.provider_ready.get() == 0 {
         problems.push("llm provider: refusing requests (check LLM_API_KEY / LLM_MODEL)");
+    }
+    let paused = |d: Dependency| {
+        health
+            .metrics
+            .intake_paused
+            .with_label_values(&[d.as_str()])
+            .get()
+            == 1
+    };
+    if paused(Dependency::Database) {
+        problems.push("intake paused: the database was unreachable past the retries; probing");
     }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())

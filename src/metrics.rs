@@ -2,8 +2,8 @@
 //! in one process). Names follow Prometheus conventions; no label carries a job or user id.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::domain::{
@@ -48,8 +48,54 @@ pub struct Metrics {
     pub provider_ready: IntGauge,
     pub outbox_backlog: IntGauge,
     pub outbox_oldest_age: Gauge,
-    /// Events confirmed by the broker, by type.
+    /// Events confirmed by the broker and taken by at least one queue, by type.
     pub events_published: IntCounterVec,
+    /// Publish attempts that no queue took (no consumer queue bound yet), by type. Completion
+    /// and failure events stay unsent and are tried again; progress events are let go.
+    pub events_unroutable: IntCounterVec,
+    /// 1 while intake is paused because a dependency is down, by reason (database, provider).
+    pub intake_paused: IntGaugeVec,
+    /// Deliveries handed back without spending the broker's delivery limit, by reason
+    /// (database, provider: through the retry queue; shutdown: straight back to work).
+    pub deliveries_deferred: IntCounterVec,
+    /// Messages the broker dead-lettered on its own and the worker accounted for, by outcome
+    /// (requeued: back to work; failed: failed with an event; done: the job had ended).
+    pub deliveries_recovered: IntCounterVec,
+    /// Duplicate deliveries of a job a live replica is working, settled at once.
+    pub duplicate_deliveries: IntCounter,
+}
+
+/// A label vocabulary: a closed set of values, each started at 0.
+macro_rules! labels {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+labels! {
+    /// A dependency whose outage pauses intake (`roadmap_intake_paused{reason}`).
+    Dependency { Database => "database", Provider => "provider" }
+}
+
+labels! {
+    /// Why a delivery was handed back (`roadmap_deliveries_deferred_total{reason}`).
+    Deferral { Database => "database", Provider => "provider", Shutdown => "shutdown" }
+}
+
+labels! {
+    /// What became of a message the broker dead-lettered on its own
+    /// (`roadmap_deliveries_recovered_total{outcome}`).
+    Recovery { Requeued => "requeued", Failed => "failed", Done => "done" }
 }
 
 impl Metrics {
@@ -67,6 +113,11 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
@@ -172,8 +223,32 @@ impl Metrics {
             outbox_oldest_age,
             events_published: counter_vec(
                 "roadmap_events_published_total",
-                "Events confirmed by the broker.",
+                "Events confirmed by the broker and taken by a queue.",
                 &["type"],
+            ),
+            events_unroutable: counter_vec(
+                "roadmap_events_unroutable_total",
+                "Event publishes that no queue took.",
+                &["type"],
+            ),
+            intake_paused: gauge_vec(
+                "roadmap_intake_paused",
+                "1 while intake is paused because a dependency is down.",
+                &["reason"],
+            ),
+            deliveries_deferred: counter_vec(
+                "roadmap_deliveries_deferred_total",
+                "Deliveries handed back without spending the delivery limit.",
+                &["reason"],
+            ),
+            deliveries_recovered: counter_vec(
+                "roadmap_deliveries_recovered_total",
+                "Messages the broker dead-lettered that the worker accounted for.",
+                &["outcome"],
+            ),
+            duplicate_deliveries: counter(
+                "roadmap_duplicate_deliveries_total",
+                "Duplicate deliveries of a job in progress, settled at once.",
             ),
             registry,
         }

@@ -8,10 +8,15 @@ use lapin::{
 
 /// The routing key of job messages (contract v1).
 pub const JOB_ROUTING_KEY: &str = "roadmap.generate";
+/// The routing key on the dead-letter exchange of messages the worker refused, with their
+/// reason in `x-reject-reason`. Messages the broker dead-letters itself (the work queue's
+/// delivery limit) keep [`JOB_ROUTING_KEY`] and go to the recovery queue instead.
+pub const REJECTED_ROUTING_KEY: &str = "roadmap.generate.rejected";
 
 /// Names derived from a namespace; the default namespace `roadmap` gives the contract's names:
 /// `roadmap.jobs`, `roadmap.generate`, `roadmap.events`, plus `roadmap.dlx` and
-/// `roadmap.generate.dead` for dead letters.
+/// `roadmap.generate.dead` for dead letters, `roadmap.generate.retry` for delayed retries and
+/// `roadmap.generate.recover` for what the broker dead-letters on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub jobs_exchange: String,
@@ -19,6 +24,12 @@ pub struct Topology {
     pub events_exchange: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// Jobs waiting out a dependency outage: each message carries its own TTL and expires back
+    /// into the work queue, so waiting spends none of the work queue's delivery limit.
+    pub retry_queue: String,
+    /// Messages the broker dead-lettered without the worker's say (delivery limit); the worker
+    /// consumes it and gives each an account (back to work, or failed with an event).
+    pub recover_queue: String,
     /// Deliveries of one message before the broker dead-letters it as poison.
     pub delivery_limit: u32,
 }
@@ -31,8 +42,20 @@ impl Topology {
             events_exchange: format!("{namespace}.events"),
             dead_letter_exchange: format!("{namespace}.dlx"),
             dead_letter_queue: format!("{namespace}.generate.dead"),
+            retry_queue: format!("{namespace}.generate.retry"),
+            recover_queue: format!("{namespace}.generate.recover"),
             delivery_limit,
         }
+    }
+
+    /// Every queue, for tools and tests that remove a namespace.
+    pub fn queues(&self) -> [&str; 4] {
+        [
+            &self.queue,
+            &self.dead_letter_queue,
+            &self.retry_queue,
+            &self.recover_queue,
+        ]
     }
 
     /// Declares everything; safe to run from every replica at every start.
@@ -69,22 +92,57 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        let mut dead_args = FieldTable::default();
-        dead_args.insert(
-            ShortString::from("x-queue-type"),
-            AMQPValue::LongString("quorum".into()),
-        );
+        let quorum = || {
+            let mut args = FieldTable::default();
+            args.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString("quorum".into()),
+            );
+            args
+        };
         channel
-            .queue_declare(self.dead_letter_queue.as_str().into(), queue_options, dead_args)
+            .queue_declare(self.dead_letter_queue.as_str().into(), queue_options, quorum())
             .await?;
+        // Earlier versions bound the dead-letter queue to the broker's own dead letters too;
+        // those now go to the recovery queue, so that none ends there without an account.
         channel
-            .queue_bind(
+            .queue_unbind(
                 self.dead_letter_queue.as_str().into(),
                 self.dead_letter_exchange.as_str().into(),
                 JOB_ROUTING_KEY.into(),
-                QueueBindOptions::default(),
                 FieldTable::default(),
             )
+            .await?;
+        self.bind(
+            channel,
+            &self.dead_letter_queue,
+            &self.dead_letter_exchange,
+            REJECTED_ROUTING_KEY,
+        )
+        .await?;
+        channel
+            .queue_declare(self.recover_queue.as_str().into(), queue_options, quorum())
+            .await?;
+        self.bind(
+            channel,
+            &self.recover_queue,
+            &self.dead_letter_exchange,
+            JOB_ROUTING_KEY,
+        )
+        .await?;
+        // A classic queue: per-message TTLs expire in order when every message waits about as
+        // long, and an expired message is dead-lettered back to the work queue's exchange.
+        let mut retry_args = FieldTable::default();
+        retry_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.jobs_exchange.as_str().into()),
+        );
+        retry_args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(JOB_ROUTING_KEY.into()),
+        );
+        channel
+            .queue_declare(self.retry_queue.as_str().into(), queue_options, retry_args)
             .await?;
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
@@ -103,15 +161,19 @@ impl Topology {
         channel
             .queue_declare(self.queue.as_str().into(), queue_options, args)
             .await?;
+        self.bind(channel, &self.queue, &self.jobs_exchange, JOB_ROUTING_KEY)
+            .await
+    }
+
+    async fn bind(&self, channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
         channel
             .queue_bind(
-                self.queue.as_str().into(),
-                self.jobs_exchange.as_str().into(),
-                JOB_ROUTING_KEY.into(),
+                queue.into(),
+                exchange.into(),
+                key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        Ok(())
+            .await
     }
 }

@@ -346,7 +346,18 @@ pub struct WorkerSettings {
         value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub sweep_interval_secs: u64,
-    /// A job taken over from a dead or fenced owner this many times is failed as poison.
+    /// Seconds a job handed back during a database outage waits in the retry queue before it
+    /// is delivered again (the wait spends none of the work queue's delivery limit).
+    #[arg(
+        long,
+        env = "RETRY_DELAY_SECS",
+        value_name = "RETRY_DELAY_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub retry_delay_secs: u64,
+    /// A job taken over from a replica that died while working it this many times is failed as
+    /// poison.
     #[arg(
         long,
         env = "JOB_POISON_AFTER",
@@ -372,6 +383,10 @@ impl WorkerSettings {
 
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_secs(self.sweep_interval_secs)
+    }
+
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_secs(self.retry_delay_secs)
     }
 }
 

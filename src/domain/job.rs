@@ -402,6 +402,7 @@ mod tests {
             RejectReason::InvalidLanguage,
             RejectReason::InvalidJobId,
             RejectReason::JobOwnedByAnotherUser,
+            RejectReason::JobConflict,
         ];
         // Exhaustive on purpose: a new variant fails to compile here until it is listed above,
         // and so in CODES (and the schema, which tests/contracts.rs checks against CODES).
@@ -422,7 +423,8 @@ mod tests {
                 | RejectReason::UnknownExperienceLevel
                 | RejectReason::InvalidLanguage
                 | RejectReason::InvalidJobId
-                | RejectReason::JobOwnedByAnotherUser => {}
+                | RejectReason::JobOwnedByAnotherUser
+                | RejectReason::JobConflict => {}
             }
         }
         let codes: Vec<&str> = all.iter().map(RejectReason::code).collect();

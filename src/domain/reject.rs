@@ -43,11 +43,13 @@ pub enum RejectReason {
     InvalidJobId,
     #[error("job_id belongs to another user")]
     JobOwnedByAnotherUser,
+    #[error("job_id was already sent with other fields; the first request stands")]
+    JobConflict,
 }
 
 impl RejectReason {
     /// Every code [`Self::code`] can return (metrics start each at 0, so alerts see the first one).
-    pub const CODES: [&'static str; 16] = [
+    pub const CODES: [&'static str; 17] = [
         "body_too_large",
         "wrong_content_type",
         "invalid_utf8",
@@ -64,6 +66,7 @@ impl RejectReason {
         "invalid_language",
         "invalid_job_id",
         "job_owned_by_another_user",
+        "job_conflict",
     ];
 
     /// Stable reason code; a bounded set, so it is safe as a metric label.
@@ -85,6 +88,7 @@ impl RejectReason {
             Self::InvalidLanguage => "invalid_language",
             Self::InvalidJobId => "invalid_job_id",
             Self::JobOwnedByAnotherUser => "job_owned_by_another_user",
+            Self::JobConflict => "job_conflict",
         }
     }
 }
@@ -95,4 +99,19 @@ pub struct Rejection {
     pub reason: RejectReason,
     pub job_id: Option<Uuid>,
     pub user_id: Option<String>,
+}
+
+impl Rejection {
+    /// A job_id is "readable" from the body when it is a JSON object with a UUID `job_id`;
+    /// failing that, from the message's `message_id`, then its `correlation_id`, when either is
+    /// a UUID (a body too large, not UTF-8 or nested too deep is not read at all).
+    pub fn or_job_id_from(mut self, message_id: Option<&str>, correlation_id: Option<&str>) -> Self {
+        if self.job_id.is_none() {
+            self.job_id = [message_id, correlation_id]
+                .into_iter()
+                .flatten()
+                .find_map(|id| Uuid::parse_str(id.trim()).ok());
+        }
+        self
+    }
 }

@@ -1,7 +1,11 @@
 //! One job from claim to stored roadmap: claim under a lease, generate the missing batches with a
 //! checkpoint after each, assemble, and complete with the event in the same transaction.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use chrono::Utc;
 use deadpool_postgres::Pool;
@@ -13,13 +17,17 @@ use super::batch::Generator;
 use crate::{
     config::WorkerSettings,
     domain::{
-        JobRequest, Plan, Roadmap, Week,
+        JobProfile, JobRequest, Plan, Roadmap, Week,
         event::{COMPLETED, Completed, Failed, JobFailure, Usage},
         roadmap::check_roadmap,
     },
     llm::LlmError,
     metrics::Metrics,
-    store::{self, StoreError, jobs::Claim, with_retries},
+    store::{
+        self, StoreError,
+        jobs::{Claim, OwnedJob},
+        with_retries,
+    },
 };
 
 /// How a job run ended, for the worker to settle its delivery.
@@ -31,6 +39,12 @@ pub enum JobEnd {
     AlreadyFailed,
     /// The job_id belongs to another user: refused, the other job untouched.
     OtherUser,
+    /// The same user sent other fields under this job_id: refused, the stored request stands.
+    Conflict,
+    /// A live replica is working the job: this delivery is a duplicate, settled at once. The job
+    /// is marked as having no delivery of its own, so the sweeper brings it back if that
+    /// replica dies.
+    Duplicate,
     /// Another replica took the job over; it finishes it.
     Fenced,
     /// Shutdown came before the job finished; its checkpoints are kept for the next replica.
@@ -41,6 +55,9 @@ pub enum JobEnd {
     Poison { abandoned: i32 },
 }
 
+/// The placeholder token of a job whose claim is under way (real tokens start at 1).
+const CLAIMING: i64 = 0;
+
 /// Runs jobs; one per worker, shared by its job tasks.
 #[derive(Debug, Clone)]
 pub struct JobRunner {
@@ -50,12 +67,13 @@ pub struct JobRunner {
     lease: Duration,
     /// This replica's id: the owner of the leases it takes.
     owner: String,
-    /// Takeovers from dead or fenced owners after which a job is failed as poison.
+    /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
+    /// The jobs this replica holds a lease on, with their fencing tokens: a lease in our name
+    /// that is not here is a leftover (a claim whose commit reply was lost), and a task that
+    /// panicked gives its job up through this.
+    held: Arc<Mutex<HashMap<Uuid, i64>>>,
 }
-
-/// How often a job whose owner is alive is checked again.
-const BUSY_POLL: Duration = Duration::from_secs(2);
 
 impl JobRunner {
     /// The runner of replica `owner`, from the worker's settings.
@@ -67,6 +85,7 @@ impl JobRunner {
             lease: settings.lease(),
             owner,
             poison_after: settings.job_poison_after,
+            held: Arc::default(),
         }
     }
 
@@ -91,30 +110,101 @@ impl JobRunner {
         self.generator.probe().await
     }
 
-    /// Runs `job` to its end. `shutdown` stops it between batches; store errors that persist past
-    /// the retries are returned.
-    pub async fn run(&self, job: &JobRequest, shutdown: &CancellationToken) -> Result<JobEnd, StoreError> {
+    /// Gives up the job of a task that panicked: its lease is released and the job counted as
+    /// abandoned, so that a job that keeps crashing its task ends as poison.
+    pub async fn abandon(&self, job_id: Uuid) {
+        let token = self.held().remove(&job_id);
+        if let Some(token) = token
+            && let Err(e) = store::jobs::abandon(&self.pool, job_id, token).await
+        {
+            warn!(error = %e, %job_id, "could not give up the job of a panicked task; its lease will expire");
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, i64>> {
+        // A panic while holding this lock cannot leave the map inconsistent: take it anyway.
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `job` to its end. `shutdown` stops it between batches; `abort` (the drain's grace
+    /// is over) also stops the batch in flight. Either way the lease is released and the job
+    /// handed back with its checkpoints. Store errors that persist past the retries are
+    /// returned.
+    pub async fn run(
+        &self,
+        job: &JobRequest,
+        shutdown: &CancellationToken,
+        abort: &CancellationToken,
+    ) -> Result<JobEnd, StoreError> {
         let profile = job.profile();
         let plan = super::plan(&profile, job.duration_weeks, self.batch_weeks);
-        let owned = loop {
-            let claim =
-                with_retries(|| store::jobs::claim(&self.pool, job, &plan, &self.owner, self.lease)).await?;
-            match claim {
-                Claim::Owned(owned) => break owned,
-                Claim::Completed => return Ok(JobEnd::Completed),
-                Claim::Failed => return Ok(JobEnd::AlreadyFailed),
-                Claim::OtherUser => return Ok(JobEnd::OtherUser),
-                // The owner is alive and holds its own delivery; hold this one until the job ends
-                // or the owner dies, so that no delivery is dropped while the job is unfinished.
-                Claim::Busy => {
-                    debug!("job is being worked by a live replica; waiting");
-                    tokio::select! {
-                        () = tokio::time::sleep(BUSY_POLL) => continue,
-                        () = shutdown.cancelled() => return Ok(JobEnd::HandedBack),
-                    }
+        // Marked before the claim, so that a second delivery of the job to this replica, racing
+        // this one, does not mistake our fresh lease for a leftover.
+        let first_here = {
+            let mut held = self.held();
+            let absent = !held.contains_key(&job.job_id);
+            if absent {
+                held.insert(job.job_id, CLAIMING);
+            }
+            absent
+        };
+        let claim =
+            with_retries(|| store::jobs::claim(&self.pool, job, &plan, &self.owner, self.lease, first_here))
+                .await;
+        let owned = match claim {
+            Ok(Claim::Owned(owned)) => owned,
+            other => {
+                if first_here {
+                    self.held().remove(&job.job_id);
                 }
+                return match other? {
+                    Claim::Owned(_) => unreachable!("handled above"),
+                    Claim::Completed => Ok(JobEnd::Completed),
+                    Claim::Failed => Ok(JobEnd::AlreadyFailed),
+                    Claim::OtherUser => Ok(JobEnd::OtherUser),
+                    Claim::Conflict => Ok(JobEnd::Conflict),
+                    Claim::Busy => {
+                        debug!("job is being worked by a live replica; settling this duplicate");
+                        with_retries(|| store::jobs::mark_delivery_acked(&self.pool, job.job_id)).await?;
+                        Ok(JobEnd::Duplicate)
+                    }
+                };
             }
         };
+        let token = owned.token;
+        self.held().insert(job.job_id, token);
+        let end = self.work(job, &profile, owned, shutdown, abort).await;
+        // An aborted task never gets here: its entry stays, and the drain releases it.
+        let mut held = self.held();
+        if held.get(&job.job_id) == Some(&token) {
+            held.remove(&job.job_id);
+        }
+        drop(held);
+        end
+    }
+
+    /// Releases every lease still held (tasks the drain had to abort), so that the next claim
+    /// takes the jobs over at once and does not count them as abandoned.
+    pub async fn release_held(&self) {
+        let held: Vec<(Uuid, i64)> = self.held().drain().collect();
+        for (job_id, token) in held {
+            if let Err(e) = store::jobs::release(&self.pool, job_id, token).await {
+                warn!(error = %e, %job_id, "could not release a lease; it will expire");
+            }
+        }
+    }
+
+    /// The owned part of a run: poison check, the missing batches, assembly and completion.
+    async fn work(
+        &self,
+        job: &JobRequest,
+        profile: &JobProfile,
+        owned: OwnedJob,
+        shutdown: &CancellationToken,
+        abort: &CancellationToken,
+    ) -> Result<JobEnd, StoreError> {
         let token = owned.token;
         let metrics = self.metrics();
         if owned.abandoned >= self.poison_after {
@@ -166,8 +256,9 @@ impl JobRunner {
             let span =
                 info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
             let generated = tokio::select! {
-                result = self.generator.batch(&profile, &plan, *range, previous, &mut span_hint).instrument(span) => result,
+                result = self.generator.batch(profile, &plan, *range, previous, &mut span_hint).instrument(span) => result,
                 () = lost.cancelled() => return Ok(JobEnd::Fenced),
+                () = abort.cancelled() => return Ok(self.hand_back(job.job_id, token).await),
             };
             let result = match generated {
                 Ok(result) => result,

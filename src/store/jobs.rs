@@ -26,6 +26,8 @@ pub enum Claim {
     Failed,
     /// The job_id belongs to another user.
     OtherUser,
+    /// The same user sent other fields under this job_id: the stored request stands.
+    Conflict,
     /// A live replica holds the lease and is working the job.
     Busy,
 }
@@ -45,16 +47,25 @@ pub struct OwnedJob {
 /// Claims `job` for `owner`. A new job is inserted with its plan; a known one is taken over when
 /// its lease has expired or its owner's database session is gone (the replica died), which lets
 /// a redelivered job resume in seconds rather than after the lease timeout.
+///
+/// `reclaim_own`: this replica is not working the job, so a live lease in its own name is the
+/// leftover of a claim whose commit reply was lost, not a job in progress; it is taken back.
+///
+/// A takeover counts as abandoned (towards poison) only when the previous owner's sessions are
+/// gone: a replica that died while working the job. An expired lease of a live owner (a database
+/// outage, a pause) and a released one are not counted.
 pub async fn claim(
     pool: &Pool,
     job: &JobRequest,
     plan: &Plan,
     owner: &str,
     lease: Duration,
+    reclaim_own: bool,
 ) -> Result<Claim, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let lease_secs = lease.as_secs_f64();
+    let request = serde_json::to_value(job)?;
     let inserted = tx
         .query_opt(
             "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, owner, lease_until)
@@ -64,7 +75,7 @@ pub async fn claim(
             &[
                 &job.job_id,
                 &job.user_id,
-                &serde_json::to_value(job)?,
+                &request,
                 &serde_json::to_value(plan)?,
                 &(plan.batches.len() as i32),
                 &owner,
@@ -86,36 +97,43 @@ pub async fn claim(
     let row = tx
         .query_one(
             "SELECT user_id, status, owner, lease_until > now() AS live,
-                    EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || owner) AS present
+                    EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || owner) AS present,
+                    request = $3 AS same_request
              FROM jobs WHERE job_id = $1 FOR UPDATE",
-            &[&job.job_id, &APP_PREFIX],
+            &[&job.job_id, &APP_PREFIX, &request],
         )
         .await?;
     let (user_id, status): (String, String) = (row.get(0), row.get(1));
     if user_id != job.user_id {
         return Ok(Claim::OtherUser);
     }
+    if !row.get::<_, bool>(5) {
+        return Ok(Claim::Conflict);
+    }
     match status.as_str() {
         "completed" => return Ok(Claim::Completed),
         "failed" => return Ok(Claim::Failed),
         _ => {}
     }
+    let previous: Option<String> = row.get(2);
     let live: Option<bool> = row.get(3);
     let present: bool = row.get(4);
-    if live == Some(true) && present {
+    let mine = previous.as_deref() == Some(owner);
+    if live == Some(true) && present && !(mine && reclaim_own) {
         // Its owner (possibly this replica, for a duplicate delivery) is alive and holds the
         // lease: that owner finishes the job.
         return Ok(Claim::Busy);
     }
+    let died = i32::from(previous.is_some() && !present);
     let row = tx
         .query_one(
             "UPDATE jobs SET owner = $2, lease_until = now() + make_interval(secs => $3),
                     fencing_token = fencing_token + 1, claims = claims + 1,
-                    abandoned = abandoned + (owner IS NOT NULL)::int,
+                    abandoned = abandoned + $4,
                     delivery_acked = false, redispatched_at = NULL, updated_at = now()
              WHERE job_id = $1
              RETURNING fencing_token, plan, created_at, claims, abandoned",
-            &[&job.job_id, &owner, &lease_secs],
+            &[&job.job_id, &owner, &lease_secs, &died],
         )
         .await?;
     let token: i64 = row.get(0);
@@ -151,6 +169,20 @@ pub async fn release(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreE
     client
         .execute(
             "UPDATE jobs SET owner = NULL, lease_until = NULL, updated_at = now()
+             WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
+            &[&job_id, &token],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Gives up a job whose task panicked: the lease is released and the job counted as abandoned,
+/// so that a job that keeps crashing its task ends as poison.
+pub async fn abandon(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE jobs SET owner = NULL, lease_until = NULL, abandoned = abandoned + 1, updated_at = now()
              WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
             &[&job_id, &token],
         )
@@ -206,9 +238,18 @@ pub struct Stranded {
 /// Finds running jobs that no delivery will bring back, and stamps them so that neither this
 /// nor another replica's sweeper re-publishes them again before they are claimed (a claim clears
 /// the stamp; a long queue must not fill up with copies of one job):
-/// - the delivery was acked early and the owner's database sessions are gone (it died);
+/// - the delivery was acked (early, or as a duplicate) and the owner's database sessions are
+///   gone (it died), or nobody owns it;
 /// - the lease expired more than a lease ago (a safety net for anything else that slipped).
-pub async fn sweep(pool: &Pool, lease: Duration, limit: i64) -> Result<Vec<Stranded>, StoreError> {
+///
+/// A stamp older than `restamp_after` no longer counts: the copy it stands for may have been
+/// lost (a sweeper killed between stamp and publish, a queue purged), so the job is swept again.
+pub async fn sweep(
+    pool: &Pool,
+    lease: Duration,
+    restamp_after: Duration,
+    limit: i64,
+) -> Result<Vec<Stranded>, StoreError> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -216,15 +257,20 @@ pub async fn sweep(pool: &Pool, lease: Duration, limit: i64) -> Result<Vec<Stran
              WHERE job_id IN (
                 SELECT job_id FROM jobs j
                 WHERE status = 'running'
-                  AND redispatched_at IS NULL
-                  AND ((delivery_acked AND NOT EXISTS (
-                           SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || j.owner))
+                  AND (redispatched_at IS NULL OR redispatched_at < now() - make_interval(secs => $4::float8))
+                  AND ((delivery_acked AND (owner IS NULL OR NOT EXISTS (
+                           SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || j.owner)))
                        OR lease_until < now() - make_interval(secs => $1::float8))
                 ORDER BY updated_at
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED)
              RETURNING job_id, request",
-            &[&lease.as_secs_f64(), &APP_PREFIX, &limit],
+            &[
+                &lease.as_secs_f64(),
+                &APP_PREFIX,
+                &limit,
+                &restamp_after.as_secs_f64(),
+            ],
         )
         .await?;
     Ok(rows

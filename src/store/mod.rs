@@ -76,6 +76,13 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
+/// Whether the database answers at all (the probe that resumes intake after an outage).
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
 /// The pool for `settings`, after creating the database if it is missing and migrating it.
 /// `application_name` identifies this replica to other replicas (see `jobs::claim`).
 pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::Result<Pool> {

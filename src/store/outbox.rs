@@ -1,6 +1,8 @@
 //! The transactional outbox: events written with the state they announce, read by the relay.
 
-use deadpool_postgres::{GenericClient, Transaction};
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -25,6 +27,28 @@ pub async fn insert<T: Serialize>(
     Ok(())
 }
 
+/// Queues the `roadmap.failed` event of a refused message, unless a job with that id exists: a
+/// refusal never announces an outcome for a job that is running or has ended (a malformed or
+/// conflicting duplicate must not give its consumers a second outcome). Returns whether it was
+/// queued.
+pub async fn insert_refusal<T: Serialize>(
+    client: &impl GenericClient,
+    event_id: Uuid,
+    job_id: Uuid,
+    routing_key: &str,
+    payload: &T,
+) -> Result<bool, StoreError> {
+    let n = client
+        .execute(
+            "INSERT INTO outbox (event_id, job_id, routing_key, payload)
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $2)
+             ON CONFLICT (event_id) DO NOTHING",
+            &[&event_id, &job_id, &routing_key, &serde_json::to_value(payload)?],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// An event waiting to be published.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -32,27 +56,44 @@ pub struct Pending {
     pub event_id: Uuid,
     pub routing_key: String,
     pub payload: serde_json::Value,
+    /// Publish attempts, this one included.
+    pub attempts: i32,
 }
 
-/// Locks up to `limit` unsent events, oldest first; other replicas' relays skip them. A
-/// completion event is stored without its roadmap (the roadmaps table holds it once) and gets it
-/// back here.
-pub async fn lock_unsent(tx: &Transaction<'_>, limit: i64) -> Result<Vec<Pending>, StoreError> {
-    let rows = tx
+/// Leases up to `limit` unsent events that are due, oldest first, for `lease`; other relays
+/// skip them until the lease passes. One statement, so no transaction stays open while the
+/// relay waits for the broker. A completion event is stored without its roadmap (the roadmaps
+/// table holds it once) and gets it back here.
+pub async fn lease_unsent(
+    client: &impl GenericClient,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Pending>, StoreError> {
+    let rows = client
         .query(
-            "SELECT o.id, o.event_id, o.routing_key, o.payload, r.roadmap
-             FROM outbox o
+            "WITH due AS (
+                SELECT id FROM outbox
+                WHERE sent_at IS NULL
+                  AND (relay_until IS NULL OR relay_until < now())
+                  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+             leased AS (
+                UPDATE outbox o SET relay_until = now() + make_interval(secs => $2), attempts = attempts + 1
+                FROM due WHERE o.id = due.id
+                RETURNING o.id, o.event_id, o.routing_key, o.payload, o.attempts)
+             SELECT l.id, l.event_id, l.routing_key, l.payload, l.attempts, r.roadmap
+             FROM leased l
              LEFT JOIN roadmaps r
-               ON o.routing_key = 'roadmap.completed' AND r.roadmap_id = (o.payload->>'roadmap_id')::uuid
-             WHERE o.sent_at IS NULL ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
-            &[&limit],
+               ON l.routing_key = 'roadmap.completed' AND r.roadmap_id = (l.payload->>'roadmap_id')::uuid
+             ORDER BY l.id",
+            &[&limit, &lease.as_secs_f64()],
         )
         .await?;
     Ok(rows
         .into_iter()
         .map(|r| {
             let mut payload: serde_json::Value = r.get(3);
-            let roadmap: Option<serde_json::Value> = r.get(4);
+            let roadmap: Option<serde_json::Value> = r.get(5);
             if let (Some(roadmap), Some(obj)) = (roadmap, payload.as_object_mut()) {
                 obj.insert("roadmap".into(), roadmap);
             }
@@ -61,28 +102,70 @@ pub async fn lock_unsent(tx: &Transaction<'_>, limit: i64) -> Result<Vec<Pending
                 event_id: r.get(1),
                 routing_key: r.get(2),
                 payload,
+                attempts: r.get(4),
             }
         })
         .collect())
 }
 
-pub async fn mark_sent(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
-    tx.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)", &[&ids])
+/// Marks events confirmed by the broker; `unrouted` ones reached no queue.
+pub async fn mark_sent(client: &impl GenericClient, ids: &[i64], unrouted: bool) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "UPDATE outbox SET sent_at = now(), relay_until = NULL, unrouted = $2 WHERE id = ANY($1)",
+            &[&ids, &unrouted],
+        )
         .await?;
     Ok(())
 }
 
-/// Deletes events confirmed more than `keep` ago, a bounded number per call so that a large
-/// backlog of old rows is trimmed in small transactions. Returns how many went.
-pub async fn prune_sent(client: &impl GenericClient, keep: std::time::Duration) -> Result<u64, StoreError> {
-    Ok(client
+/// Puts an event that no queue took back in line after `delay`.
+pub async fn defer(client: &impl GenericClient, id: i64, delay: Duration) -> Result<(), StoreError> {
+    client
         .execute(
-            "DELETE FROM outbox WHERE id IN (
-                SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1::float8)
-                ORDER BY id LIMIT 1000)",
-            &[&keep.as_secs_f64()],
+            "UPDATE outbox SET relay_until = NULL, next_attempt_at = now() + make_interval(secs => $2)
+             WHERE id = $1",
+            &[&id, &delay.as_secs_f64()],
         )
-        .await?)
+        .await?;
+    Ok(())
+}
+
+/// Gives leased events back at once (the broker session failed mid-batch).
+pub async fn unlease(client: &impl GenericClient, ids: &[i64]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "UPDATE outbox SET relay_until = NULL WHERE id = ANY($1) AND sent_at IS NULL",
+            &[&ids],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes events confirmed more than `keep` ago, in batches of `batch` rows (each its own
+/// statement, so no lock is held long), until none is left. Returns how many went.
+pub async fn prune_sent(client: &impl GenericClient, keep: Duration, batch: i64) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = client
+            .execute(
+                "DELETE FROM outbox WHERE id IN (
+                    SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1::float8)
+                    LIMIT $2)",
+                &[&keep.as_secs_f64(), &batch],
+            )
+            .await?;
+        total += deleted;
+        if deleted < batch as u64 {
+            return Ok(total);
+        }
+    }
 }
 
 /// Unsent events and the age in seconds of the oldest, for the backlog gauges.

@@ -1,11 +1,20 @@
 //! The intake loop of one broker session, and the handling of one delivery up to its outcome.
+//!
+//! # Pausing for a dependency
+//!
+//! When Postgres stays down past the store's retries, or the provider refuses our key or model,
+//! intake stops (`basic.cancel`): the queue keeps the jobs instead of every replica spinning
+//! them through failed claims. Deliveries already prefetched are handed back once, through the
+//! retry queue, and a probe every LLM_PROBE_INTERVAL_SECS resumes intake once the dependency
+//! answers again. `/readyz` and `roadmap_intake_paused{reason}` show why meanwhile.
 
-use std::{panic::AssertUnwindSafe, sync::Arc};
+use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::{
     Channel,
+    message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
     types::FieldTable,
 };
@@ -15,9 +24,16 @@ use uuid::Uuid;
 
 use super::{
     Context,
-    settle::{Outcome, settle},
+    settle::{self, Outcome, settle},
 };
-use crate::{domain::JobRequest, store};
+use crate::{
+    domain::JobRequest,
+    metrics::{Deferral, Dependency},
+    store,
+};
+
+/// How long to wait before trying an early ack again after it failed.
+const EARLY_ACK_RETRY: Duration = Duration::from_secs(30);
 
 /// Takes deliveries until shutdown (`Ok`) or until the broker session fails (`Err`). Jobs run
 /// as tasks in `tasks`, bounded by `slots`; they outlive a failed session and are drained by
@@ -28,7 +44,7 @@ pub(super) async fn consume(
     slots: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
-    let mut provider_ok = ctx.provider_ok.subscribe();
+    let mut paused = ctx.paused.subscribe();
     loop {
         let tag = format!("{}-{}", ctx.runner.owner(), Uuid::new_v4().simple());
         let mut consumer = channel
@@ -41,18 +57,18 @@ pub(super) async fn consume(
             .await
             .context("starting the consumer")?;
         info!(queue = %ctx.topology.queue, "consuming");
-        // Take deliveries until shutdown (Ok) or a provider fault (Err).
+        // Take deliveries until shutdown (Ok) or a dependency fault (Err).
         let stopped: Result<(), ()> = loop {
             while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 () = ctx.shutdown.cancelled() => break Ok(()),
-                _ = provider_ok.wait_for(|ok| !*ok) => break Err(()),
+                _ = paused.wait_for(|p| p.any()) => break Err(()),
             };
             let delivery = tokio::select! {
                 next = consumer.next() => next,
                 () = ctx.shutdown.cancelled() => break Ok(()),
-                _ = provider_ok.wait_for(|ok| !*ok) => break Err(()),
+                _ = paused.wait_for(|p| p.any()) => break Err(()),
             };
             let delivery = match delivery {
                 Some(Ok(delivery)) => delivery,
@@ -68,15 +84,20 @@ pub(super) async fn consume(
                 metrics
                     .worker_slots_free
                     .set(ctx.concurrency as i64 - metrics.jobs_in_flight.get());
-                // A panic must not strand the delivery unacked on the channel: it goes back to
-                // the queue, and repeated panics end as a poison job (the lease is not released).
+                // A panic must not strand the delivery unacked on the channel: the job is
+                // given up as abandoned (repeated panics end as a poison job) and its message
+                // goes back to the queue.
                 let acker = delivery.acker.clone();
+                let body = delivery.data.clone();
                 if AssertUnwindSafe(handle(&ctx, delivery))
                     .catch_unwind()
                     .await
                     .is_err()
                 {
                     error!("job task panicked; its message goes back to the queue");
+                    if let Ok(job) = JobRequest::decode(&body, Some("application/json")) {
+                        ctx.runner.abandon(job.job_id).await;
+                    }
                     let requeue = BasicNackOptions {
                         requeue: true,
                         ..Default::default()
@@ -91,65 +112,93 @@ pub(super) async fn consume(
             });
         };
         // Stop intake in both cases, so nothing new arrives while we drain or wait. Deliveries
-        // the broker had already pushed to this consumer go back to the queue at once.
+        // the broker had already pushed to this consumer go back without spending a delivery:
+        // at once on shutdown, through the retry queue while a dependency is down.
         let _ = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await;
+        let reason = if stopped.is_ok() {
+            Deferral::Shutdown
+        } else if paused.borrow().database {
+            Deferral::Database
+        } else {
+            Deferral::Provider
+        };
         while let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(std::time::Duration::from_millis(50), consumer.next()).await
+            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
         {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            let _ = delivery.nack(requeue).await;
+            let _ = settle::hand_back(ctx, &delivery, reason, false).await;
         }
         if stopped.is_ok() {
             return Ok(());
         }
-        // The provider refuses our key or model: jobs stay queued rather than be filled with
-        // templates, until a probe shows that an operator fixed it.
-        warn!(
-            probe_secs = ctx.probe_interval.as_secs(),
-            "LLM provider refuses requests; intake paused"
-        );
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(ctx.probe_interval) => {}
-                () = ctx.shutdown.cancelled() => return Ok(()),
-            }
-            match ctx.runner.probe_provider().await {
-                Ok(()) => break,
-                Err(e) => warn!(error = %e, "LLM provider still refuses requests"),
-            }
+        if !wait_for_dependencies(ctx).await {
+            return Ok(());
         }
-        ctx.metrics.provider_ready.set(1);
-        ctx.provider_ok.send_replace(true);
-        info!("LLM provider accepts requests again; resuming intake");
+        info!("dependencies answer again; resuming intake");
     }
 }
 
-async fn handle(ctx: &Context, delivery: lapin::message::Delivery) {
-    let content_type = delivery
-        .properties
-        .content_type()
-        .as_ref()
-        .map(|s| s.as_str().to_owned());
+/// Probes the paused dependencies every probe interval until all answer (`true`) or shutdown
+/// (`false`).
+async fn wait_for_dependencies(ctx: &Context) -> bool {
+    let down = *ctx.paused.borrow();
+    warn!(
+        database = down.database,
+        provider = down.provider,
+        probe_secs = ctx.probe_interval.as_secs(),
+        "a dependency is down; intake paused"
+    );
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ctx.probe_interval) => {}
+            () = ctx.shutdown.cancelled() => return false,
+        }
+        let down = *ctx.paused.borrow();
+        if down.database {
+            match store::ping(ctx.runner.pool()).await {
+                Ok(()) => ctx.set_paused(Dependency::Database, false),
+                Err(e) => warn!(error = %e, "database still unavailable"),
+            }
+        }
+        if down.provider {
+            match ctx.runner.probe_provider().await {
+                Ok(()) => ctx.set_paused(Dependency::Provider, false),
+                Err(e) => warn!(error = %e, "LLM provider still refuses requests"),
+            }
+        }
+        if !ctx.paused.borrow().any() {
+            return true;
+        }
+    }
+}
+
+async fn handle(ctx: &Context, delivery: Delivery) {
+    let props = &delivery.properties;
+    let content_type = props.content_type().as_ref().map(|s| s.as_str().to_owned());
     let job = match JobRequest::decode(&delivery.data, content_type.as_deref()) {
         Ok(job) => job,
-        Err(rejection) => return settle(ctx, delivery, Outcome::Rejected(rejection), false).await,
+        Err(rejection) => {
+            let rejection = rejection.or_job_id_from(
+                props.message_id().as_ref().map(|s| s.as_str()),
+                props.correlation_id().as_ref().map(|s| s.as_str()),
+            );
+            return settle(ctx, delivery, Outcome::Rejected(rejection), false).await;
+        }
     };
     let span = info_span!("job", job_id = %job.job_id, weeks = job.duration_weeks);
-    let run = ctx.runner.run(&job, &ctx.shutdown).instrument(span.clone());
+    let run = ctx
+        .runner
+        .run(&job, &ctx.shutdown, &ctx.abort)
+        .instrument(span.clone());
     tokio::pin!(run);
     let deadline = tokio::time::sleep(ctx.ack_deadline);
     tokio::pin!(deadline);
-    let (mut deadline_passed, mut acked_early) = (false, false);
+    let mut acked_early = false;
     let end = loop {
         tokio::select! {
             end = &mut run => break end,
-            () = &mut deadline, if !deadline_passed => {
-                deadline_passed = true;
+            () = &mut deadline, if !acked_early => {
                 // Postgres first: once the row says "acked", the sweeper covers the job if this
                 // replica dies. Then the broker can no longer time the delivery out.
                 if store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id).await.is_ok()
@@ -157,10 +206,17 @@ async fn handle(ctx: &Context, delivery: lapin::message::Delivery) {
                 {
                     acked_early = true;
                     span.in_scope(|| info!("job outlives the ack deadline; delivery acked, Postgres tracks it"));
+                } else {
+                    // Not one shot: the broker's consumer timeout would close the channel.
+                    deadline.as_mut().reset(tokio::time::Instant::now() + EARLY_ACK_RETRY);
+                    span.in_scope(|| warn!("could not ack the delivery early; trying again"));
                 }
             }
         }
     };
+    if matches!(end, Ok(crate::pipeline::job::JobEnd::Duplicate)) {
+        ctx.metrics.duplicate_deliveries.inc();
+    }
     let outcome = Outcome::of(&job, end);
     settle(ctx, delivery, outcome, acked_early).instrument(span).await;
 }

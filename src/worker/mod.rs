@@ -32,7 +32,7 @@ use crate::{
     config::WorkerSettings,
     http::{self, Health},
     llm::Provider,
-    metrics::Metrics,
+    metrics::{Deferral, Dependency, Metrics},
     pipeline::{
         batch::{Generator, LadderSettings},
         job::JobRunner,
@@ -51,21 +51,67 @@ pub struct Running {
 /// What every job task shares.
 struct Context {
     runner: JobRunner,
-    /// False from a provider configuration fault until a probe passes.
-    provider_ok: watch::Sender<bool>,
+    /// Dependencies found down (Postgres past its retries, the provider refusing our key or
+    /// model); intake stays paused while any is, until a probe passes.
+    paused: watch::Sender<Paused>,
     probe_interval: Duration,
+    /// How long a job handed back during a database outage waits in the retry queue.
+    retry_delay: Duration,
     ack_deadline: Duration,
     concurrency: u16,
     /// The current broker session's publisher; `None` between sessions.
     publisher: watch::Receiver<Option<Publisher>>,
     topology: Topology,
     metrics: Metrics,
+    /// Stops intake, and jobs between batches.
     shutdown: CancellationToken,
+    /// The drain's grace is over: jobs stop the batch in flight too, and hand back.
+    abort: CancellationToken,
+}
+
+/// The dependencies that intake waits for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Paused {
+    database: bool,
+    provider: bool,
+}
+
+impl Paused {
+    fn any(self) -> bool {
+        self.database || self.provider
+    }
 }
 
 impl Context {
     fn publisher(&self) -> Option<Publisher> {
         self.publisher.borrow().clone()
+    }
+
+    /// Pauses intake until `dependency` passes a probe.
+    fn pause(&self, dependency: Dependency) {
+        self.set_paused(dependency, true);
+    }
+
+    fn set_paused(&self, dependency: Dependency, down: bool) {
+        self.paused.send_modify(|p| match dependency {
+            Dependency::Database => p.database = down,
+            Dependency::Provider => p.provider = down,
+        });
+        self.metrics
+            .intake_paused
+            .with_label_values(&[dependency.as_str()])
+            .set(i64::from(down));
+        if dependency == Dependency::Provider {
+            self.metrics.provider_ready.set(i64::from(!down));
+        }
+    }
+
+    fn hand_back_delay(&self, reason: Deferral) -> Duration {
+        match reason {
+            Deferral::Shutdown => Duration::ZERO,
+            Deferral::Provider => self.probe_interval,
+            Deferral::Database => self.retry_delay,
+        }
     }
 }
 
@@ -126,14 +172,16 @@ pub async fn run(
     ));
     let ctx = Arc::new(Context {
         runner,
-        provider_ok: watch::Sender::new(true),
+        paused: watch::Sender::new(Paused::default()),
         probe_interval: settings.llm.probe_interval(),
+        retry_delay: settings.retry_delay(),
         ack_deadline: settings.ack_deadline(),
         concurrency: settings.worker_concurrency,
         publisher: publisher_rx,
         topology,
         metrics: metrics.clone(),
         shutdown,
+        abort: CancellationToken::new(),
     });
     let links = SessionLinks {
         connection: connection_tx,
@@ -147,7 +195,7 @@ pub async fn run(
     };
     let mut tasks = JoinSet::new();
     let last_session = sessions(&settings, &ctx, links, &mut tasks).await?;
-    drain(&mut tasks, settings.shutdown_grace()).await;
+    drain(&ctx, &mut tasks, settings.shutdown_grace()).await;
     // The relay's last pass needs the broker, so it stops before the connection closes.
     stop_background.cancel();
     let _ = relay.await;
@@ -279,9 +327,14 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// How long jobs get, after the grace period, to stop their batch in flight and hand back.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+
 /// Waits for in-flight jobs; they stop between batches once shutdown is signalled and hand
-/// their jobs back. After the grace period the rest is abandoned to redelivery.
-async fn drain(tasks: &mut JoinSet<()>, grace: Duration) {
+/// their jobs back. After the grace period they stop the batch in flight too (a batch can take
+/// longer than any grace), release their leases and hand back; what is still left after that
+/// is aborted, its leases released here, its deliveries returned when the channel closes.
+async fn drain(ctx: &Context, tasks: &mut JoinSet<()>, grace: Duration) {
     while tasks.try_join_next().is_some() {}
     if tasks.is_empty() {
         return;
@@ -291,15 +344,29 @@ async fn drain(tasks: &mut JoinSet<()>, grace: Duration) {
         grace_secs = grace.as_secs(),
         "draining in-flight jobs"
     );
-    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        // Unsettled deliveries return to the queue when the channel closes; checkpoints stay.
-        warn!(
-            left = tasks.len(),
-            "grace period over; abandoning the rest to redelivery"
-        );
-        tasks.abort_all();
+    if join_within(tasks, grace).await {
+        return;
     }
+    warn!(
+        left = tasks.len(),
+        "grace period over; stopping the batches in flight"
+    );
+    ctx.abort.cancel();
+    if !join_within(tasks, ABORT_GRACE).await {
+        warn!(left = tasks.len(), "jobs did not stop; aborting them");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    let release = ctx.runner.release_held();
+    if tokio::time::timeout(ABORT_GRACE, release).await.is_err() {
+        warn!("could not release every lease in time; they will expire");
+    }
+}
+
+/// Whether every task ended within `within`.
+async fn join_within(tasks: &mut JoinSet<()>, within: Duration) -> bool {
+    let all = async { while tasks.join_next().await.is_some() {} };
+    tokio::time::timeout(within, all).await.is_ok()
 }
 
 /// A replica id that is unique per process and readable in logs: host name plus a random suffix.

@@ -1,23 +1,36 @@
-//! Settling deliveries: the one place where an outcome becomes ack, requeue or dead-letter.
+//! Settling deliveries: the one place where an outcome becomes ack, hand-back or dead-letter.
+//!
+//! # Hand-backs spend no delivery
+//!
+//! A quorum queue counts every `nack(requeue)` against its `x-delivery-limit`, so a fleet that
+//! restarts or waits out an outage with requeues would dead-letter healthy jobs. A job handed
+//! back is instead re-published (straight to the work queue on shutdown; through the retry
+//! queue, whose per-message TTL expires it back, while a dependency is down) and then acked. A
+//! requeue is left only as the last resort when no broker session can take the copy.
 
 use std::time::Duration;
 
 use lapin::{
+    BasicProperties,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
-    types::{AMQPValue, LongString},
+    types::{AMQPValue, LongString, ShortString},
 };
 use tracing::{error, warn};
 use uuid::Uuid;
 
 use super::Context;
 use crate::{
-    amqp::{PublishError, topology::JOB_ROUTING_KEY},
+    amqp::{
+        PublishError,
+        topology::{JOB_ROUTING_KEY, REJECTED_ROUTING_KEY},
+    },
     domain::{
         JobRequest, RejectReason, Rejection,
         event::{self, JobFailure},
     },
     llm::LlmError,
+    metrics::{Deferral, Dependency},
     pipeline::job::JobEnd,
     store::{self, StoreError, with_retries},
 };
@@ -31,7 +44,7 @@ pub(super) enum Outcome {
     Rejected(Rejection),
     /// The job killed its workers too often; already failed in the store, event queued.
     Poison { abandoned: i32 },
-    /// Shutdown before the job finished: back to the queue, checkpoints kept.
+    /// Shutdown before the job finished: back to work, checkpoints kept.
     HandedBack,
     /// The provider refuses all requests: back to the queue, untouched by templates.
     ProviderFault(LlmError),
@@ -42,13 +55,17 @@ pub(super) enum Outcome {
 impl Outcome {
     /// What a job run's end means for its delivery.
     pub(super) fn of(job: &JobRequest, end: Result<JobEnd, StoreError>) -> Self {
-        match end {
-            Ok(JobEnd::Completed | JobEnd::AlreadyFailed | JobEnd::Fenced) => Self::Done,
-            Ok(JobEnd::OtherUser) => Self::Rejected(Rejection {
-                reason: RejectReason::JobOwnedByAnotherUser,
+        let refused = |reason| {
+            Self::Rejected(Rejection {
+                reason,
                 job_id: Some(job.job_id),
                 user_id: Some(job.user_id.clone()),
-            }),
+            })
+        };
+        match end {
+            Ok(JobEnd::Completed | JobEnd::AlreadyFailed | JobEnd::Fenced | JobEnd::Duplicate) => Self::Done,
+            Ok(JobEnd::OtherUser) => refused(RejectReason::JobOwnedByAnotherUser),
+            Ok(JobEnd::Conflict) => refused(RejectReason::JobConflict),
             Ok(JobEnd::Poison { abandoned }) => Self::Poison { abandoned },
             Ok(JobEnd::HandedBack) => Self::HandedBack,
             Ok(JobEnd::ProviderFault(e)) => Self::ProviderFault(e),
@@ -61,8 +78,13 @@ impl Outcome {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Disposition {
     Ack,
-    Requeue { pause: Duration },
-    DeadLetter { reason: &'static str },
+    /// Re-published (after the wait for `reason`, through the retry queue) and acked.
+    HandBack {
+        reason: Deferral,
+    },
+    DeadLetter {
+        reason: &'static str,
+    },
 }
 
 /// The single mapping from outcome to broker action.
@@ -75,22 +97,22 @@ pub(super) fn disposition(outcome: &Outcome) -> Disposition {
         Outcome::Poison { .. } => Disposition::DeadLetter {
             reason: JobFailure::PoisonJob.as_str(),
         },
-        Outcome::HandedBack => Disposition::Requeue {
-            pause: Duration::ZERO,
+        Outcome::HandedBack => Disposition::HandBack {
+            reason: Deferral::Shutdown,
         },
-        // Intake pauses on a provider fault, so the job waits in the queue, not in a loop here.
-        Outcome::ProviderFault(_) => Disposition::Requeue {
-            pause: Duration::ZERO,
+        // Intake pauses on a provider fault; the job waits out a probe interval.
+        Outcome::ProviderFault(_) => Disposition::HandBack {
+            reason: Deferral::Provider,
         },
-        // Pause so that a database outage does not spin the message through the queue.
-        Outcome::StoreDown(_) => Disposition::Requeue {
-            pause: Duration::from_secs(5),
+        // Intake pauses too; waiting in the retry queue keeps the message from spinning.
+        Outcome::StoreDown(_) => Disposition::HandBack {
+            reason: Deferral::Database,
         },
     }
 }
 
 /// Settles `delivery`. `acked_early` says the delivery was already acked (a long job), in which
-/// case a requeue becomes a re-publish and a dead letter needs no ack.
+/// case a hand-back is only the re-publish and a dead letter only the copy.
 pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, acked_early: bool) {
     let disposition = disposition(&outcome);
     match &outcome {
@@ -103,34 +125,19 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
         }
         Outcome::Poison { abandoned } => error!(abandoned, "poison job dead-lettered"),
         Outcome::ProviderFault(e) => {
-            error!(error = %e, "LLM provider refuses requests; job returned to the queue");
-            ctx.metrics.provider_ready.set(0);
-            ctx.provider_ok.send_replace(false);
+            error!(error = %e, "LLM provider refuses requests; job handed back");
+            ctx.pause(Dependency::Provider);
         }
-        Outcome::StoreDown(e) => error!(error = %e, "database unavailable; job returned to the queue"),
+        Outcome::StoreDown(e) => {
+            error!(error = %e, "database unavailable; job handed back");
+            ctx.pause(Dependency::Database);
+        }
         Outcome::Done | Outcome::HandedBack => {}
     }
     let settled = match disposition {
         Disposition::Ack if acked_early => Ok(()),
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
-        Disposition::Requeue { pause } => {
-            if !pause.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = ctx.shutdown.cancelled() => {}
-                }
-            }
-            if acked_early {
-                republish(ctx, &delivery).await;
-                Ok(())
-            } else {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                delivery.nack(requeue).await.map(drop)
-            }
-        }
+        Disposition::HandBack { reason } => hand_back(ctx, &delivery, reason, acked_early).await,
         Disposition::DeadLetter { reason } => {
             let message = match &outcome {
                 Outcome::Rejected(rejection) => {
@@ -148,7 +155,66 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
     }
 }
 
-/// Queues `roadmap.failed` for a refused message whose job_id is readable. The event id is
+/// Re-publishes the message (delayed for a dependency outage), then acks the delivery.
+pub(super) async fn hand_back(
+    ctx: &Context,
+    delivery: &Delivery,
+    reason: Deferral,
+    acked_early: bool,
+) -> lapin::Result<()> {
+    let delay = ctx.hand_back_delay(reason);
+    match republish(ctx, delivery, delay).await {
+        Ok(()) => {
+            ctx.metrics
+                .deliveries_deferred
+                .with_label_values(&[reason.as_str()])
+                .inc();
+            if acked_early {
+                Ok(())
+            } else {
+                delivery.ack(BasicAckOptions::default()).await.map(drop)
+            }
+        }
+        // The job's row still says running: the sweeper re-publishes it.
+        Err(e) if acked_early => {
+            warn!(error = %e, "could not re-publish a handed-back job; the sweeper will");
+            Ok(())
+        }
+        Err(e) => {
+            warn!(error = %e, "could not re-publish a handed-back job; requeueing it instead");
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            delivery.nack(requeue).await.map(drop)
+        }
+    }
+}
+
+/// Puts the message back to work: at once on the jobs exchange, or after `delay` through the
+/// retry queue (by the default exchange), with its original properties.
+async fn republish(ctx: &Context, delivery: &Delivery, delay: Duration) -> Result<(), PublishError> {
+    let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
+    let props = delivery.properties.clone();
+    if delay.is_zero() {
+        return publisher
+            .publish(
+                &ctx.topology.jobs_exchange,
+                JOB_ROUTING_KEY,
+                &delivery.data,
+                props,
+                true,
+            )
+            .await;
+    }
+    let props: BasicProperties = props.with_expiration(ShortString::from(delay.as_millis().to_string()));
+    publisher
+        .publish("", &ctx.topology.retry_queue, &delivery.data, props, true)
+        .await
+}
+
+/// Queues `roadmap.failed` for a refused message whose job_id is readable, unless a job with
+/// that id exists (a refusal never announces a second outcome for a job). The event id is
 /// stable per job, reason and sender, so a redelivered refusal is not announced twice.
 async fn queue_failed_event(ctx: &Context, rejection: &Rejection) {
     let Some(job_id) = rejection.job_id else {
@@ -166,18 +232,20 @@ async fn queue_failed_event(ctx: &Context, rejection: &Rejection) {
     let pool = ctx.runner.pool();
     let queued = with_retries(|| async {
         let client = pool.get().await?;
-        store::outbox::insert(&client, failed.event_id, Some(job_id), event::FAILED, &failed).await
+        store::outbox::insert_refusal(&client, failed.event_id, job_id, event::FAILED, &failed).await
     })
     .await;
     match queued {
-        Ok(()) => ctx.metrics.jobs_failed.with_label_values(&[code]).inc(),
+        Ok(true) => ctx.metrics.jobs_failed.with_label_values(&[code]).inc(),
+        Ok(false) => {}
         Err(e) => warn!(error = %e, "could not queue the failed event"),
     }
 }
 
 /// Copies the message to the dead-letter exchange with the reason in its headers, then acks it.
-/// If the copy fails, the broker's own dead-lettering takes the message: nothing is lost.
-async fn dead_letter(
+/// If the copy fails, the broker's own dead-lettering takes the message to the recovery queue:
+/// nothing is lost.
+pub(super) async fn dead_letter(
     ctx: &Context,
     delivery: &Delivery,
     code: &str,
@@ -199,7 +267,7 @@ async fn dead_letter(
             publisher
                 .publish(
                     &ctx.topology.dead_letter_exchange,
-                    JOB_ROUTING_KEY,
+                    REJECTED_ROUTING_KEY,
                     &delivery.data,
                     props,
                     true,
@@ -212,7 +280,12 @@ async fn dead_letter(
     match (copied, acked_early) {
         (Ok(()), true) => Ok(()),
         (Ok(()), false) => delivery.ack(BasicAckOptions::default()).await.map(drop),
-        (Err(e), _) => {
+        // Already settled: a second settlement would close the channel under the other jobs.
+        (Err(e), true) => {
+            warn!(error = %e, "could not copy an acked message to the dead-letter exchange");
+            Ok(())
+        }
+        (Err(e), false) => {
             warn!(error = %e, "could not copy to the dead-letter exchange; rejecting to the broker's");
             let reject = BasicNackOptions {
                 requeue: false,
@@ -220,27 +293,6 @@ async fn dead_letter(
             };
             delivery.nack(reject).await.map(drop)
         }
-    }
-}
-
-/// Puts an already-acked job message back on the queue (a long job handed back).
-async fn republish(ctx: &Context, delivery: &Delivery) {
-    let published = match ctx.publisher() {
-        Some(p) => {
-            p.publish(
-                &ctx.topology.jobs_exchange,
-                JOB_ROUTING_KEY,
-                &delivery.data,
-                delivery.properties.clone(),
-                true,
-            )
-            .await
-        }
-        None => Err(PublishError::NotConnected),
-    };
-    if let Err(e) = published {
-        // The job's row still says running with no owner; the sweeper re-publishes it.
-        warn!(error = %e, "could not re-publish a handed-back job; the sweeper will");
     }
 }
 
@@ -253,8 +305,8 @@ mod tests {
         assert_eq!(disposition(&Outcome::Done), Disposition::Ack);
         assert_eq!(
             disposition(&Outcome::HandedBack),
-            Disposition::Requeue {
-                pause: Duration::ZERO
+            Disposition::HandBack {
+                reason: Deferral::Shutdown
             }
         );
         let rejection = Rejection {
@@ -276,7 +328,7 @@ mod tests {
         };
         assert!(matches!(
             disposition(&Outcome::ProviderFault(fault)),
-            Disposition::Requeue { .. }
+            Disposition::HandBack { .. }
         ));
     }
 }

@@ -13,6 +13,8 @@ const PER_SWEEP: i64 = 50;
 
 /// Sweeps every `interval` until the background tasks stop.
 pub(super) async fn run(bg: Background, lease: Duration, interval: Duration) {
+    // A re-published copy that has not been claimed by then is taken as lost and sent again.
+    let restamp_after = lease.max(interval * 30);
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -21,7 +23,7 @@ pub(super) async fn run(bg: Background, lease: Duration, interval: Duration) {
         let Some(publisher) = bg.publisher.borrow().clone() else {
             continue;
         };
-        let stranded = match store::jobs::sweep(&bg.pool, lease, PER_SWEEP).await {
+        let stranded = match store::jobs::sweep(&bg.pool, lease, restamp_after, PER_SWEEP).await {
             Ok(stranded) => stranded,
             Err(e) => {
                 warn!(error = %e, "sweep failed");

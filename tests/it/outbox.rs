@@ -31,7 +31,7 @@ async fn confirmed_events_are_trimmed_and_unsent_ones_kept() {
     .unwrap();
     let pool = env.pool("test").await;
     let client = pool.get().await.unwrap();
-    let pruned = store::outbox::prune_sent(&client, Duration::from_secs(7 * 24 * 3600))
+    let pruned = store::outbox::prune_sent(&client, Duration::from_secs(7 * 24 * 3600), 1000)
         .await
         .unwrap();
     assert_eq!(pruned, 1, "the month-old confirmed progress event");

@@ -286,8 +286,8 @@ async fn remove(name: &str, topology: &Topology) {
     if let Ok(connection) = amqp::connect(&amqp_settings(name), name).await
         && let Ok(channel) = connection.create_channel().await
     {
-        for q in [&topology.queue, &topology.dead_letter_queue] {
-            let _ = channel.queue_delete(q.as_str().into(), Default::default()).await;
+        for q in topology.queues() {
+            let _ = channel.queue_delete(q.into(), Default::default()).await;
         }
         for x in [
             &topology.jobs_exchange,
