@@ -356,6 +356,16 @@ pub struct WorkerSettings {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub retry_delay_secs: u64,
+    /// Times a message that the broker dead-lettered for its delivery limit is returned to work
+    /// before its job is failed with reason delivery_limit.
+    #[arg(
+        long,
+        env = "RECOVER_LIMIT",
+        value_name = "RECOVER_LIMIT",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(0..=100)
+    )]
+    pub recover_limit: u32,
     /// A job taken over from a replica that died while working it this many times is failed as
     /// poison.
     #[arg(

@@ -14,16 +14,20 @@ pub const PROGRESS: &str = "roadmap.progress";
 /// codes of [`RejectReason`](super::RejectReason)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobFailure {
-    /// The job was abandoned by too many workers (they crashed or lost its lease).
+    /// The job was abandoned by too many workers (they died while working it).
     PoisonJob,
+    /// The broker dead-lettered the job's message for its delivery limit more often than the
+    /// worker returns such messages to work.
+    DeliveryLimit,
 }
 
 impl JobFailure {
-    pub const ALL: [Self; 1] = [Self::PoisonJob];
+    pub const ALL: [Self; 2] = [Self::PoisonJob, Self::DeliveryLimit];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PoisonJob => "poison_job",
+            Self::DeliveryLimit => "delivery_limit",
         }
     }
 }

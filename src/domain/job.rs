@@ -68,10 +68,23 @@ impl JobRequest {
         if body.len() > MAX_BODY_BYTES {
             return Err(bare(RejectReason::BodyTooLarge(body.len())));
         }
+        let readable = || {
+            let text = std::str::from_utf8(body).ok()?;
+            (nesting_depth(text) <= MAX_DEPTH).then(|| serde_json::from_str::<Value>(text).ok())?
+        };
         if let Some(ct) = content_type {
             let essence = ct.split(';').next().unwrap_or("").trim();
             if !essence.eq_ignore_ascii_case("application/json") {
-                return Err(bare(RejectReason::WrongContentType(truncate(ct, 64))));
+                // Refused for its label, but a readable JSON body still says whose job it is.
+                let (job_id, user_id) = match readable() {
+                    Some(Value::Object(obj)) => identity(&obj),
+                    _ => (None, None),
+                };
+                return Err(Rejection {
+                    reason: RejectReason::WrongContentType(truncate(ct, 64)),
+                    job_id,
+                    user_id,
+                });
             }
         }
         let text = std::str::from_utf8(body).map_err(|_| bare(RejectReason::InvalidUtf8))?;
@@ -83,17 +96,7 @@ impl JobRequest {
         let Value::Object(obj) = value else {
             return Err(bare(RejectReason::NotObject));
         };
-        let job_id = obj
-            .get("job_id")
-            .and_then(Value::as_str)
-            .and_then(|s| Uuid::parse_str(s).ok());
-        // The sender's identity for the failed event: only a user_id that passes the same checks
-        // as an accepted one (trimmed, 1..=128 characters, no control characters), so the event
-        // names the user exactly as an accepted job would.
-        let user_id = obj
-            .get("user_id")
-            .and_then(Value::as_str)
-            .and_then(|s| checked_string(s, "user_id", 128).ok());
+        let (job_id, user_id) = identity(&obj);
         Self::from_object(&obj).map_err(|reason| Rejection {
             reason,
             job_id,
@@ -193,6 +196,22 @@ impl JobRequest {
     pub fn to_message(&self) -> Value {
         serde_json::to_value(self).expect("a JobRequest always serialises")
     }
+}
+
+/// The sender's identity for the failed event of a refused message: the job_id if it is a UUID,
+/// and only a user_id that passes the same checks as an accepted one (trimmed, 1..=128
+/// characters, no control characters), so the event names the user exactly as an accepted job
+/// would.
+fn identity(obj: &Map<String, Value>) -> (Option<Uuid>, Option<String>) {
+    let job_id = obj
+        .get("job_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok());
+    let user_id = obj
+        .get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|s| checked_string(s, "user_id", 128).ok());
+    (job_id, user_id)
 }
 
 /// An absent field and an explicit `null` both mean "use the default".

@@ -101,6 +101,11 @@ impl JobRunner {
         self.lease
     }
 
+    /// Weeks per batch of the plans this runner makes.
+    pub fn batch_weeks(&self) -> u32 {
+        self.batch_weeks
+    }
+
     fn metrics(&self) -> &Metrics {
         &self.generator.metrics
     }

@@ -216,6 +216,49 @@ pub async fn fail(
     Ok(())
 }
 
+/// Fails a job that no live replica is working, whether or not it was ever claimed, and queues
+/// its `roadmap.failed` event, in one transaction (a message the broker gave up on). Returns
+/// `false`, changing nothing, when the job has ended, belongs to another user, or a live
+/// replica holds its lease.
+pub async fn fail_unowned(
+    pool: &Pool,
+    job: &JobRequest,
+    plan: &Plan,
+    reason: &str,
+    event: &Failed,
+) -> Result<bool, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, status, failure_reason,
+                               completed_at)
+             VALUES ($1, $2, $3, $4, $5, 'failed', $6, now())
+             ON CONFLICT (job_id) DO UPDATE
+               SET status = 'failed', failure_reason = $6, owner = NULL, lease_until = NULL,
+                   completed_at = now(), updated_at = now()
+             WHERE jobs.status = 'running' AND jobs.user_id = $2
+               AND NOT (jobs.lease_until > now() AND EXISTS (
+                   SELECT 1 FROM pg_stat_activity WHERE application_name = $7 || jobs.owner))",
+            &[
+                &job.job_id,
+                &job.user_id,
+                &serde_json::to_value(job)?,
+                &serde_json::to_value(plan)?,
+                &(plan.batches.len() as i32),
+                &reason,
+                &APP_PREFIX,
+            ],
+        )
+        .await?;
+    if n != 1 {
+        return Ok(false);
+    }
+    super::outbox::insert(&tx, event.event_id, Some(job.job_id), FAILED, event).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Records that the job's delivery was acked before the job ended (see the sweeper).
 pub async fn mark_delivery_acked(pool: &Pool, job_id: Uuid) -> Result<(), StoreError> {
     let client = pool.get().await?;

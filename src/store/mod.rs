@@ -10,7 +10,7 @@ use std::{future::Future, str::FromStr, time::Duration};
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::{Config, NoTls, error::SqlState};
 use tracing::{info, warn};
 
 use crate::config::DbSettings;
@@ -123,8 +123,14 @@ pub async fn ensure_database(config: &Config) -> anyhow::Result<()> {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         match client.batch_execute(&sql).await {
             Ok(()) => info!(database = %name, "created database"),
-            // Another replica created it between our check and our CREATE.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            // Another replica created it between our check and our CREATE: Postgres says so
+            // with duplicate_database, or, when both CREATEs race, with a unique violation on
+            // its catalog.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(&SqlState::DUPLICATE_DATABASE | &SqlState::UNIQUE_VIOLATION)
+                ) => {}
             Err(e) => return Err(e).context("creating the database"),
         }
     }

@@ -9,6 +9,7 @@
 //! released), the relay sends what is pending, and the broker connection closes.
 
 mod consume;
+mod recover;
 mod relay;
 mod settle;
 mod sweeper;
@@ -57,6 +58,8 @@ struct Context {
     probe_interval: Duration,
     /// How long a job handed back during a database outage waits in the retry queue.
     retry_delay: Duration,
+    /// Times a message the broker dead-lettered is returned to work before its job fails.
+    recover_limit: u32,
     ack_deadline: Duration,
     concurrency: u16,
     /// The current broker session's publisher; `None` between sessions.
@@ -175,6 +178,7 @@ pub async fn run(
         paused: watch::Sender::new(Paused::default()),
         probe_interval: settings.llm.probe_interval(),
         retry_delay: settings.retry_delay(),
+        recover_limit: settings.recover_limit,
         ack_deadline: settings.ack_deadline(),
         concurrency: settings.worker_concurrency,
         publisher: publisher_rx,
@@ -254,7 +258,7 @@ async fn sessions(
             s = open_session(settings, &ctx.topology, &links.running.owner, ctx.concurrency) => s,
             () = ctx.shutdown.cancelled() => return Ok(None),
         };
-        let (connection, publisher, channel) = match session {
+        let (connection, publisher, channel, recover_channel) = match session {
             Ok(s) => s,
             // A broker that is unreachable at start is a configuration problem: say so.
             Err(e) if sessions == 0 => return Err(e),
@@ -279,6 +283,8 @@ async fn sessions(
         backoff = reconnect_backoff();
         links.connection.send_replace(Some(connection.clone()));
         links.publisher.send_replace(Some(publisher));
+        // It ends with the session's channel; the next session starts another.
+        tokio::spawn(recover::run(recover_channel, ctx.clone()));
         if let Some(tx) = links.started.take() {
             let _ = tx.send(links.running.clone());
         }
@@ -294,13 +300,14 @@ async fn sessions(
     }
 }
 
-/// Connects, declares the topology, and opens the publisher and the consumer channel.
+/// Connects, declares the topology, and opens the publisher, the consumer channel and the
+/// recovery consumer's channel.
 async fn open_session(
     settings: &WorkerSettings,
     topology: &Topology,
     owner: &str,
     concurrency: u16,
-) -> anyhow::Result<(Arc<Connection>, Publisher, Channel)> {
+) -> anyhow::Result<(Arc<Connection>, Publisher, Channel, Channel)> {
     let connection = Arc::new(amqp::connect(&settings.amqp, owner).await?);
     let setup = connection.create_channel().await.context("opening a channel")?;
     topology
@@ -315,7 +322,11 @@ async fn open_session(
         .context("opening the consumer channel")?;
     // Two bounds: the broker sends no more than we can work; the semaphore enforces it.
     channel.basic_qos(concurrency, BasicQosOptions::default()).await?;
-    Ok((connection, publisher, channel))
+    let recover = connection
+        .create_channel()
+        .await
+        .context("opening the recovery channel")?;
+    Ok((connection, publisher, channel, recover))
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {

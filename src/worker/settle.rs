@@ -216,7 +216,7 @@ async fn republish(ctx: &Context, delivery: &Delivery, delay: Duration) -> Resul
 /// Queues `roadmap.failed` for a refused message whose job_id is readable, unless a job with
 /// that id exists (a refusal never announces a second outcome for a job). The event id is
 /// stable per job, reason and sender, so a redelivered refusal is not announced twice.
-async fn queue_failed_event(ctx: &Context, rejection: &Rejection) {
+pub(super) async fn queue_failed_event(ctx: &Context, rejection: &Rejection) {
     let Some(job_id) = rejection.job_id else {
         return;
     };

@@ -6,9 +6,11 @@
 
 mod common;
 
+mod accounting;
 mod bad_input;
 mod contracts;
 mod decoder_props;
+mod duplicates;
 mod e2e;
 mod fault_mix;
 mod hostile_input;
@@ -27,3 +29,4 @@ mod resume;
 mod secrets;
 mod settings;
 mod shutdown;
+mod unbound_events;

@@ -195,6 +195,11 @@ impl TestEnv {
         if let Some(ct) = content_type {
             props = props.with_content_type(ct.into());
         }
+        self.publish_with(body, props).await;
+    }
+
+    /// Publishes `body` to the jobs exchange with exactly these properties.
+    pub async fn publish_with(&self, body: &[u8], props: lapin::BasicProperties) {
         self.publisher
             .publish(
                 &self.topology.jobs_exchange,

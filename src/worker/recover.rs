@@ -1,0 +1,180 @@
+//! The recovery queue's consumer: gives an account of every message the broker dead-lettered
+//! on its own (the work queue's delivery limit, or a refusal whose copy could not be made), so
+//! that nothing reaches the dead-letter queue without a reason and a `roadmap.failed` event.
+//!
+//! A job whose message comes back here is returned to work, up to RECOVER_LIMIT times (a
+//! header on the message counts them): such a job is usually the victim of crashes around it,
+//! not their cause. After that it is failed with reason `delivery_limit`. A malformed message
+//! is refused as at intake, and a job that has ended needs nothing.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{
+    Context,
+    settle::{self, Outcome},
+};
+use crate::{
+    amqp::{PublishError, topology::JOB_ROUTING_KEY},
+    domain::{
+        JobRequest,
+        event::{Failed, JobFailure},
+    },
+    metrics::Recovery,
+    pipeline,
+    store::{self, StoreError, with_retries},
+};
+
+/// The header that counts how often a message came back from the recovery queue.
+const RECOVERIES: &str = "x-roadmap-recoveries";
+/// Messages taken at once; recovery is rare and each is quick.
+const PREFETCH: u16 = 4;
+
+/// Consumes the recovery queue on `channel` until the channel or the worker stops.
+pub(super) async fn run(channel: Channel, ctx: Arc<Context>) {
+    if let Err(e) = consume(&channel, &ctx).await {
+        warn!(error = %e, "the recovery consumer stopped; it restarts with the next broker session");
+    }
+}
+
+async fn consume(channel: &Channel, ctx: &Context) -> lapin::Result<()> {
+    channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let tag = format!("{}-recover-{}", ctx.runner.owner(), Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            ctx.topology.recover_queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            next = consumer.next() => next,
+            () = ctx.shutdown.cancelled() => return Ok(()),
+        };
+        match delivery {
+            Some(Ok(delivery)) => recover(ctx, delivery).await,
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}
+
+async fn recover(ctx: &Context, delivery: Delivery) {
+    let props = &delivery.properties;
+    let content_type = props.content_type().as_ref().map(|s| s.as_str().to_owned());
+    let job = match JobRequest::decode(&delivery.data, content_type.as_deref()) {
+        Ok(job) => job,
+        Err(rejection) => {
+            let rejection = rejection.or_job_id_from(
+                props.message_id().as_ref().map(|s| s.as_str()),
+                props.correlation_id().as_ref().map(|s| s.as_str()),
+            );
+            ctx.metrics
+                .deliveries_recovered
+                .with_label_values(&[Recovery::Failed.as_str()])
+                .inc();
+            return settle::settle(ctx, delivery, Outcome::Rejected(rejection), false).await;
+        }
+    };
+    let recoveries = header_count(&delivery, RECOVERIES);
+    let result = if recoveries < ctx.recover_limit {
+        requeue(ctx, &delivery, recoveries + 1)
+            .await
+            .map(|()| Recovery::Requeued)
+    } else {
+        give_up(ctx, &delivery, &job).await
+    };
+    let recovery = match result {
+        Ok(recovery) => recovery,
+        Err(e) => {
+            // Left unacked: the broker offers it again when this channel closes.
+            warn!(job_id = %job.job_id, error = %e, "could not account for a dead-lettered job; it stays queued");
+            return;
+        }
+    };
+    info!(job_id = %job.job_id, recoveries, outcome = recovery.as_str(), "dead-lettered job accounted for");
+    ctx.metrics
+        .deliveries_recovered
+        .with_label_values(&[recovery.as_str()])
+        .inc();
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        warn!(error = %e, "could not ack a recovered message; it will be recovered again");
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RecoverError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+}
+
+/// Back to the work queue with the count raised; a fresh message starts a fresh delivery count.
+async fn requeue(ctx: &Context, delivery: &Delivery, recoveries: u32) -> Result<(), RecoverError> {
+    let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(ShortString::from(RECOVERIES), AMQPValue::LongUInt(recoveries));
+    let props = delivery.properties.clone().with_headers(headers);
+    publisher
+        .publish(
+            &ctx.topology.jobs_exchange,
+            JOB_ROUTING_KEY,
+            &delivery.data,
+            props,
+            true,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Fails the job (unless it has ended or a live replica works it) with its event, and files the
+/// message in the dead-letter queue with the reason.
+async fn give_up(ctx: &Context, delivery: &Delivery, job: &JobRequest) -> Result<Recovery, RecoverError> {
+    let reason = JobFailure::DeliveryLimit.as_str();
+    let message = format!(
+        "the broker gave up delivering the job after its delivery limit, {} times",
+        ctx.recover_limit + 1
+    );
+    // The event id derives from the job: a message recovered twice announces once.
+    let mut event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message.clone());
+    event.event_id = Uuid::new_v5(&job.job_id, b"failed:delivery_limit");
+    let plan = pipeline::plan(&job.profile(), job.duration_weeks, ctx.runner.batch_weeks());
+    let pool = ctx.runner.pool();
+    let failed = with_retries(|| store::jobs::fail_unowned(pool, job, &plan, reason, &event)).await?;
+    if !failed {
+        return Ok(Recovery::Done);
+    }
+    warn!(job_id = %job.job_id, "job failed: the broker dead-lettered it too often");
+    ctx.metrics.jobs_failed.with_label_values(&[reason]).inc();
+    settle::dead_letter(ctx, delivery, reason, &message, true).await?;
+    Ok(Recovery::Failed)
+}
+
+/// A whole-number header, 0 when absent or of another type.
+fn header_count(delivery: &Delivery, name: &str) -> u32 {
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
+        _ => 0,
+    }
+}
