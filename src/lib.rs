@@ -13,8 +13,8 @@
 //!    dead-letter, the outbox relay and the sweeper.
 //! 3. [`pipeline`]: prompt → batch (the robustness ladder) → job (claim, checkpoints, assemble).
 //! 4. [`llm`]: the embedded mock, OpenAI-compatible and Gemini providers; [`store`]: the Postgres
-//!    pool, migrations, one module per table family, database retries; [`amqp`]: topology and
-//!    publishing with confirms; `http`: /metrics, /healthz, /readyz.
+//!    pool and its TLS (`sslmode`), migrations, one module per table family, database retries;
+//!    [`amqp`]: topology and publishing with confirms; `http`: /metrics, /healthz, /readyz.
 //! 5. [`template`]: deterministic template content (phase outline, the mock's weeks, fallback);
 //!    [`metrics`]: every metric; [`telemetry`]: logging (human or JSON lines).
 //! 6. [`domain`]: the job message and its refusals, the roadmap and its checks, the plan and its

@@ -120,6 +120,7 @@ pub async fn plain_pool(env: &TestEnv, size: usize) -> Pool {
     let settings = DbSettings {
         url: env.database_url.parse().expect("a valid URL"),
         pool_size: size as u32,
+        ca_file: None,
     };
     let pool = store::connect(&settings, "bench-plain-loop")
         .await

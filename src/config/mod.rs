@@ -1,12 +1,16 @@
 //! Typed settings from environment variables and flags, with secrets in redacting types.
 
+mod ca_file;
 mod secret;
 
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-pub use self::secret::{Secret, ServiceUrl, redact_url};
+pub use self::{
+    ca_file::CaFile,
+    secret::{Secret, ServiceUrl, redact_url},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderKind {
@@ -40,7 +44,8 @@ pub enum LogFormat {
 /// start with the variable's name (each value is named after its environment variable).
 #[derive(Debug, Clone, Args)]
 pub struct DbSettings {
-    /// Postgres URL; the database is created if missing.
+    /// Postgres URL; the database is created if missing. `sslmode` (libpq's values but `allow`,
+    /// default `prefer`) and `sslrootcert` are honoured, in URL and key=value forms.
     #[arg(
         long = "database-url",
         id = "database_url",
@@ -60,6 +65,15 @@ pub struct DbSettings {
         value_parser = clap::value_parser!(u32).range(1..=1000)
     )]
     pub pool_size: u32,
+    /// PEM file of the CA certificates that the Postgres server's certificate must chain to
+    /// (libpq's `sslrootcert`); without it, verify-ca and verify-full use the platform's roots.
+    #[arg(
+        long = "database-ca-file",
+        id = "database_ca_file",
+        env = "DATABASE_CA_FILE",
+        value_name = "DATABASE_CA_FILE"
+    )]
+    pub ca_file: Option<CaFile>,
 }
 
 /// Broker connection settings and the names of the topology.

@@ -55,10 +55,9 @@ impl ServiceUrl {
 /// Masks the password of a URL (`scheme://user:pass@host`) or of a libpq key/value string.
 pub fn redact_url(raw: &str) -> String {
     if let Ok(mut url) = url::Url::parse(raw) {
-        if url.password().is_some() && url.set_password(Some("***")).is_ok() {
-            return url.to_string();
-        }
-        if url.has_host() {
+        let masked = url.password().is_none() || url.set_password(Some("***")).is_ok();
+        if masked && url.has_host() {
+            mask_query_password(&mut url);
             return url.to_string();
         }
     }
@@ -84,6 +83,24 @@ pub fn redact_url(raw: &str) -> String {
         }
     }
     out
+}
+
+/// libpq also takes the password as a URL parameter (`?password=...`).
+fn mask_query_password(url: &mut url::Url) {
+    let Some(query) = url.query() else { return };
+    let is_password = |pair: &str| {
+        pair.split('=')
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+    };
+    if !query.split('&').any(is_password) {
+        return;
+    }
+    let masked: Vec<&str> = query
+        .split('&')
+        .map(|pair| if is_password(pair) { "password=***" } else { pair })
+        .collect();
+    url.set_query(Some(&masked.join("&")));
 }
 
 impl fmt::Debug for ServiceUrl {
@@ -117,6 +134,10 @@ mod tests {
         assert_eq!(
             redact_url("host=db user=app password=s3cr3t dbname=x"),
             "host=db user=app password=*** dbname=x"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/roadmap?sslmode=require&password=s3cr3t"),
+            "postgres://app@db/roadmap?sslmode=require&password=***"
         );
         assert_eq!(
             redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),

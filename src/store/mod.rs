@@ -1,18 +1,21 @@
-//! Postgres: the pool, database creation, migrations, and one module per table family.
+//! Postgres: the pool, database creation, migrations, TLS, and one module per table family.
 
 pub mod batches;
+mod conninfo;
 pub mod jobs;
 pub mod outbox;
 pub mod roadmaps;
+mod tls;
 
-use std::{future::Future, str::FromStr, time::Duration};
+use std::{future::Future, time::Duration};
 
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Config, NoTls, error::SqlState};
+use tokio_postgres::{Config, error::SqlState};
 use tracing::{info, warn};
 
+use self::tls::Tls;
 use crate::config::DbSettings;
 
 refinery::embed_migrations!("migrations");
@@ -21,7 +24,7 @@ refinery::embed_migrations!("migrations");
 /// replica owns the job now and this one must stop writing.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database pool: {0}")]
+    #[error("database pool: {}", pool_error(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database: {}", chain(.0))]
     Db(#[from] tokio_postgres::Error),
@@ -41,6 +44,15 @@ fn chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+/// A pool error with the causes of a failed connection (a refused certificate, say), which the
+/// pool's own message leaves out.
+fn pool_error(err: &deadpool_postgres::PoolError) -> String {
+    match err {
+        deadpool_postgres::PoolError::Backend(e) => format!("opening a connection: {}", chain(e)),
+        other => other.to_string(),
+    }
 }
 
 impl StoreError {
@@ -86,13 +98,13 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
 /// The pool for `settings`, after creating the database if it is missing and migrating it.
 /// `application_name` identifies this replica to other replicas (see `jobs::claim`).
 pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::Result<Pool> {
-    let mut config = parse_config(settings)?;
+    let (mut config, tls) = tls::parse(settings)?;
     config.application_name(application_name);
-    ensure_database(&config).await?;
-    migrate(&config).await?;
+    ensure_database(&config, &tls).await?;
+    migrate(&config, &tls).await?;
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls.connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -103,18 +115,13 @@ pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::R
         .context("building the Postgres pool")
 }
 
-fn parse_config(settings: &DbSettings) -> anyhow::Result<Config> {
-    Config::from_str(settings.url.expose())
-        .map_err(|_| anyhow::anyhow!("DATABASE_URL {} is not a valid Postgres URL", settings.url))
-}
-
 /// Creates the configured database if it does not exist, through the `postgres` maintenance
 /// database.
-pub async fn ensure_database(config: &Config) -> anyhow::Result<()> {
+async fn ensure_database(config: &Config, tls: &Tls) -> anyhow::Result<()> {
     let name = config.get_dbname().unwrap_or("postgres").to_owned();
     let mut admin = config.clone();
     admin.dbname("postgres");
-    let client = connect_one(&admin).await?;
+    let client = connect_one(&admin, tls).await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -138,8 +145,8 @@ pub async fn ensure_database(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Applies migrations/ under an advisory lock, so replicas starting together take turns.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let mut client = connect_one(config).await?;
+async fn migrate(config: &Config, tls: &Tls) -> anyhow::Result<()> {
+    let mut client = connect_one(config, tls).await?;
     client.batch_execute("SELECT pg_advisory_lock(7291001)").await?;
     let report = migrations::runner().run_async(&mut client).await;
     client.batch_execute("SELECT pg_advisory_unlock(7291001)").await?;
@@ -150,14 +157,11 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_one(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = config.connect(NoTls).await.with_context(|| {
-        format!(
-            "connecting to Postgres at {}:{} (is it running? `pg_ctlcluster 15 main start` or `docker compose up -d postgres`)",
-            config.get_hosts().first().map_or_else(|| "?".into(), |h| format!("{h:?}")),
-            config.get_ports().first().copied().unwrap_or(5432)
-        )
-    })?;
+async fn connect_one(config: &Config, tls: &Tls) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = config
+        .connect(tls.connector())
+        .await
+        .map_err(|e| connect_error(config, tls, e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "maintenance connection closed");
@@ -166,9 +170,34 @@ async fn connect_one(config: &Config) -> anyhow::Result<tokio_postgres::Client> 
     Ok(client)
 }
 
+/// Where the connection went and why it failed. Only a socket error gets the "is it running?"
+/// hint: a running server that refuses (authentication, no TLS on offer) says why itself.
+fn connect_error(config: &Config, tls: &Tls, err: tokio_postgres::Error) -> anyhow::Error {
+    let at = format!(
+        "connecting to Postgres at {}:{} with sslmode={}",
+        config
+            .get_hosts()
+            .first()
+            .map_or_else(|| "?".into(), |h| format!("{h:?}")),
+        config.get_ports().first().copied().unwrap_or(5432),
+        tls.mode().as_str()
+    );
+    if let Some(why) = tls.explain(&err) {
+        return anyhow::anyhow!("{at}: {why}");
+    }
+    let socket = std::iter::successors(std::error::Error::source(&err), |e| e.source())
+        .any(|e| e.is::<std::io::Error>());
+    let hint = if socket {
+        " (is it running? `pg_ctlcluster 15 main start` or `docker compose up -d postgres`)"
+    } else {
+        ""
+    };
+    anyhow::Error::new(err).context(format!("{at}{hint}"))
+}
+
 /// Migrates without starting a worker (the `migrate` subcommand).
 pub async fn migrate_only(settings: &DbSettings) -> anyhow::Result<()> {
-    let config = parse_config(settings)?;
-    ensure_database(&config).await?;
-    migrate(&config).await
+    let (config, tls) = tls::parse(settings)?;
+    ensure_database(&config, &tls).await?;
+    migrate(&config, &tls).await
 }

@@ -43,6 +43,12 @@ fn out_of_range_values_are_refused_with_the_variable_name() {
         ("CONTEXT_DAYS", "8"),
         ("WORKER_CONCURRENCY", "0"),
         ("METRICS_ADDR", "nowhere"),
+        ("DATABASE_CA_FILE", "/nonexistent/ca.pem"),
+        (
+            "DATABASE_CA_FILE",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        ),
+        ("DATABASE_CA_FILE", ""),
     ];
     for (variable, value) in cases {
         let (ok, stderr) = run_with(variable, value);
@@ -56,6 +62,23 @@ fn out_of_range_values_are_refused_with_the_variable_name() {
             "{variable}={value}: refused only after connecting:\n{stderr}"
         );
     }
+}
+
+#[test]
+fn an_unknown_sslmode_is_refused_before_connecting_without_the_password() {
+    let url = "postgres://postgres:pgSECRET@127.0.0.1:1/none?sslmode=verify";
+    let (ok, stderr) = run_with("DATABASE_URL", url);
+    assert!(!ok, "sslmode=verify was accepted");
+    assert!(
+        stderr.contains("DATABASE_URL postgres://postgres:***@127.0.0.1:1/none?sslmode=verify")
+            && stderr.contains(r#"sslmode="verify" is not one of"#),
+        "the error does not name DATABASE_URL and the mode:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("connecting to"),
+        "refused only after connecting:\n{stderr}"
+    );
+    assert!(!stderr.contains("pgSECRET"), "the password leaks:\n{stderr}");
 }
 
 #[test]
