@@ -12,6 +12,7 @@ mod decoder_props;
 mod e2e;
 mod fault_mix;
 mod hostile_input;
+mod hostile_provider;
 mod idempotency;
 mod ladder;
 mod layers;
