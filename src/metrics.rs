@@ -263,7 +263,7 @@ impl Metrics {
         }
         let answer_faults = AnswerFault::ALL.map(AnswerFault::as_str);
         // The LLM call's own statuses are many; these are the ones dashboards plot.
-        let call_faults = ["timeout", "connect", "http_429", "http_5xx"];
+        let call_faults = ["timeout", "connect", "http_429", "http_5xx", "body_too_large"];
         for reason in answer_faults.iter().chain(&call_faults) {
             self.batch_failures.with_label_values(&[reason]);
         }

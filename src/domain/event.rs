@@ -42,9 +42,10 @@ pub struct Usage {
 
 impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, other: Self) {
-        self.llm_calls += other.llm_calls;
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
+        // Token counts are the provider's word: saturate rather than overflow on absurd ones.
+        self.llm_calls = self.llm_calls.saturating_add(other.llm_calls);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
     }
 }
 

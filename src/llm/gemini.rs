@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, schema};
+use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, schema, wire};
 use crate::config::{LlmSettings, ResponseFormat, Secret};
 
 const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
@@ -68,20 +68,21 @@ impl Gemini {
         let response = call.send().await.map_err(LlmError::from_reqwest)?;
         let status = response.status();
         if !status.is_success() {
+            // A value that is not visible ASCII (`to_str` fails) or not a delay is ignored.
             let header_hint = response
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(super::parse_retry_after);
-            let text = response.text().await.unwrap_or_default();
+                .and_then(wire::parse_retry_after);
+            let text = wire::read_error_body(response).await;
             let retry_after = header_hint.or_else(|| retry_info(&text));
             return Err(LlmError::from_status(
                 status.as_u16(),
-                super::openai::error_message(&text),
+                wire::error_message(&text),
                 retry_after,
             ));
         }
-        let parsed: GenerateResponse = response.json().await.map_err(LlmError::from_reqwest)?;
+        let parsed: GenerateResponse = wire::read_json(response).await?;
         let candidate = parsed.candidates.into_iter().next();
         let (text, reason) = candidate.map_or((String::new(), None), |c| {
             let text = c
@@ -112,7 +113,8 @@ impl Gemini {
             },
             |u| TokenUsage {
                 input: u.prompt_token_count,
-                output: u.candidates_token_count + u.thoughts_token_count,
+                // Counts come from the server: a sum must not overflow.
+                output: u.candidates_token_count.saturating_add(u.thoughts_token_count),
             },
         );
         Ok(LlmResponse { text, finish, usage })
@@ -127,7 +129,7 @@ fn retry_info(body: &str) -> Option<Duration> {
         .as_array()?
         .iter()
         .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
-        .and_then(super::parse_go_duration)
+        .and_then(wire::parse_go_duration)
 }
 
 #[derive(Deserialize)]
@@ -175,5 +177,19 @@ mod tests {
     fn retry_info_is_read() {
         let body = r#"{"error":{"code":429,"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"17s"}]}}"#;
         assert_eq!(retry_info(body), Some(Duration::from_secs(17)));
+    }
+
+    #[test]
+    fn absurd_retry_info_is_capped_or_ignored() {
+        let body = |delay: &str| format!(r#"{{"error":{{"details":[{{"retryDelay":"{delay}"}}]}}}}"#);
+        assert_eq!(retry_info(&body("1e20s")), None);
+        assert_eq!(retry_info(&body("-5s")), None);
+        assert_eq!(
+            retry_info(&body("99999999999999999999s")),
+            Some(wire::MAX_RETRY_HINT)
+        );
+        assert_eq!(retry_info(r#"{"error":{"details":[{"retryDelay":17}]}}"#), None);
+        assert_eq!(retry_info(r#"{"error":{"details":{}}}"#), None);
+        assert_eq!(retry_info("{\"error\":{\"details\":[{\"retryDelay\":\"1"), None);
     }
 }

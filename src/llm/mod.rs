@@ -7,6 +7,7 @@ pub(crate) mod gemini;
 pub mod mock;
 pub(crate) mod openai;
 pub mod schema;
+pub(crate) mod wire;
 
 use std::time::Duration;
 
@@ -52,7 +53,8 @@ pub enum FinishReason {
 /// A failed call. Transient errors are retried; the others are not.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
-    /// Timeout, connection failure, 429 or 5xx: worth retrying, after `retry_after` if given.
+    /// Timeout, connection failure, 429 or 5xx, an undecodable body or one over the body cap
+    /// (`body_too_large`): worth retrying, after `retry_after` if given.
     #[error("transient LLM failure ({status}): {message}")]
     Transient {
         status: &'static str,
@@ -72,7 +74,7 @@ impl LlmError {
         matches!(self, Self::Transient { .. })
     }
 
-    /// A bounded label for metrics (`http_429`, `timeout`, …).
+    /// A bounded label for metrics (`http_429`, `timeout`, `body_too_large`, …).
     pub fn status(&self) -> &'static str {
         match self {
             Self::Transient { status, .. } | Self::Config { status, .. } | Self::Refused { status, .. } => {
@@ -211,50 +213,6 @@ pub(crate) fn http_client(settings: &LlmSettings) -> anyhow::Result<reqwest::Cli
         .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))
 }
 
-/// Parses a `Retry-After` header value: delay-seconds or an HTTP date.
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
-}
-
-/// Parses durations such as `1s`, `250ms`, `6m0s`, `1h2m3.5s` (OpenAI's x-ratelimit-reset-*).
-pub(crate) fn parse_go_duration(value: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut number = String::new();
-    let mut chars = value.trim().chars().peekable();
-    let mut seen = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            number.push(c);
-            continue;
-        }
-        let n: f64 = number.parse().ok()?;
-        number.clear();
-        let unit = match (c, chars.peek()) {
-            ('m', Some('s')) => {
-                chars.next();
-                0.001
-            }
-            ('h', _) => 3600.0,
-            ('m', _) => 60.0,
-            ('s', _) => 1.0,
-            _ => return None,
-        };
-        total += n * unit;
-        seen = true;
-    }
-    if !number.is_empty() {
-        total += number.parse::<f64>().ok()?;
-        seen = true;
-    }
-    seen.then(|| Duration::from_secs_f64(total))
-}
-
 /// Rough token estimate (4 characters a token), for providers that report no usage.
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
@@ -263,20 +221,6 @@ pub fn estimate_tokens(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_hints_parse() {
-        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
-        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_go_duration("x"), None);
-    }
 
     #[test]
     fn statuses_map_to_kinds() {

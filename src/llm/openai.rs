@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens};
+use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, wire};
 use crate::config::{LlmSettings, ResponseFormat, Secret};
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -73,14 +73,14 @@ impl OpenAi {
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_hint(response.headers());
-            let text = response.text().await.unwrap_or_default();
+            let text = wire::read_error_body(response).await;
             return Err(LlmError::from_status(
                 status.as_u16(),
-                error_message(&text),
+                wire::error_message(&text),
                 retry_after,
             ));
         }
-        let parsed: ChatResponse = response.json().await.map_err(LlmError::from_reqwest)?;
+        let parsed: ChatResponse = wire::read_json(response).await?;
         let choice = parsed
             .choices
             .into_iter()
@@ -112,26 +112,16 @@ impl OpenAi {
 }
 
 /// The server's requested delay: Retry-After, else OpenAI's x-ratelimit-reset-* (the longer one).
+/// A value that is not visible ASCII (`to_str` fails) or not a delay is ignored.
 fn retry_hint(headers: &HeaderMap) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(d) = header("retry-after").and_then(super::parse_retry_after) {
+    if let Some(d) = header("retry-after").and_then(wire::parse_retry_after) {
         return Some(d);
     }
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
         .iter()
-        .filter_map(|h| header(h).and_then(super::parse_go_duration))
+        .filter_map(|h| header(h).and_then(wire::parse_go_duration))
         .max()
-}
-
-/// A short message from an error body, never the whole body (it may echo the request).
-pub(crate) fn error_message(body: &str) -> String {
-    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|v| {
-        v.pointer("/error/message")
-            .or_else(|| v.get("message"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
-    from_json.unwrap_or_else(|| body.chars().take(200).collect())
 }
 
 #[derive(Deserialize)]
@@ -151,8 +141,36 @@ struct Message {
     content: Option<String>,
 }
 
+/// Some OpenAI-compatible servers leave counts out; a missing one is 0, not a failed answer.
 #[derive(Deserialize)]
 struct Usage {
+    #[serde(default)]
     prompt_tokens: u64,
+    #[serde(default)]
     completion_tokens: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn garbage_hint_headers_are_ignored() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_bytes(b"1\xff\xfe").unwrap());
+        headers.insert(
+            "x-ratelimit-reset-requests",
+            HeaderValue::from_bytes(b"\xc3\x28s").unwrap(),
+        );
+        assert_eq!(retry_hint(&headers), None);
+        headers.insert(
+            "x-ratelimit-reset-tokens",
+            HeaderValue::from_static("99999999999h"),
+        );
+        assert_eq!(retry_hint(&headers), Some(wire::MAX_RETRY_HINT));
+        headers.insert("retry-after", HeaderValue::from_static("1e20"));
+        assert_eq!(retry_hint(&headers), Some(wire::MAX_RETRY_HINT));
+    }
 }

@@ -150,7 +150,16 @@ impl Generator {
                     .batch_failures
                     .with_label_values(&[AnswerFault::Truncated.as_str()])
                     .inc();
-                let mut salvaged = parse::salvage_weeks(&answer.text);
+                let mut salvaged = parse::salvage_weeks(&answer.text).unwrap_or_else(|refused| {
+                    // Nothing is kept from an oversized cut: the span halves as for any
+                    // cut with no complete week.
+                    self.metrics
+                        .batch_failures
+                        .with_label_values(&[refused.fault().as_str()])
+                        .inc();
+                    warn!(first = next, last, error = %refused, "truncated answer refused");
+                    Vec::new()
+                });
                 // Only a clean prefix of the requested weeks is kept; anything odd is dropped.
                 let complete = (salvaged.len() as u32).min(last - next + 1);
                 salvaged.truncate(complete as usize);
@@ -319,8 +328,9 @@ impl Generator {
             "LLM call"
         );
         if let Ok(answer) = &result {
-            spent.input_tokens += answer.usage.input;
-            spent.output_tokens += answer.usage.output;
+            // Counts come from the server: sums saturate rather than overflow.
+            spent.input_tokens = spent.input_tokens.saturating_add(answer.usage.input);
+            spent.output_tokens = spent.output_tokens.saturating_add(answer.usage.output);
             self.metrics
                 .llm_tokens
                 .with_label_values(&["input"])

@@ -43,14 +43,19 @@ pub fn parse_answer(text: &str) -> Result<Vec<Week>, AnswerError> {
 }
 
 /// Weeks that are complete at the start of a cut-off answer: `{"weeks":[{..},{..},{..` gives
-/// the first two. Each salvaged week must still parse on its own.
-pub fn salvage_weeks(text: &str) -> Vec<Week> {
+/// the first two. Each salvaged week must still parse on its own. An answer over
+/// [`MAX_ANSWER_BYTES`] is refused unread, as a complete one is: a cut-off answer is no smaller
+/// a risk (a model stuck writing whitespace until its limit sends exactly that).
+pub fn salvage_weeks(text: &str) -> Result<Vec<Week>, AnswerError> {
+    if text.len() > MAX_ANSWER_BYTES {
+        return Err(AnswerError::TooLarge(text.len()));
+    }
     let body = strip_fences(text);
     let Some(key) = body.find("\"weeks\"") else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let Some(open) = body[key..].find('[').map(|i| key + i + 1) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let mut weeks = Vec::new();
     let (mut depth, mut start) = (0usize, None);
@@ -74,7 +79,7 @@ pub fn salvage_weeks(text: &str) -> Vec<Week> {
             }
         }
     }
-    weeks
+    Ok(weeks)
 }
 
 /// Models often wrap JSON in ```json fences despite being told not to.
@@ -113,9 +118,21 @@ mod tests {
             week_json(6)
         );
         let cut = &full[..full.len() - 40];
-        let weeks = salvage_weeks(cut);
+        let weeks = salvage_weeks(cut).unwrap();
         assert_eq!(weeks.iter().map(|w| w.number).collect::<Vec<_>>(), vec![4, 5]);
-        assert_eq!(salvage_weeks(&full).len(), 3);
-        assert!(salvage_weeks("{\"weeks\":[{\"number\":1,").is_empty());
+        assert_eq!(salvage_weeks(&full).unwrap().len(), 3);
+        assert!(salvage_weeks("{\"weeks\":[{\"number\":1,").unwrap().is_empty());
+    }
+
+    #[test]
+    fn oversized_answers_are_refused_by_salvage_too() {
+        // Complete weeks followed by whitespace up to past the limit, then the cut.
+        let mut cut = format!("{{\"weeks\":[{},{},", week_json(1), week_json(2));
+        cut.push_str(&" ".repeat(MAX_ANSWER_BYTES));
+        assert_eq!(salvage_weeks(&cut), Err(AnswerError::TooLarge(cut.len())));
+        let full = format!("{{\"weeks\":[{}]}}{}", week_json(1), " ".repeat(MAX_ANSWER_BYTES));
+        assert_eq!(parse_answer(&full), Err(AnswerError::TooLarge(full.len())));
+        // At the limit exactly, both still read.
+        assert_eq!(salvage_weeks(&cut[..MAX_ANSWER_BYTES]).unwrap().len(), 2);
     }
 }

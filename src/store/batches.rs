@@ -83,8 +83,9 @@ pub async fn checkpoint(
                 &batch.outcome.as_str(),
                 &(batch.fallback_weeks() as i32),
                 &(batch.usage.llm_calls as i32),
-                &(batch.usage.input_tokens as i64),
-                &(batch.usage.output_tokens as i64),
+                // Token counts are the provider's word: saturate, never wrap negative.
+                &i64::try_from(batch.usage.input_tokens).unwrap_or(i64::MAX),
+                &i64::try_from(batch.usage.output_tokens).unwrap_or(i64::MAX),
                 &token,
             ],
         )

@@ -5,74 +5,16 @@ use std::time::Duration;
 
 use roadmap_worker::{
     config::ResponseFormat,
-    domain::{JobRequest, WeekSource, brief::Brief, event::Completed},
+    domain::{JobRequest, WeekSource, brief::Brief},
     llm::{estimate_tokens, mock},
     mock_server::{Fault, FaultPlan},
     pipeline::{self, prompt},
 };
 
-use crate::common::{TestEnv, eventually, job};
-
-const PROVIDERS: [&str; 2] = ["openai", "gemini"];
-
-struct Run {
-    completed: Completed,
-    asked: Vec<(u32, u32)>,
-    formats: Vec<String>,
-    batches: Vec<(String, i32)>,
-}
-
-/// Runs one job of `weeks` weeks against the mock with `script`, and returns what happened.
-async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&str]) -> Run {
-    let env = TestEnv::with_plan(FaultPlan {
-        script,
-        ..Default::default()
-    })
-    .await;
-    let worker = env.start_worker_for(provider, extra).await;
-    let mut events = env.watcher().await;
-    let (job_id, body) = job(weeks, "Cloud Engineer");
-    env.publish(&body).await;
-    let end = events
-        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
-        .await
-        .unwrap();
-    assert_eq!(end.routing_key, "roadmap.completed", "{provider}: {}", end.body);
-    let completed: Completed = serde_json::from_value(end.body).unwrap();
-    let numbers: Vec<u32> = completed.roadmap.weeks.iter().map(|w| w.number).collect();
-    assert_eq!(numbers, (1..=weeks).collect::<Vec<_>>(), "{provider}");
-    assert!(
-        completed.roadmap.weeks.iter().all(|w| w.days.len() == 7),
-        "{provider}"
-    );
-    let db = env.db().await;
-    let batches = db
-        .query("SELECT outcome, llm_calls FROM batches ORDER BY batch_index", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let formats = env.mock.requests().iter().map(|r| r.format.clone()).collect();
-    let asked = env
-        .mock
-        .requests()
-        .iter()
-        .map(|r| (r.first_week, r.last_week))
-        .collect();
-    worker.stop().await;
-    env.cleanup().await;
-    Run {
-        completed,
-        asked,
-        formats,
-        batches,
-    }
-}
-
-fn outcomes(run: &Run) -> Vec<&str> {
-    run.batches.iter().map(|(o, _)| o.as_str()).collect()
-}
+use crate::common::{
+    TestEnv, eventually, job,
+    runs::{PROVIDERS, run_job},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_with_backoff() {
@@ -89,7 +31,7 @@ async fn transient_failures_are_retried_with_backoff() {
         ];
         let run = run_job(provider, script, 6, &[]).await;
         assert_eq!(run.asked, vec![(1, 3), (1, 3), (1, 3), (4, 6)], "{provider}");
-        assert_eq!(outcomes(&run), vec!["retried", "ok"], "{provider}");
+        assert_eq!(run.outcomes(), vec!["retried", "ok"], "{provider}");
         assert_eq!(run.batches[0].1, 3, "{provider}: failed attempts are counted");
         assert_eq!(run.completed.usage.llm_calls, 4, "{provider}");
         assert_eq!(run.completed.fallback_batches, 0, "{provider}");
@@ -98,7 +40,7 @@ async fn transient_failures_are_retried_with_backoff() {
         let slow = vec![Fault::Slow { ms: 2500 }];
         let run = run_job(provider, slow, 3, &["--llm-timeout-secs", "1"]).await;
         assert_eq!(run.asked, vec![(1, 3), (1, 3)], "{provider}");
-        assert_eq!(outcomes(&run), vec!["retried"], "{provider}");
+        assert_eq!(run.outcomes(), vec!["retried"], "{provider}");
     }
 }
 
@@ -143,7 +85,7 @@ async fn truncation_keeps_complete_weeks_and_asks_for_the_rest() {
             vec![(1, 3), (3, 3), (4, 5), (6, 6), (7, 8), (9, 9)],
             "{provider}"
         );
-        assert_eq!(outcomes(&run), vec!["truncated", "ok", "ok"], "{provider}");
+        assert_eq!(run.outcomes(), vec!["truncated", "ok", "ok"], "{provider}");
         assert_eq!(run.completed.fallback_batches, 0, "{provider}");
         assert!(
             run.completed
@@ -161,13 +103,13 @@ async fn invalid_output_is_reasked_once() {
         for fault in [Fault::InvalidJson, Fault::WrongWeeks] {
             let run = run_job(provider, vec![fault.clone()], 6, &[]).await;
             assert_eq!(run.asked, vec![(1, 3), (1, 3), (4, 6)], "{provider} {fault:?}");
-            assert_eq!(outcomes(&run), vec!["reasked", "ok"], "{provider} {fault:?}");
+            assert_eq!(run.outcomes(), vec!["reasked", "ok"], "{provider} {fault:?}");
             assert_eq!(run.completed.fallback_batches, 0);
         }
         // Markdown fences around valid JSON are read without a re-ask.
         let run = run_job(provider, vec![Fault::Fences], 6, &[]).await;
         assert_eq!(run.asked, vec![(1, 3), (4, 6)], "{provider}");
-        assert_eq!(outcomes(&run), vec!["ok", "ok"], "{provider}");
+        assert_eq!(run.outcomes(), vec!["ok", "ok"], "{provider}");
     }
 }
 
@@ -176,7 +118,7 @@ async fn persistent_failure_falls_back_to_template_weeks() {
     for provider in PROVIDERS {
         // Invalid twice: the re-ask fails too.
         let run = run_job(provider, vec![Fault::InvalidJson, Fault::WrongWeeks], 6, &[]).await;
-        assert_eq!(outcomes(&run), vec!["fallback", "ok"], "{provider}");
+        assert_eq!(run.outcomes(), vec!["fallback", "ok"], "{provider}");
         assert_eq!(run.completed.fallback_batches, 1);
         let sources: Vec<WeekSource> = run.completed.roadmap.weeks.iter().map(|w| w.source).collect();
         assert_eq!(sources[..3], [WeekSource::Fallback; 3]);
@@ -189,7 +131,7 @@ async fn persistent_failure_falls_back_to_template_weeks() {
         };
         let run = run_job(provider, vec![unavailable; 3], 6, &["--llm-max-retries", "2"]).await;
         assert_eq!(run.asked, vec![(1, 3), (1, 3), (1, 3), (4, 6)], "{provider}");
-        assert_eq!(outcomes(&run), vec!["fallback", "ok"], "{provider}");
+        assert_eq!(run.outcomes(), vec!["fallback", "ok"], "{provider}");
         assert_eq!(run.batches[0].1, 3, "{provider}");
     }
 }
@@ -265,6 +207,6 @@ async fn each_response_format_mode_sends_what_the_server_expects() {
     for (provider, mode, formats) in expected {
         let run = run_job(provider, vec![], 6, &["--llm-response-format", mode]).await;
         assert_eq!(run.formats, formats, "{provider} {mode}");
-        assert_eq!(outcomes(&run), vec!["ok", "ok"], "{provider} {mode}");
+        assert_eq!(run.outcomes(), vec!["ok", "ok"], "{provider} {mode}");
     }
 }

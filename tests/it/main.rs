@@ -14,6 +14,7 @@ mod duplicates;
 mod e2e;
 mod fault_mix;
 mod hostile_input;
+mod hostile_provider;
 mod idempotency;
 mod ladder;
 mod layers;

@@ -11,59 +11,21 @@ use std::{
 use axum::{
     Json, Router,
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::post,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use self::faults::{Draws, FILL_MARKER, Filler, error};
+pub use self::faults::{Fault, FaultPlan, RatedFault};
 use crate::{
     domain::brief::Brief,
     llm::{estimate_tokens, mock},
 };
 
-/// One injected fault.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Fault {
-    /// An HTTP error status, with an optional Retry-After in seconds.
-    Status { code: u16, retry_after: Option<f64> },
-    /// The answer cut after `tokens` tokens, finish reason length / MAX_TOKENS.
-    Truncate { tokens: u64 },
-    /// Text that is not JSON.
-    InvalidJson,
-    /// Valid JSON wrapped in markdown fences.
-    Fences,
-    /// Week numbers shifted by 100.
-    WrongWeeks,
-    /// Answer after `ms` milliseconds.
-    Slow { ms: u64 },
-    /// 401 with an OpenAI-style "invalid API key" body.
-    AuthFailure,
-}
-
-/// A fault with its probability per request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RatedFault {
-    pub rate: f64,
-    pub fault: Fault,
-}
-
-/// What the server does wrong, and when.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FaultPlan {
-    /// Applied to the first requests, one each, in order.
-    #[serde(default)]
-    pub script: Vec<Fault>,
-    /// After the script: each request draws at most one of these by its rate.
-    #[serde(default)]
-    pub rates: Vec<RatedFault>,
-    /// Seed of the random draws, so a run can be repeated.
-    #[serde(default)]
-    pub seed: u64,
-}
+mod faults;
 
 /// A request the server received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,9 +43,7 @@ pub struct Recorded {
 
 #[derive(Debug)]
 struct Shared {
-    plan: FaultPlan,
-    scripted: usize,
-    rng: u64,
+    faults: Draws,
     log: Vec<Recorded>,
 }
 
@@ -109,9 +69,7 @@ impl MockLlmServer {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Mutex::new(Shared {
-            rng: plan.seed ^ 0x9E37_79B9_7F4A_7C15,
-            plan,
-            scripted: 0,
+            faults: Draws::new(plan),
             log: Vec::new(),
         }));
         let (stall_tx, stall_rx) = watch::channel(u32::MAX);
@@ -150,10 +108,7 @@ impl MockLlmServer {
     }
 
     pub fn set_plan(&self, plan: FaultPlan) {
-        let mut shared = self.shared.lock().expect("mock state");
-        shared.rng = plan.seed ^ 0x9E37_79B9_7F4A_7C15;
-        shared.plan = plan;
-        shared.scripted = 0;
+        self.shared.lock().expect("mock state").faults = Draws::new(plan);
     }
 
     /// Holds every request whose first week is `week` or later until [`Self::release`].
@@ -180,6 +135,8 @@ struct Answer {
     truncated: bool,
     input_tokens: u64,
     output_tokens: u64,
+    /// Streamed in place of [`FILL_MARKER`] in `text`, for answers too large to build.
+    filler: Option<Filler>,
 }
 
 async fn prepare(
@@ -193,7 +150,7 @@ async fn prepare(
     let brief = Brief::parse(user);
     let fault = {
         let mut shared = state.shared.lock().expect("mock state");
-        let fault = next_fault(&mut shared);
+        let fault = shared.faults.next();
         shared.log.push(Recorded {
             api,
             role: brief
@@ -218,10 +175,48 @@ async fn prepare(
     let mut value = mock::answer_value(user).map_err(|m| error(StatusCode::BAD_REQUEST, &m, None))?;
     let mut truncate_at = max_tokens;
     let mut text = None;
+    let mut filler = None;
+    let mut truncated = false;
     match fault {
         Some(Fault::Status { code, retry_after }) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Err(error(status, "injected failure", retry_after));
+            return Err(error(faults::status(code), "injected failure", retry_after));
+        }
+        Some(Fault::RetryHints {
+            code,
+            headers,
+            raw_headers,
+            retry_delay,
+        }) => {
+            return Err(faults::retry_hints(
+                code,
+                &headers,
+                &raw_headers,
+                retry_delay.as_deref(),
+            ));
+        }
+        Some(Fault::HugeBody {
+            bytes,
+            code: Some(code),
+        }) => return Err(faults::huge_error(code, bytes)),
+        Some(Fault::HugeBody { bytes, code: None }) => {
+            text = Some(FILL_MARKER.to_owned());
+            filler = Some(Filler {
+                byte: b'x',
+                len: bytes,
+            });
+        }
+        Some(Fault::Whitespace { bytes }) => {
+            // The weeks array left open after its complete weeks, as the model's limit cuts it.
+            let full = value.to_string();
+            let open = full.strip_suffix("]}").unwrap_or(&full);
+            text = Some(format!("{open},{FILL_MARKER}"));
+            filler = Some(Filler {
+                byte: b' ',
+                len: bytes,
+            });
+            // Cut already: the mock's own cut at max tokens would drop the filler's place.
+            truncate_at = None;
+            truncated = true;
         }
         Some(Fault::AuthFailure) => {
             return Err(error(
@@ -242,52 +237,26 @@ async fn prepare(
         None => {}
     }
     let mut text = text.unwrap_or_else(|| value.to_string());
-    let mut truncated = false;
     if let Some(limit) = truncate_at.filter(|limit| estimate_tokens(&text) > *limit) {
         text = text.chars().take((limit * 4) as usize).collect();
         truncated = true;
     }
+    let filled = filler.map_or(0, |f| f.len.div_ceil(4));
     Ok(Answer {
         input_tokens: estimate_tokens(system) + estimate_tokens(user),
-        output_tokens: estimate_tokens(&text),
+        output_tokens: estimate_tokens(&text) + filled,
         text,
         truncated,
+        filler,
     })
 }
 
-fn next_fault(shared: &mut Shared) -> Option<Fault> {
-    if let Some(fault) = shared.plan.script.get(shared.scripted).cloned() {
-        shared.scripted += 1;
-        return Some(fault);
+/// A provider's response envelope, streamed if the answer has a filler.
+fn respond(envelope: Value, filler: Option<Filler>) -> Response {
+    match filler {
+        Some(filler) => faults::streamed(StatusCode::OK, &envelope, filler),
+        None => Json(envelope).into_response(),
     }
-    // xorshift64*: deterministic per seed, good enough to spread faults.
-    let mut x = shared.rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    shared.rng = x;
-    let draw = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
-    let mut acc = 0.0;
-    for rated in &shared.plan.rates {
-        acc += rated.rate;
-        if draw < acc {
-            return Some(rated.fault.clone());
-        }
-    }
-    None
-}
-
-fn error(status: StatusCode, message: &str, retry_after: Option<f64>) -> Response {
-    let mut headers = HeaderMap::new();
-    if let Some(v) = retry_after.and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok()) {
-        headers.insert("retry-after", v);
-    }
-    (
-        status,
-        headers,
-        Json(json!({"error": {"message": message, "code": status.as_u16()}})),
-    )
-        .into_response()
 }
 
 async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Response {
@@ -323,22 +292,24 @@ async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
     .await
     {
         Err(response) => response,
-        Ok(a) => Json(json!({
-            "id": "chatcmpl-mock",
-            "object": "chat.completion",
-            "model": body["model"],
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": a.text},
-                "finish_reason": if a.truncated { "length" } else { "stop" },
-            }],
-            "usage": {
-                "prompt_tokens": a.input_tokens,
-                "completion_tokens": a.output_tokens,
-                "total_tokens": a.input_tokens + a.output_tokens,
-            },
-        }))
-        .into_response(),
+        Ok(a) => respond(
+            json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": a.text},
+                    "finish_reason": if a.truncated { "length" } else { "stop" },
+                }],
+                "usage": {
+                    "prompt_tokens": a.input_tokens,
+                    "completion_tokens": a.output_tokens,
+                    "total_tokens": a.input_tokens + a.output_tokens,
+                },
+            }),
+            a.filler,
+        ),
     }
 }
 
@@ -372,17 +343,19 @@ async fn gemini(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
     };
     match prepare(&state, "gemini", &system, &user, max_tokens, format).await {
         Err(response) => response,
-        Ok(a) => Json(json!({
-            "candidates": [{
-                "content": {"role": "model", "parts": [{"text": a.text}]},
-                "finishReason": if a.truncated { "MAX_TOKENS" } else { "STOP" },
-            }],
-            "usageMetadata": {
-                "promptTokenCount": a.input_tokens,
-                "candidatesTokenCount": a.output_tokens,
-                "totalTokenCount": a.input_tokens + a.output_tokens,
-            },
-        }))
-        .into_response(),
+        Ok(a) => respond(
+            json!({
+                "candidates": [{
+                    "content": {"role": "model", "parts": [{"text": a.text}]},
+                    "finishReason": if a.truncated { "MAX_TOKENS" } else { "STOP" },
+                }],
+                "usageMetadata": {
+                    "promptTokenCount": a.input_tokens,
+                    "candidatesTokenCount": a.output_tokens,
+                    "totalTokenCount": a.input_tokens + a.output_tokens,
+                },
+            }),
+            a.filler,
+        ),
     }
 }

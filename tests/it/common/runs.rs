@@ -1,0 +1,90 @@
+//! One job run against a scripted mock LLM, with what the worker asked and stored: shared by the
+//! ladder tests and the hostile-provider tests.
+
+use std::time::Duration;
+
+use roadmap_worker::{
+    domain::event::Completed,
+    mock_server::{Fault, FaultPlan},
+};
+
+use super::{TestEnv, job};
+
+pub const PROVIDERS: [&str; 2] = ["openai", "gemini"];
+
+pub struct Run {
+    pub completed: Completed,
+    /// The week ranges the mock was asked for, in order.
+    pub asked: Vec<(u32, u32)>,
+    pub formats: Vec<String>,
+    /// Each stored batch's outcome and LLM calls.
+    pub batches: Vec<(String, i32)>,
+    /// The worker's /metrics text at the end of the run.
+    pub metrics: String,
+}
+
+impl Run {
+    pub fn outcomes(&self) -> Vec<&str> {
+        self.batches.iter().map(|(o, _)| o.as_str()).collect()
+    }
+
+    /// The value of one metric series, 0 if it is missing.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Runs one job of `weeks` weeks against the mock with `script`, and returns what happened.
+pub async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&str]) -> Run {
+    let env = TestEnv::with_plan(FaultPlan {
+        script,
+        ..Default::default()
+    })
+    .await;
+    let worker = env.start_worker_for(provider, extra).await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(weeks, "Cloud Engineer");
+    env.publish(&body).await;
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed", "{provider}: {}", end.body);
+    let completed: Completed = serde_json::from_value(end.body).unwrap();
+    let numbers: Vec<u32> = completed.roadmap.weeks.iter().map(|w| w.number).collect();
+    assert_eq!(numbers, (1..=weeks).collect::<Vec<_>>(), "{provider}");
+    assert!(
+        completed.roadmap.weeks.iter().all(|w| w.days.len() == 7),
+        "{provider}"
+    );
+    let db = env.db().await;
+    let batches = db
+        .query("SELECT outcome, llm_calls FROM batches ORDER BY batch_index", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let formats = env.mock.requests().iter().map(|r| r.format.clone()).collect();
+    let asked = env
+        .mock
+        .requests()
+        .iter()
+        .map(|r| (r.first_week, r.last_week))
+        .collect();
+    let metrics = worker.running.metrics.render();
+    worker.stop().await;
+    env.cleanup().await;
+    Run {
+        completed,
+        asked,
+        formats,
+        batches,
+        metrics,
+    }
+}
