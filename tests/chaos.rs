@@ -67,6 +67,43 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
         ("SHUTDOWN_GRACE_SECS", "5"),
         ("WORKER_CONCURRENCY", "6"),
     ];
+    // A backend's durable event queue, bound before the first job as the README asks: it
+    // survives the RabbitMQ restart, so every completion event has somewhere to go.
+    let backend_queue = format!("{}.test-backend", env.name);
+    let setup = env.connection.create_channel().await.unwrap();
+    setup
+        .exchange_declare(
+            env.topology.events_exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    setup
+        .queue_declare(
+            backend_queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    setup
+        .queue_bind(
+            backend_queue.as_str().into(),
+            env.topology.events_exchange.as_str().into(),
+            "roadmap.#".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     let mut replicas: Vec<_> = (0..REPLICAS)
         .map(|_| env.spawn_worker_process(&replica_env))
         .collect();
@@ -194,6 +231,14 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
     assert_eq!(events, JOBS as i64, "one completion event id per job");
     assert_eq!(contiguous, JOBS as i64);
     assert_eq!(regenerated, 0, "no finished batch was asked of the LLM again");
+    // The first connection died with the broker's restart.
+    let connection = roadmap_worker::amqp::connect(&common::amqp_settings(&env.name), "chaos-cleanup")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(backend_queue.as_str().into(), Default::default())
+        .await;
     env.cleanup().await;
 }
 

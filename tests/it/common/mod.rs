@@ -62,7 +62,8 @@ impl TestEnv {
             .with_test_writer()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info,lapin=warn".into()),
+                    .unwrap_or_else(|_| "info,lapin=warn".into())
+                    .add_directive(roadmap_worker::telemetry::QUIET_RETURNS.parse().unwrap()),
             )
             .try_init();
         let name = format!("rwtest_{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -315,7 +316,7 @@ async fn remove(name: &str, topology: &Topology) {
     }
 }
 
-fn amqp_settings(namespace: &str) -> AmqpSettings {
+pub fn amqp_settings(namespace: &str) -> AmqpSettings {
     AmqpSettings {
         url: amqp_url().parse().unwrap(),
         namespace: namespace.into(),
