@@ -197,6 +197,17 @@ async fn a_conflicting_copy_is_refused_and_changes_nothing() {
         .get(0);
     assert_eq!(after, before, "the job is untouched");
 
+    // A malformed copy under the same job_id is refused for its own reason, and announces
+    // nothing either: the job it names has ended, and its consumers saw that outcome.
+    let mut broken = body.clone();
+    broken["duration_weeks"] = json!(99);
+    env.publish(&broken).await;
+    let dead = wait_for_dead_letters(&env, 1, Duration::from_secs(10)).await;
+    assert_eq!(dead[0].reason.as_deref(), Some("out_of_range"));
+    if let Some(extra) = events.next(Duration::from_secs(2)).await.unwrap() {
+        panic!("the malformed copy announced something: {:#}", extra.body);
+    }
+
     // An identical copy after completion is a plain duplicate: acked, nothing dead-lettered.
     env.publish(&body).await;
     eventually(Duration::from_secs(10), "the duplicate settled", || async {

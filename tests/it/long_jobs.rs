@@ -37,3 +37,40 @@ async fn acked_job_whose_replica_died_is_swept_and_resumed() {
     second.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_stamp_whose_copy_was_lost_expires() {
+    let env = TestEnv::new().await;
+    let pool = env.pool("sweeper-test").await;
+    let db = env.db().await;
+    let (job_id, body) = job(3, "Data Engineer");
+    // An early-acked job whose owner died, stamped by a sweep whose copy never arrived.
+    db.execute(
+        "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, owner, lease_until,
+                           delivery_acked, redispatched_at)
+         VALUES ($1, 'user-1', $2, '{}', 1, 'replica-long-gone', now() + interval '1 minute', true, $3)",
+        &[
+            &job_id,
+            &body,
+            &(chrono::Utc::now() - chrono::Duration::minutes(10)),
+        ],
+    )
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(60);
+    let swept = roadmap_worker::store::jobs::sweep(&pool, lease, Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        swept.iter().map(|s| s.job_id).collect::<Vec<_>>(),
+        vec![job_id],
+        "a 10-minute-old stamp expired"
+    );
+    // Freshly stamped now: not again until the stamp is old.
+    let again = roadmap_worker::store::jobs::sweep(&pool, lease, Duration::from_secs(300), 10)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "swept twice in a row: {again:?}");
+    drop(pool);
+    env.cleanup().await;
+}
