@@ -278,6 +278,16 @@ impl Metrics {
         }
         for kind in [PROGRESS, COMPLETED, FAILED] {
             self.events_published.with_label_values(&[kind]);
+            self.events_unroutable.with_label_values(&[kind]);
+        }
+        for reason in Dependency::ALL {
+            self.intake_paused.with_label_values(&[reason.as_str()]);
+        }
+        for reason in Deferral::ALL {
+            self.deliveries_deferred.with_label_values(&[reason.as_str()]);
+        }
+        for outcome in Recovery::ALL {
+            self.deliveries_recovered.with_label_values(&[outcome.as_str()]);
         }
         for direction in ["input", "output"] {
             self.llm_tokens.with_label_values(&[direction]);

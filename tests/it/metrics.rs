@@ -111,6 +111,18 @@ async fn metrics_move_as_documented_after_a_job() {
         ),
         0.0
     );
+    // The delivery-accounting series exist from the start, at 0 on a healthy run.
+    for series in [
+        "roadmap_intake_paused{reason=\"database\"}",
+        "roadmap_intake_paused{reason=\"provider\"}",
+        "roadmap_deliveries_deferred_total{reason=\"shutdown\"}",
+        "roadmap_deliveries_recovered_total{outcome=\"failed\"}",
+        "roadmap_events_unroutable_total{type=\"roadmap.completed\"}",
+        "roadmap_jobs_failed_total{reason=\"delivery_limit\"}",
+        "roadmap_duplicate_deliveries_total",
+    ] {
+        assert_eq!(value(&text, series), 0.0, "{series}");
+    }
     // No label carries a job or user id.
     assert!(!text.contains(&job_id.to_string()) && !text.contains("user-1"));
 
