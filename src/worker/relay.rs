@@ -37,8 +37,9 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEP_SENT: Duration = Duration::from_secs(7 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: i64 = 5_000;
-/// Longest wait before an event that no queue took is tried again.
-const MAX_UNROUTED_DELAY: Duration = Duration::from_secs(60);
+/// Longest wait before an event that no queue took is tried again: each try re-sends the whole
+/// event (a 52-week completion is about 320 KB), so a backend that never binds costs little.
+const MAX_UNROUTED_DELAY: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -168,9 +169,22 @@ async fn publish_pending(
     }
 }
 
-/// 1 s, 2 s, 4 s … up to a minute: quick for a backend that is just starting, cheap for one
+/// 1 s, 2 s, 4 s … up to five minutes: quick for a backend that is just starting, cheap for one
 /// that never binds.
 fn unrouted_delay(attempts: i32) -> Duration {
-    let exp = attempts.clamp(1, 7) as u32 - 1;
+    let exp = attempts.clamp(1, 10) as u32 - 1;
     (Duration::from_secs(1) * 2u32.pow(exp)).min(MAX_UNROUTED_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unrouted_events_back_off_to_five_minutes() {
+        let delays: Vec<u64> = [0, 1, 2, 3, 9, 10, 50, i32::MAX]
+            .map(|a| unrouted_delay(a).as_secs())
+            .to_vec();
+        assert_eq!(delays, vec![1, 1, 2, 4, 256, 300, 300, 300]);
+    }
 }
