@@ -9,7 +9,7 @@
 //! 1. [`commands`], [`cli`]: what each subcommand does, and the command line; [`client`]: the
 //!    web backend's side (publish a job, watch events); [`mock_server`]: the mock LLM over HTTP
 //!    with fault injection.
-//! 2. [`worker`]: broker sessions, intake, the one place where outcomes become ack / requeue /
+//! 2. [`worker`]: broker sessions, intake, the one place where outcomes become ack / hand-back /
 //!    dead-letter, the outbox relay and the sweeper.
 //! 3. [`pipeline`]: prompt → batch (the robustness ladder) → job (claim, checkpoints, assemble).
 //! 4. [`llm`]: the embedded mock, OpenAI-compatible and Gemini providers; [`store`]: the Postgres

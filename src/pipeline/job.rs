@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
@@ -187,7 +188,31 @@ impl JobRunner {
             held.remove(&job.job_id);
         }
         drop(held);
+        if end.is_err() {
+            self.release_when_back(job.job_id, token);
+        }
         end
+    }
+
+    /// The database went away under a job: its lease could not be released, and while it stays
+    /// live another replica would take the handed-back job for a duplicate. Release it as soon
+    /// as the database answers again (tries for about ten minutes; the lease expires anyway).
+    fn release_when_back(&self, job_id: Uuid, token: i64) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let released = (|| store::jobs::release(&pool, job_id, token))
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(500))
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_max_times(120),
+                )
+                .when(StoreError::is_transient)
+                .await;
+            if let Err(e) = released {
+                warn!(error = %e, %job_id, "could not release the lease of a handed-back job; it will expire");
+            }
+        });
     }
 
     /// Releases every lease still held (tasks the drain had to abort), so that the next claim

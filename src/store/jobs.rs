@@ -218,8 +218,9 @@ pub async fn fail(
 
 /// Fails a job that no live replica is working, whether or not it was ever claimed, and queues
 /// its `roadmap.failed` event, in one transaction (a message the broker gave up on). Returns
-/// `false`, changing nothing, when the job has ended, belongs to another user, or a live
-/// replica holds its lease.
+/// `false`, changing nothing, when the job has ended, belongs to another user or to another
+/// request (a conflicting copy never fails the job it conflicts with), or a live replica holds
+/// its lease.
 pub async fn fail_unowned(
     pool: &Pool,
     job: &JobRequest,
@@ -237,7 +238,7 @@ pub async fn fail_unowned(
              ON CONFLICT (job_id) DO UPDATE
                SET status = 'failed', failure_reason = $6, owner = NULL, lease_until = NULL,
                    completed_at = now(), updated_at = now()
-             WHERE jobs.status = 'running' AND jobs.user_id = $2
+             WHERE jobs.status = 'running' AND jobs.user_id = $2 AND jobs.request = $3
                AND NOT (jobs.lease_until > now() AND EXISTS (
                    SELECT 1 FROM pg_stat_activity WHERE application_name = $7 || jobs.owner))",
             &[

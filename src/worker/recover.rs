@@ -19,14 +19,11 @@ use lapin::{
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{
-    Context,
-    settle::{self, Outcome},
-};
+use super::{Context, settle};
 use crate::{
     amqp::{PublishError, topology::JOB_ROUTING_KEY},
     domain::{
-        JobRequest,
+        JobRequest, Rejection,
         event::{Failed, JobFailure},
     },
     metrics::Recovery,
@@ -80,11 +77,7 @@ async fn recover(ctx: &Context, delivery: Delivery) {
                 props.message_id().as_ref().map(|s| s.as_str()),
                 props.correlation_id().as_ref().map(|s| s.as_str()),
             );
-            ctx.metrics
-                .deliveries_recovered
-                .with_label_values(&[Recovery::Failed.as_str()])
-                .inc();
-            return settle::settle(ctx, delivery, Outcome::Rejected(rejection), false).await;
+            return refuse(ctx, delivery, &rejection).await;
         }
     };
     let recoveries = header_count(&delivery, RECOVERIES);
@@ -160,8 +153,30 @@ async fn give_up(ctx: &Context, delivery: &Delivery, job: &JobRequest) -> Result
     }
     warn!(job_id = %job.job_id, "job failed: the broker dead-lettered it too often");
     ctx.metrics.jobs_failed.with_label_values(&[reason]).inc();
-    settle::dead_letter(ctx, delivery, reason, &message, true).await?;
+    // The job's row and event account for it; the copy is for the operator's tools.
+    if let Err(e) = settle::copy_to_dead_letters(ctx, delivery, reason, &message).await {
+        warn!(job_id = %job.job_id, error = %e, "could not file the failed job's message in the dead-letter queue");
+    }
     Ok(Recovery::Failed)
+}
+
+/// A malformed message: refused as at intake. Unlike at intake, a failed copy leaves the message
+/// here (unacked, offered again later): the recovery queue has no dead-letter queue behind it.
+async fn refuse(ctx: &Context, delivery: Delivery, rejection: &Rejection) {
+    let code = rejection.reason.code();
+    settle::queue_failed_event(ctx, rejection).await;
+    match settle::copy_to_dead_letters(ctx, &delivery, code, &rejection.reason.to_string()).await {
+        Ok(()) => {
+            ctx.metrics
+                .deliveries_recovered
+                .with_label_values(&[Recovery::Failed.as_str()])
+                .inc();
+            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                warn!(error = %e, "could not ack a refused recovered message");
+            }
+        }
+        Err(e) => warn!(error = %e, reason = code, "could not file a refused message; it stays queued"),
+    }
 }
 
 /// A whole-number header, 0 when absent or of another type.

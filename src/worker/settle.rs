@@ -252,31 +252,7 @@ pub(super) async fn dead_letter(
     message: &str,
     acked_early: bool,
 ) -> lapin::Result<()> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        "x-reject-reason".into(),
-        AMQPValue::LongString(LongString::from(code)),
-    );
-    headers.insert(
-        "x-reject-message".into(),
-        AMQPValue::LongString(LongString::from(message)),
-    );
-    let props = delivery.properties.clone().with_headers(headers);
-    let copied = match ctx.publisher() {
-        Some(publisher) => {
-            publisher
-                .publish(
-                    &ctx.topology.dead_letter_exchange,
-                    REJECTED_ROUTING_KEY,
-                    &delivery.data,
-                    props,
-                    true,
-                )
-                .await
-        }
-        None => Err(PublishError::NotConnected),
-    };
-    ctx.metrics.dead_lettered.with_label_values(&[code]).inc();
+    let copied = copy_to_dead_letters(ctx, delivery, code, message).await;
     match (copied, acked_early) {
         (Ok(()), true) => Ok(()),
         (Ok(()), false) => delivery.ack(BasicAckOptions::default()).await.map(drop),
@@ -294,6 +270,38 @@ pub(super) async fn dead_letter(
             delivery.nack(reject).await.map(drop)
         }
     }
+}
+
+/// Publishes a copy of the message to the dead-letter exchange, with `x-reject-reason` and
+/// `x-reject-message`, and counts it.
+pub(super) async fn copy_to_dead_letters(
+    ctx: &Context,
+    delivery: &Delivery,
+    code: &str,
+    message: &str,
+) -> Result<(), PublishError> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-reject-reason".into(),
+        AMQPValue::LongString(LongString::from(code)),
+    );
+    headers.insert(
+        "x-reject-message".into(),
+        AMQPValue::LongString(LongString::from(message)),
+    );
+    let props = delivery.properties.clone().with_headers(headers);
+    let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
+    publisher
+        .publish(
+            &ctx.topology.dead_letter_exchange,
+            REJECTED_ROUTING_KEY,
+            &delivery.data,
+            props,
+            true,
+        )
+        .await?;
+    ctx.metrics.dead_lettered.with_label_values(&[code]).inc();
+    Ok(())
 }
 
 #[cfg(test)]
