@@ -26,6 +26,8 @@ const IN_FLIGHT_WINDOW: Duration = Duration::from_secs(10);
 
 pub async fn in_flight() {
     let env = TestEnv::with_mock(FaultPlan::default(), SLOW_LLM).await;
+    // Events are routed to a backend, as in production (an unbound event is kept and retried).
+    let _sink = env.event_sink().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -45,7 +45,12 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+                .add_directive(
+                    roadmap_worker::telemetry::QUIET_RETURNS
+                        .parse()
+                        .expect("a valid directive"),
+                ),
         )
         .try_init();
     // `cargo bench` passes `--bench`; plain words pick parts.

@@ -44,6 +44,8 @@ pub async fn overhead() -> f64 {
     let per_job = fx.stages.len();
     let batches = (OVERHEAD_JOBS * per_job) as f64;
     let env = TestEnv::with_mock(FaultPlan::default(), Duration::ZERO).await;
+    // Events are routed to a backend, as in production (an unbound event is kept and retried).
+    let _sink = env.event_sink().await;
     for _ in 0..OVERHEAD_JOBS {
         env.publish(&common::job(WEEKS, ROLE).1).await;
     }

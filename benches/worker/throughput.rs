@@ -109,6 +109,8 @@ fn stat_ticks(stat: &str) -> Option<(String, u64)> {
 pub async fn throughput() {
     let fx = Arc::new(Fixture::new(WEEKS));
     let env = TestEnv::new().await;
+    // Events are routed to a backend, as in production (an unbound event is kept and retried).
+    let _sink = env.event_sink().await;
     for _ in 0..THROUGHPUT_JOBS {
         env.publish(&common::job(WEEKS, ROLE).1).await;
     }

@@ -80,3 +80,48 @@ async fn a_completion_event_waits_for_a_queue_bound_later() {
     worker.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_queue_bound_every_event_counts_as_published() {
+    let env = TestEnv::new().await;
+    let _sink = env.event_sink().await;
+    let worker = env.start_worker(&[]).await;
+    let (job_id, body) = job(3, "Mobile Developer");
+    env.publish(&body).await;
+    let metrics = &worker.running.metrics;
+    eventually(Duration::from_secs(30), "the completion published", || async {
+        (metrics
+            .events_published
+            .with_label_values(&["roadmap.completed"])
+            .get()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    for kind in ["roadmap.progress", "roadmap.completed"] {
+        assert_eq!(
+            metrics.events_unroutable.with_label_values(&[kind]).get(),
+            0,
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        metrics
+            .events_published
+            .with_label_values(&["roadmap.progress"])
+            .get(),
+        1
+    );
+    let db = env.db().await;
+    let unsent: i64 = db
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE job_id = $1 AND sent_at IS NULL",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unsent, 0);
+    worker.stop().await;
+    env.cleanup().await;
+}

@@ -181,6 +181,38 @@ impl TestEnv {
         cmd
     }
 
+    /// A backend that takes every event and keeps none: a queue bound to `roadmap.#` that holds
+    /// no message (`x-max-length` 0), so events are routed, as with a real backend, at no cost.
+    /// Keep the channel alive as long as events should be taken.
+    pub async fn event_sink(&self) -> lapin::Channel {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut args = lapin::types::FieldTable::default();
+        args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(0));
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.topology.events_exchange.as_str().into(),
+                "roadmap.#".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        channel
+    }
+
     pub async fn watcher(&self) -> EventWatcher {
         EventWatcher::new(&self.connection, &self.topology).await.unwrap()
     }
