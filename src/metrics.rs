@@ -289,7 +289,7 @@ impl Metrics {
         for outcome in Recovery::ALL {
             self.deliveries_recovered.with_label_values(&[outcome.as_str()]);
         }
-        for direction in ["input", "output"] {
+        for direction in ["input", "output", "cached_input"] {
             self.llm_tokens.with_label_values(&[direction]);
         }
         self

@@ -73,6 +73,7 @@ impl Fixture {
                     llm_calls: 1,
                     input_tokens: estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(&prompt),
                     output_tokens: estimate_tokens(&answer),
+                    cached_input_tokens: 0,
                 },
                 outcome: BatchOutcome::Ok,
             };

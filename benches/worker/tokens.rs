@@ -5,7 +5,9 @@
 //! with the default BATCH_WEEKS and CONTEXT_DAYS. Window = Σ over calls of system + prompt,
 //! as the worker sends them (the previous week's last days in each prompt). Full history =
 //! what a chat session re-sends: each call carries the system prompt, every earlier prompt and
-//! answer, and its own prompt (without the window, which the history makes redundant).
+//! answer, and its own prompt (without the window, which the history makes redundant). Cached
+//! prefix = the share of the window's input that repeats the previous call's first bytes (the
+//! part a provider's prompt cache can serve; real caches count only long prefixes, in blocks).
 
 use roadmap_worker::{
     config::BatchSettings,
@@ -24,13 +26,25 @@ pub fn tokens(measured_12_weeks: Option<f64>) {
     );
     println!(
         "    weeks  calls  window input  full-history input  full/window  largest call: window / full  \
-         output (both)"
+         output (both)  cached prefix"
     );
     for weeks in [12, 26, 52] {
         let fx = Fixture::new(weeks);
         let (mut window, mut full, mut history, mut output) = (0, 0, 0, 0);
         let (mut window_max, mut full_max) = (0, 0);
+        let mut cached = 0;
+        let mut previous: Option<String> = None;
         for s in &fx.stages {
+            let sent = format!("{SYSTEM_PROMPT}\n{}", s.prompt);
+            if let Some(prev) = &previous {
+                let shared = prev
+                    .char_indices()
+                    .zip(sent.chars())
+                    .find(|((_, a), b)| a != b)
+                    .map_or(prev.len().min(sent.len()), |((i, _), _)| i);
+                cached += estimate_tokens(&sent[..shared]);
+            }
+            previous = Some(sent);
             let call = system + estimate_tokens(&s.prompt);
             window += call;
             window_max = window_max.max(call);
@@ -44,9 +58,11 @@ pub fn tokens(measured_12_weeks: Option<f64>) {
             output += answer;
         }
         println!(
-            "    {weeks:5}  {:5}  {window:12}  {full:18}  {:10.1}x  {window_max:19} / {full_max:<6}  {output:13}",
+            "    {weeks:5}  {:5}  {window:12}  {full:18}  {:10.1}x  {window_max:19} / {full_max:<6}  {output:13}  \
+             {:5.1} %",
             fx.stages.len(),
-            full as f64 / window as f64
+            full as f64 / window as f64,
+            100.0 * cached as f64 / window as f64
         );
     }
     let schema_tokens = estimate_tokens(&schema::batch_schema(1, defaults.batch_weeks).to_string());

@@ -218,6 +218,17 @@ pub struct LlmSettings {
         value_parser = clap::value_parser!(u64).range(0..=600_000)
     )]
     pub mock_latency_ms: u64,
+    /// Send OpenAI's `prompt_cache_key` (the job id), so that a job's calls hit the same prompt
+    /// cache; `false` for an OpenAI-compatible server that refuses unknown fields.
+    #[arg(
+        long = "llm-prompt-cache-key",
+        id = "llm_prompt_cache_key",
+        env = "LLM_PROMPT_CACHE_KEY",
+        value_name = "LLM_PROMPT_CACHE_KEY",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub prompt_cache_key: bool,
     /// Longest wait between retries, in milliseconds, whatever the server asks for.
     #[arg(
         long = "llm-max-retry-delay-ms",

@@ -22,26 +22,32 @@ const JOB_OPEN: &str = "<job_data>";
 const JOB_CLOSE: &str = "</job_data>";
 const PLAN_OPEN: &str = "<plan>";
 const PLAN_CLOSE: &str = "</plan>";
+const BATCH_OPEN: &str = "<batch>";
+const BATCH_CLOSE: &str = "</batch>";
 
 #[derive(Serialize, Deserialize)]
 struct PlanBlock<P> {
     duration_weeks: u32,
-    first_week: u32,
-    last_week: u32,
     phases: P,
 }
 
+#[derive(Serialize, Deserialize)]
+struct BatchBlock {
+    first_week: u32,
+    last_week: u32,
+}
+
 impl Brief {
-    /// Appends the job and plan blocks to `out`, one line each.
-    pub fn embed(&self, out: &mut String) {
+    /// Appends what every batch of the job shares, the job and the phase outline, one line
+    /// each. Kept apart from the batch's own part so that a job's prompts start with the same
+    /// bytes, which providers cache.
+    pub fn embed_shared(&self, out: &mut String) {
         out.push_str(JOB_OPEN);
         out.push_str(&json_for_prompt(&self.profile));
         out.push_str(JOB_CLOSE);
         out.push('\n');
         let plan = PlanBlock {
             duration_weeks: self.duration_weeks,
-            first_week: self.first_week,
-            last_week: self.last_week,
             phases: &self.phases,
         };
         out.push_str(PLAN_OPEN);
@@ -50,16 +56,29 @@ impl Brief {
         out.push('\n');
     }
 
+    /// Appends this batch's own part: the weeks it asks for.
+    pub fn embed_batch(&self, out: &mut String) {
+        let batch = BatchBlock {
+            first_week: self.first_week,
+            last_week: self.last_week,
+        };
+        out.push_str(BATCH_OPEN);
+        out.push_str(&json_for_prompt(&batch));
+        out.push_str(BATCH_CLOSE);
+        out.push('\n');
+    }
+
     /// Reads the brief back out of a prompt that embeds one.
     pub fn parse(prompt: &str) -> Option<Self> {
         let profile: JobProfile = serde_json::from_str(between(prompt, JOB_OPEN, JOB_CLOSE)?).ok()?;
         let plan: PlanBlock<Vec<Phase>> =
             serde_json::from_str(between(prompt, PLAN_OPEN, PLAN_CLOSE)?).ok()?;
-        (plan.first_week >= 1 && plan.first_week <= plan.last_week).then_some(Self {
+        let batch: BatchBlock = serde_json::from_str(between(prompt, BATCH_OPEN, BATCH_CLOSE)?).ok()?;
+        (batch.first_week >= 1 && batch.first_week <= batch.last_week).then_some(Self {
             profile,
             duration_weeks: plan.duration_weeks,
-            first_week: plan.first_week,
-            last_week: plan.last_week,
+            first_week: batch.first_week,
+            last_week: batch.last_week,
             phases: plan.phases,
         })
     }

@@ -38,6 +38,9 @@ pub struct Usage {
     pub llm_calls: u32,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those the provider served from its prompt cache (billed lower).
+    #[serde(default)]
+    pub cached_input_tokens: u64,
 }
 
 impl std::ops::AddAssign for Usage {
@@ -46,6 +49,7 @@ impl std::ops::AddAssign for Usage {
         self.llm_calls = self.llm_calls.saturating_add(other.llm_calls);
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cached_input_tokens = self.cached_input_tokens.saturating_add(other.cached_input_tokens);
     }
 }
 

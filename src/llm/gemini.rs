@@ -110,9 +110,11 @@ impl Gemini {
             || TokenUsage {
                 input: estimate_tokens(&request.system) + estimate_tokens(&request.prompt),
                 output: estimate_tokens(&text),
+                cached_input: 0,
             },
             |u| TokenUsage {
                 input: u.prompt_token_count,
+                cached_input: u.cached_content_token_count.min(u.prompt_token_count),
                 // Counts come from the server: a sum must not overflow.
                 output: u.candidates_token_count.saturating_add(u.thoughts_token_count),
             },
@@ -167,6 +169,8 @@ struct UsageMetadata {
     candidates_token_count: u64,
     #[serde(default)]
     thoughts_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ impl MockLlm {
             usage: TokenUsage {
                 input: estimate_tokens(&request.system) + estimate_tokens(&request.prompt),
                 output: estimate_tokens(&text),
+                cached_input: 0,
             },
             text,
             finish: FinishReason::Stop,

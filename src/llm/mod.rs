@@ -24,6 +24,8 @@ pub struct LlmRequest {
     pub schema: Value,
     pub max_output_tokens: u32,
     pub temperature: f32,
+    /// Routes a job's calls to the same prompt cache (OpenAI's `prompt_cache_key`): the job id.
+    pub cache_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +39,8 @@ pub struct LlmResponse {
 pub struct TokenUsage {
     pub input: u64,
     pub output: u64,
+    /// Of `input`, the tokens the provider served from its prompt cache.
+    pub cached_input: u64,
 }
 
 /// Why the model stopped, normalised across providers.
@@ -179,6 +183,7 @@ impl Provider {
             schema: serde_json::Value::Null,
             max_output_tokens: 1,
             temperature: 0.0,
+            cache_key: None,
         };
         match self.complete(&request).await {
             Ok(_) | Err(LlmError::Refused { .. }) => Ok(()),

@@ -20,6 +20,8 @@ pub struct OpenAi {
     api_key: Option<Secret>,
     format: ResponseFormat,
     temperature: f32,
+    /// Send `prompt_cache_key`; off for servers that refuse unknown fields.
+    prompt_cache_key: bool,
 }
 
 impl OpenAi {
@@ -32,6 +34,7 @@ impl OpenAi {
             api_key: settings.api_key(),
             format: settings.response_format,
             temperature: settings.temperature,
+            prompt_cache_key: settings.prompt_cache_key,
         })
     }
 
@@ -49,6 +52,9 @@ impl OpenAi {
             "max_tokens": request.max_output_tokens,
             "temperature": self.temperature,
         });
+        if let Some(key) = request.cache_key.as_deref().filter(|_| self.prompt_cache_key) {
+            body["prompt_cache_key"] = json!(key);
+        }
         // A null schema marks a probe, which asks for plain text.
         let format = if request.schema.is_null() {
             ResponseFormat::None
@@ -101,10 +107,14 @@ impl OpenAi {
             || TokenUsage {
                 input: estimate_tokens(&request.system) + estimate_tokens(&request.prompt),
                 output: estimate_tokens(&text),
+                cached_input: 0,
             },
             |u| TokenUsage {
                 input: u.prompt_tokens,
                 output: u.completion_tokens,
+                cached_input: u
+                    .prompt_tokens_details
+                    .map_or(0, |d| d.cached_tokens.min(u.prompt_tokens)),
             },
         );
         Ok(LlmResponse { text, finish, usage })
@@ -148,6 +158,13 @@ struct Usage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: u64,
 }
 
 #[cfg(test)]

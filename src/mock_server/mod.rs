@@ -39,12 +39,19 @@ pub struct Recorded {
     /// The structured-output mode the request asked for: `json_schema[<pinned weeks>]`,
     /// `json_object` or `none` (OpenAI); `response_schema[<min>-<max>]`, `json` or `none` (Gemini).
     pub format: String,
+    /// OpenAI's `prompt_cache_key`, if the request sent one.
+    pub cache_key: Option<String>,
+    /// Input tokens the mock served "from its cache": the prefix this prompt shares with the
+    /// previous one of the same cache key (or, without a key, of the same job data).
+    pub cached_tokens: u64,
 }
 
 #[derive(Debug)]
 struct Shared {
     faults: Draws,
     log: Vec<Recorded>,
+    /// The last prompt seen per cache key, for the prompt-cache simulation.
+    prompts: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +78,7 @@ impl MockLlmServer {
         let shared = Arc::new(Mutex::new(Shared {
             faults: Draws::new(plan),
             log: Vec::new(),
+            prompts: std::collections::HashMap::new(),
         }));
         let (stall_tx, stall_rx) = watch::channel(u32::MAX);
         let state = AppState {
@@ -135,6 +143,7 @@ struct Answer {
     truncated: bool,
     input_tokens: u64,
     output_tokens: u64,
+    cached_tokens: u64,
     /// Streamed in place of [`FILL_MARKER`] in `text`, for answers too large to build.
     filler: Option<Filler>,
 }
@@ -146,11 +155,22 @@ async fn prepare(
     user: &str,
     max_tokens: Option<u64>,
     format: String,
+    cache_key: Option<String>,
 ) -> Result<Answer, Response> {
     let brief = Brief::parse(user);
-    let fault = {
+    let (fault, cached_tokens) = {
         let mut shared = state.shared.lock().expect("mock state");
         let fault = shared.faults.next();
+        // A real provider caches only long prefixes, in blocks; the mock counts any shared
+        // prefix, so that short test prompts show the effect.
+        let full = format!("{system}\n{user}");
+        let key = cache_key
+            .clone()
+            .unwrap_or_else(|| user.split("</job_data>").next().unwrap_or_default().to_owned());
+        let cached_tokens = shared
+            .prompts
+            .insert(key, full.clone())
+            .map_or(0, |previous| estimate_tokens(common_prefix(&previous, &full)));
         shared.log.push(Recorded {
             api,
             role: brief
@@ -162,8 +182,10 @@ async fn prepare(
             fault: fault.as_ref().map(|f| format!("{f:?}")),
             received_at: chrono::Utc::now(),
             format,
+            cache_key,
+            cached_tokens,
         });
-        fault
+        (fault, cached_tokens)
     };
     if let Some(first) = brief.as_ref().map(|b| b.first_week) {
         let mut stall = state.stall_from.clone();
@@ -245,10 +267,21 @@ async fn prepare(
     Ok(Answer {
         input_tokens: estimate_tokens(system) + estimate_tokens(user),
         output_tokens: estimate_tokens(&text) + filled,
+        cached_tokens,
         text,
         truncated,
         filler,
     })
+}
+
+/// The longest common prefix of `a` and `b`, on a character boundary.
+fn common_prefix<'a>(a: &'a str, b: &str) -> &'a str {
+    let end = a
+        .char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or_else(|| a.len().min(b.len()), |((i, _), _)| i);
+    &a[..end]
 }
 
 /// A provider's response envelope, streamed if the answer has a filler.
@@ -288,6 +321,7 @@ async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
         &content("user"),
         max_tokens,
         format,
+        body["prompt_cache_key"].as_str().map(str::to_owned),
     )
     .await
     {
@@ -303,6 +337,7 @@ async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
                     "finish_reason": if a.truncated { "length" } else { "stop" },
                 }],
                 "usage": {
+                    "prompt_tokens_details": {"cached_tokens": a.cached_tokens},
                     "prompt_tokens": a.input_tokens,
                     "completion_tokens": a.output_tokens,
                     "total_tokens": a.input_tokens + a.output_tokens,
@@ -341,7 +376,7 @@ async fn gemini(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
     } else {
         "none".to_owned()
     };
-    match prepare(&state, "gemini", &system, &user, max_tokens, format).await {
+    match prepare(&state, "gemini", &system, &user, max_tokens, format, None).await {
         Err(response) => response,
         Ok(a) => respond(
             json!({
@@ -351,6 +386,7 @@ async fn gemini(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
                 }],
                 "usageMetadata": {
                     "promptTokenCount": a.input_tokens,
+                    "cachedContentTokenCount": a.cached_tokens,
                     "candidatesTokenCount": a.output_tokens,
                     "totalTokenCount": a.input_tokens + a.output_tokens,
                 },

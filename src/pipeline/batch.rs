@@ -114,6 +114,8 @@ impl Generator {
         self.provider.probe().await
     }
 
+    /// Generates the weeks of `range`. `cache_key` (the job id) keeps a job's calls on one
+    /// prompt cache.
     pub async fn batch(
         &self,
         profile: &JobProfile,
@@ -121,6 +123,7 @@ impl Generator {
         range: BatchRange,
         previous: Option<&Week>,
         span_hint: &mut u32,
+        cache_key: &str,
     ) -> Result<BatchResult, ProviderFault> {
         let started = Instant::now();
         let mut weeks: Vec<Week> = Vec::with_capacity(range.week_count() as usize);
@@ -134,7 +137,14 @@ impl Generator {
         while next <= range.last {
             let last = (next + span - 1).min(range.last);
             let prev = weeks.last().or(previous);
-            let request = self.request(profile, plan, next, last, prev, feedback.as_deref());
+            let brief = Brief {
+                profile: profile.clone(),
+                duration_weeks: plan.duration_weeks,
+                first_week: next,
+                last_week: last,
+                phases: plan.phases.clone(),
+            };
+            let request = self.request(&brief, prev, feedback.as_deref(), cache_key);
             let answer = match self.call(&request, &mut usage, &mut rungs).await {
                 Ok(answer) => answer,
                 Err(err @ LlmError::Config { .. }) => return Err(ProviderFault(err)),
@@ -228,32 +238,24 @@ impl Generator {
 
     fn request(
         &self,
-        profile: &JobProfile,
-        plan: &Plan,
-        first: u32,
-        last: u32,
+        brief: &Brief,
         previous: Option<&Week>,
         feedback: Option<&[String]>,
+        cache_key: &str,
     ) -> LlmRequest {
-        let brief = Brief {
-            profile: profile.clone(),
-            duration_weeks: plan.duration_weeks,
-            first_week: first,
-            last_week: last,
-            phases: plan.phases.clone(),
-        };
         LlmRequest {
             system: prompt::SYSTEM_PROMPT.to_owned(),
             prompt: prompt::render(
-                &brief,
+                brief,
                 previous,
                 self.settings.context_days,
                 feedback,
                 self.settings.format,
             ),
-            schema: schema::batch_schema(first, last),
+            schema: schema::batch_schema(brief.first_week, brief.last_week),
             max_output_tokens: self.settings.max_output_tokens,
             temperature: self.settings.temperature,
+            cache_key: Some(cache_key.to_owned()),
         }
     }
 
@@ -331,6 +333,13 @@ impl Generator {
             // Counts come from the server: sums saturate rather than overflow.
             spent.input_tokens = spent.input_tokens.saturating_add(answer.usage.input);
             spent.output_tokens = spent.output_tokens.saturating_add(answer.usage.output);
+            spent.cached_input_tokens = spent
+                .cached_input_tokens
+                .saturating_add(answer.usage.cached_input);
+            self.metrics
+                .llm_tokens
+                .with_label_values(&["cached_input"])
+                .inc_by(answer.usage.cached_input);
             self.metrics
                 .llm_tokens
                 .with_label_values(&["input"])

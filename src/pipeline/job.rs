@@ -278,6 +278,7 @@ impl JobRunner {
             .collect();
         let stored: Vec<u32> = owned.batches.iter().map(|b| b.index).collect();
         let mut span_hint = self.batch_weeks;
+        let cache_key = job.job_id.to_string();
         for range in plan.batches.iter().filter(|r| !stored.contains(&r.index)) {
             if shutdown.is_cancelled() {
                 return Ok(self.hand_back(job.job_id, token).await);
@@ -286,7 +287,7 @@ impl JobRunner {
             let span =
                 info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
             let generated = tokio::select! {
-                result = self.generator.batch(profile, &plan, *range, previous, &mut span_hint).instrument(span) => result,
+                result = self.generator.batch(profile, &plan, *range, previous, &mut span_hint, &cache_key).instrument(span) => result,
                 () = lost.cancelled() => return Ok(JobEnd::Fenced),
                 () = abort.cancelled() => return Ok(self.hand_back(job.job_id, token).await),
             };

@@ -21,7 +21,8 @@ pub struct StoredBatch {
 pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<StoredBatch>, StoreError> {
     let rows = client
         .query(
-            "SELECT batch_index, weeks, fallback_weeks, llm_calls, input_tokens, output_tokens
+            "SELECT batch_index, weeks, fallback_weeks, llm_calls, input_tokens, output_tokens,
+                    cached_input_tokens
              FROM batches WHERE job_id = $1 ORDER BY batch_index",
             &[&job_id],
         )
@@ -36,6 +37,7 @@ pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<Store
                     llm_calls: row.get::<_, i32>(3) as u32,
                     input_tokens: row.get::<_, i64>(4) as u64,
                     output_tokens: row.get::<_, i64>(5) as u64,
+                    cached_input_tokens: row.get::<_, i64>(6) as u64,
                 },
             })
         })
@@ -71,8 +73,8 @@ pub async fn checkpoint(
     let inserted = tx
         .execute(
             "INSERT INTO batches (job_id, batch_index, first_week, last_week, weeks, outcome, fallback_weeks,
-                                  llm_calls, input_tokens, output_tokens, fencing_token)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                  llm_calls, input_tokens, output_tokens, fencing_token, cached_input_tokens)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (job_id, batch_index) DO NOTHING",
             &[
                 &job_id,
@@ -87,6 +89,7 @@ pub async fn checkpoint(
                 &i64::try_from(batch.usage.input_tokens).unwrap_or(i64::MAX),
                 &i64::try_from(batch.usage.output_tokens).unwrap_or(i64::MAX),
                 &token,
+                &i64::try_from(batch.usage.cached_input_tokens).unwrap_or(i64::MAX),
             ],
         )
         .await?;

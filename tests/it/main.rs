@@ -24,6 +24,7 @@ mod metrics;
 mod outbox;
 mod ownership;
 mod poison;
+mod prompt_cache;
 mod prompt_injection;
 mod reconnect;
 mod resume;
