@@ -66,6 +66,9 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
         ("SWEEP_INTERVAL_SECS", "2"),
         ("SHUTDOWN_GRACE_SECS", "5"),
         ("WORKER_CONCURRENCY", "6"),
+        // Random kills can land on one job three times, which is poison by definition; this run
+        // is about losing nothing (poison itself is tests/it/poison.rs).
+        ("JOB_POISON_AFTER", "8"),
     ];
     // A backend's durable event queue, bound before the first job as the README asks: it
     // survives the RabbitMQ restart, so every completion event has somewhere to go.

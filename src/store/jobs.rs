@@ -53,7 +53,8 @@ pub struct OwnedJob {
 ///
 /// A takeover counts as abandoned (towards poison) only when the previous owner's sessions are
 /// gone: a replica that died while working the job. An expired lease of a live owner (a database
-/// outage, a pause) and a released one are not counted.
+/// outage, a pause), a released one, and an owner that has not written since the database
+/// server restarted (which dropped its sessions) are not counted.
 pub async fn claim(
     pool: &Pool,
     job: &JobRequest,
@@ -98,7 +99,8 @@ pub async fn claim(
         .query_one(
             "SELECT user_id, status, owner, lease_until > now() AS live,
                     EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || owner) AS present,
-                    request = $3 AS same_request
+                    request = $3 AS same_request,
+                    updated_at < pg_postmaster_start_time() AS before_restart
              FROM jobs WHERE job_id = $1 FOR UPDATE",
             &[&job.job_id, &APP_PREFIX, &request],
         )
@@ -124,7 +126,10 @@ pub async fn claim(
         // lease: that owner finishes the job.
         return Ok(Claim::Busy);
     }
-    let died = i32::from(previous.is_some() && !present);
+    // A server restart drops every replica's sessions, so an owner that has not written since
+    // the restart is missing for that reason, not because it died.
+    let before_restart: bool = row.get(6);
+    let died = i32::from(previous.is_some() && !present && !before_restart);
     let row = tx
         .query_one(
             "UPDATE jobs SET owner = $2, lease_until = now() + make_interval(secs => $3),
