@@ -27,7 +27,7 @@ use super::{
     settle::{self, Outcome, settle},
 };
 use crate::{
-    domain::JobRequest,
+    domain::{JobRequest, Rejection},
     metrics::{Deferral, Dependency},
     store,
 };
@@ -173,18 +173,23 @@ async fn wait_for_dependencies(ctx: &Context) -> bool {
     }
 }
 
-async fn handle(ctx: &Context, delivery: Delivery) {
+/// Decodes a delivery's job; a refusal carries the job_id its properties name when the body
+/// does not (see [`Rejection::or_job_id_from`]).
+pub(super) fn decode(delivery: &Delivery) -> Result<JobRequest, Rejection> {
     let props = &delivery.properties;
-    let content_type = props.content_type().as_ref().map(|s| s.as_str().to_owned());
-    let job = match JobRequest::decode(&delivery.data, content_type.as_deref()) {
+    let content_type = props.content_type().as_ref().map(|s| s.as_str());
+    JobRequest::decode(&delivery.data, content_type).map_err(|rejection| {
+        rejection.or_job_id_from(
+            props.message_id().as_ref().map(|s| s.as_str()),
+            props.correlation_id().as_ref().map(|s| s.as_str()),
+        )
+    })
+}
+
+async fn handle(ctx: &Context, delivery: Delivery) {
+    let job = match decode(&delivery) {
         Ok(job) => job,
-        Err(rejection) => {
-            let rejection = rejection.or_job_id_from(
-                props.message_id().as_ref().map(|s| s.as_str()),
-                props.correlation_id().as_ref().map(|s| s.as_str()),
-            );
-            return settle(ctx, delivery, Outcome::Rejected(rejection), false).await;
-        }
+        Err(rejection) => return settle(ctx, delivery, Outcome::Rejected(rejection), false).await,
     };
     let span = info_span!("job", job_id = %job.job_id, weeks = job.duration_weeks);
     let run = ctx

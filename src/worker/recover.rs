@@ -19,7 +19,7 @@ use lapin::{
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{Context, settle};
+use super::{Context, consume, settle};
 use crate::{
     amqp::{PublishError, topology::JOB_ROUTING_KEY},
     domain::{
@@ -68,17 +68,9 @@ async fn consume(channel: &Channel, ctx: &Context) -> lapin::Result<()> {
 }
 
 async fn recover(ctx: &Context, delivery: Delivery) {
-    let props = &delivery.properties;
-    let content_type = props.content_type().as_ref().map(|s| s.as_str().to_owned());
-    let job = match JobRequest::decode(&delivery.data, content_type.as_deref()) {
+    let job = match consume::decode(&delivery) {
         Ok(job) => job,
-        Err(rejection) => {
-            let rejection = rejection.or_job_id_from(
-                props.message_id().as_ref().map(|s| s.as_str()),
-                props.correlation_id().as_ref().map(|s| s.as_str()),
-            );
-            return refuse(ctx, delivery, &rejection).await;
-        }
+        Err(rejection) => return refuse(ctx, delivery, &rejection).await,
     };
     let recoveries = header_count(&delivery, RECOVERIES);
     let result = if recoveries < ctx.recover_limit {
