@@ -39,10 +39,6 @@ use std::time::Duration;
 
 use util::proc_field;
 
-// The same allocator as the worker binary, so that in-process figures match it.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() {
     let _ = tracing_subscriber::fmt()
