@@ -90,6 +90,24 @@ impl Context {
         self.publisher.borrow().clone()
     }
 
+    /// Publishes a job message to the work queue (mandatory, confirmed).
+    async fn publish_job(
+        &self,
+        body: &[u8],
+        props: lapin::BasicProperties,
+    ) -> Result<(), amqp::PublishError> {
+        let publisher = self.publisher().ok_or(amqp::PublishError::NotConnected)?;
+        publisher
+            .publish(
+                &self.topology.jobs_exchange,
+                amqp::topology::JOB_ROUTING_KEY,
+                body,
+                props,
+                true,
+            )
+            .await
+    }
+
     /// Pauses intake until `dependency` passes a probe.
     fn pause(&self, dependency: Dependency) {
         self.set_paused(dependency, true);

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{Context, consume, settle};
 use crate::{
-    amqp::{PublishError, topology::JOB_ROUTING_KEY},
+    amqp::PublishError,
     domain::{
         JobRequest, Rejection,
         event::{Failed, JobFailure},
@@ -110,19 +110,10 @@ enum RecoverError {
 
 /// Back to the work queue with the count raised; a fresh message starts a fresh delivery count.
 async fn requeue(ctx: &Context, delivery: &Delivery, recoveries: u32) -> Result<(), RecoverError> {
-    let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(ShortString::from(RECOVERIES), AMQPValue::LongUInt(recoveries));
     let props = delivery.properties.clone().with_headers(headers);
-    publisher
-        .publish(
-            &ctx.topology.jobs_exchange,
-            JOB_ROUTING_KEY,
-            &delivery.data,
-            props,
-            true,
-        )
-        .await?;
+    ctx.publish_job(&delivery.data, props).await?;
     Ok(())
 }
 

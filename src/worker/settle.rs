@@ -21,10 +21,7 @@ use uuid::Uuid;
 
 use super::Context;
 use crate::{
-    amqp::{
-        PublishError,
-        topology::{JOB_ROUTING_KEY, REJECTED_ROUTING_KEY},
-    },
+    amqp::{PublishError, topology::REJECTED_ROUTING_KEY},
     domain::{
         JobRequest, RejectReason, Rejection,
         event::{self, JobFailure},
@@ -194,19 +191,11 @@ pub(super) async fn hand_back(
 /// Puts the message back to work: at once on the jobs exchange, or after `delay` through the
 /// retry queue (by the default exchange), with its original properties.
 async fn republish(ctx: &Context, delivery: &Delivery, delay: Duration) -> Result<(), PublishError> {
-    let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
     let props = delivery.properties.clone();
     if delay.is_zero() {
-        return publisher
-            .publish(
-                &ctx.topology.jobs_exchange,
-                JOB_ROUTING_KEY,
-                &delivery.data,
-                props,
-                true,
-            )
-            .await;
+        return ctx.publish_job(&delivery.data, props).await;
     }
+    let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
     let props: BasicProperties = props.with_expiration(ShortString::from(delay.as_millis().to_string()));
     publisher
         .publish("", &ctx.topology.retry_queue, &delivery.data, props, true)
