@@ -40,6 +40,8 @@ pub struct Metrics {
     pub batch_failures: IntCounterVec,
     /// Batches generated again although a checkpoint for them existed (lost a race or a lease).
     pub batches_regenerated: IntCounter,
+    /// Outline calls by outcome, as for batches (fallback: the template outline stood in).
+    pub outlines: IntCounterVec,
     pub llm_requests: IntCounterVec,
     pub llm_request_duration: HistogramVec,
     /// LLM tokens by direction: input, output.
@@ -201,6 +203,11 @@ impl Metrics {
                 "roadmap_batches_regenerated_total",
                 "Batches generated although already checkpointed.",
             ),
+            outlines: counter_vec(
+                "roadmap_outlines_total",
+                "Roadmap outlines by outcome.",
+                &["outcome"],
+            ),
             llm_requests: counter_vec(
                 "roadmap_llm_requests_total",
                 "LLM requests by provider, model and status.",
@@ -260,6 +267,7 @@ impl Metrics {
     fn with_known_labels(self) -> Self {
         for outcome in BatchOutcome::ALL {
             self.batches.with_label_values(&[outcome.as_str()]);
+            self.outlines.with_label_values(&[outcome.as_str()]);
         }
         let answer_faults = AnswerFault::ALL.map(AnswerFault::as_str);
         // The LLM call's own statuses are many; these are the ones dashboards plot.

@@ -16,7 +16,7 @@ use roadmap_worker::{
         self,
         job::completion_event,
         parse,
-        prompt::{self, SYSTEM_PROMPT},
+        prompt::{self, Context, SYSTEM_PROMPT},
     },
 };
 
@@ -62,7 +62,14 @@ impl Fixture {
                 last_week: range.last,
                 phases: plan.phases.clone(),
             };
-            let prompt = prompt::render(&brief, previous.as_ref(), defaults.context_days, None, FORMAT);
+            let prompt = prompt::render(
+                &brief,
+                previous.as_ref().map_or(Context::Start, Context::Days),
+                &[],
+                defaults.context_days,
+                None,
+                FORMAT,
+            );
             let answer = mock::answer(&prompt).expect("the mock answers a batch prompt");
             let weeks = parse::parse_answer(&answer).expect("the mock's answer parses");
             let weeks =

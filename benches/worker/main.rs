@@ -1,8 +1,9 @@
 //! Performance figures: printed, never asserted (a timed assertion would flake on a shared machine).
 //!
 //! ```sh
-//! cargo bench --bench worker                      # all four parts, about 20 s after the build
-//! cargo bench --bench worker -- overhead tokens   # only some: overhead, throughput, inflight, tokens
+//! cargo bench --bench worker                      # all five parts, about 2 min after the build
+//! cargo bench --bench worker -- overhead tokens   # only some: overhead, throughput, inflight,
+//!                                                 # tokens, critical
 //! ```
 //!
 //! Needs the same Postgres and RabbitMQ as the integration tests (127.0.0.1, or `TEST_PG_URL` /
@@ -19,6 +20,7 @@
 //! 2. [`throughput`]: jobs per second through the worker, against a plain loop of the same writes.
 //! 3. [`inflight`]: jobs held in flight by one replica process with a slow LLM, and its memory.
 //! 4. [`tokens`]: input tokens per roadmap, the worker's window against a chat's full history.
+//! 5. [`critical`]: wall time of a 52-week roadmap with a slow LLM, and a kill in the middle.
 //!
 //! They share [`fixture`] (one job's batches as the worker produces them on the mock LLM),
 //! [`plain`] (the plain loop of the worker's writes) and [`util`].
@@ -27,6 +29,7 @@
 #[allow(dead_code)]
 #[path = "../../tests/it/common/mod.rs"]
 mod common;
+mod critical;
 mod fixture;
 mod inflight;
 mod overhead;
@@ -70,6 +73,9 @@ async fn main() {
     }
     if run("tokens") {
         tokens::tokens(measured_tokens);
+    }
+    if run("critical") {
+        critical::critical_path().await;
     }
 }
 

@@ -25,7 +25,10 @@ use roadmap_worker::{
     llm::schema,
     metrics::Metrics,
     mock_server::FaultPlan,
-    pipeline::{parse, prompt},
+    pipeline::{
+        parse,
+        prompt::{self, Context},
+    },
 };
 
 use crate::{
@@ -142,7 +145,8 @@ fn cpu_pieces(fx: &Fixture) -> (f64, f64, f64) {
             let t = Instant::now();
             black_box(prompt::render(
                 &s.brief,
-                s.previous.as_ref(),
+                s.previous.as_ref().map_or(Context::Start, Context::Days),
+                &[],
                 context_days,
                 None,
                 FORMAT,

@@ -12,7 +12,7 @@
 use roadmap_worker::{
     config::BatchSettings,
     llm::{estimate_tokens, schema},
-    pipeline::prompt::{self, SYSTEM_PROMPT},
+    pipeline::prompt::{self, Context, SYSTEM_PROMPT},
 };
 
 use crate::fixture::{FORMAT, Fixture};
@@ -49,7 +49,7 @@ pub fn tokens(measured_12_weeks: Option<f64>) {
             window += call;
             window_max = window_max.max(call);
             // In a chat the history already holds the previous days: no window in the prompt.
-            let bare = estimate_tokens(&prompt::render(&s.brief, None, 0, None, FORMAT));
+            let bare = estimate_tokens(&prompt::render(&s.brief, Context::Start, &[], 0, None, FORMAT));
             let answer = estimate_tokens(&s.answer);
             let call = system + history + bare;
             full += call;

@@ -293,13 +293,26 @@ pub struct BatchSettings {
         value_parser = clap::value_parser!(u32).range(0..=7)
     )]
     pub context_days: u32,
+    /// Phases of one job written side by side (their batches stay in order within a phase).
+    #[arg(
+        long,
+        env = "JOB_PARALLELISM",
+        value_name = "JOB_PARALLELISM",
+        default_value_t = DEFAULT_JOB_PARALLELISM,
+        value_parser = clap::value_parser!(u32).range(1..=8)
+    )]
+    pub job_parallelism: u32,
 }
+
+/// Default phases of a job written at once: the template's 4 phases of a long roadmap.
+pub const DEFAULT_JOB_PARALLELISM: u32 = 4;
 
 impl Default for BatchSettings {
     fn default() -> Self {
         Self {
             batch_weeks: DEFAULT_BATCH_WEEKS,
             context_days: DEFAULT_CONTEXT_DAYS,
+            job_parallelism: DEFAULT_JOB_PARALLELISM,
         }
     }
 }

@@ -24,6 +24,57 @@ const PLAN_OPEN: &str = "<plan>";
 const PLAN_CLOSE: &str = "</plan>";
 const BATCH_OPEN: &str = "<batch>";
 const BATCH_CLOSE: &str = "</batch>";
+const OUTLINE_OPEN: &str = "<outline_request>";
+const OUTLINE_CLOSE: &str = "</outline_request>";
+
+/// What the outline call asks of the model: the phases and every week's title and goals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlineBrief {
+    pub profile: JobProfile,
+    pub duration_weeks: u32,
+    /// The most phases the outline may have.
+    pub max_phases: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OutlineBlock {
+    duration_weeks: u32,
+    max_phases: u32,
+}
+
+impl OutlineBrief {
+    /// Appends the job, then the request, one line each: the job's line is the same as in its
+    /// batch prompts, which providers can cache.
+    pub fn embed(&self, out: &mut String) {
+        embed_job(&self.profile, out);
+        let block = OutlineBlock {
+            duration_weeks: self.duration_weeks,
+            max_phases: self.max_phases,
+        };
+        out.push_str(OUTLINE_OPEN);
+        out.push_str(&json_for_prompt(&block));
+        out.push_str(OUTLINE_CLOSE);
+        out.push('\n');
+    }
+
+    /// Reads the outline brief back out of a prompt that embeds one.
+    pub fn parse(prompt: &str) -> Option<Self> {
+        let profile: JobProfile = serde_json::from_str(between(prompt, JOB_OPEN, JOB_CLOSE)?).ok()?;
+        let block: OutlineBlock = serde_json::from_str(between(prompt, OUTLINE_OPEN, OUTLINE_CLOSE)?).ok()?;
+        (block.duration_weeks >= 1).then_some(Self {
+            profile,
+            duration_weeks: block.duration_weeks,
+            max_phases: block.max_phases.max(1),
+        })
+    }
+}
+
+fn embed_job(profile: &JobProfile, out: &mut String) {
+    out.push_str(JOB_OPEN);
+    out.push_str(&json_for_prompt(profile));
+    out.push_str(JOB_CLOSE);
+    out.push('\n');
+}
 
 #[derive(Serialize, Deserialize)]
 struct PlanBlock<P> {
@@ -42,10 +93,7 @@ impl Brief {
     /// each. Kept apart from the batch's own part so that a job's prompts start with the same
     /// bytes, which providers cache.
     pub fn embed_shared(&self, out: &mut String) {
-        out.push_str(JOB_OPEN);
-        out.push_str(&json_for_prompt(&self.profile));
-        out.push_str(JOB_CLOSE);
-        out.push('\n');
+        embed_job(&self.profile, out);
         let plan = PlanBlock {
             duration_weeks: self.duration_weeks,
             phases: &self.phases,

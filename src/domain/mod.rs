@@ -5,12 +5,14 @@ pub mod batch;
 pub mod brief;
 pub mod event;
 pub mod job;
+pub mod outline;
 pub mod plan;
 pub mod reject;
 pub mod roadmap;
 
 pub use batch::{AnswerFault, BatchOutcome, BatchResult};
 pub use job::{ExperienceLevel, JobProfile, JobRequest};
+pub use outline::{Outline, WeekOutline};
 pub use plan::{BatchRange, Plan};
 pub use reject::{RejectReason, Rejection};
 pub use roadmap::{Day, Phase, Resource, Roadmap, Task, TaskKind, Week, WeekSource};

@@ -11,9 +11,9 @@ use super::job::ExperienceLevel;
 
 pub const DAYS_PER_WEEK: usize = 7;
 pub const MAX_TASKS_PER_DAY: usize = 6;
-const MAX_TITLE: usize = 120;
-const MAX_TEXT: usize = 600;
-const MAX_GOALS: usize = 6;
+pub const MAX_TITLE: usize = 120;
+pub const MAX_TEXT: usize = 600;
+pub const MAX_GOALS: usize = 6;
 const MAX_RESOURCES: usize = 5;
 const MAX_URL: usize = 500;
 

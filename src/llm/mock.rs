@@ -6,7 +6,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens};
-use crate::{domain::brief::Brief, template};
+use crate::{
+    domain::brief::{Brief, OutlineBrief},
+    template,
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct MockLlm {
@@ -34,15 +37,21 @@ impl MockLlm {
     }
 }
 
-/// The mock's answer to a batch prompt: `{"weeks": [...]}` for exactly the weeks asked for.
+/// The mock's answer to a batch prompt: `{"weeks": [...]}` for exactly the weeks asked for;
+/// to an outline prompt, the template outline.
 pub fn answer(prompt_text: &str) -> Result<String, String> {
     Ok(answer_value(prompt_text)?.to_string())
 }
 
-/// Like [`answer`], as a JSON value (the fault injector edits it).
+/// Like [`answer`], as a JSON value (the fault injector edits it). An outline prompt gets the
+/// template outline.
 pub fn answer_value(prompt_text: &str) -> Result<Value, String> {
+    if let Some(brief) = OutlineBrief::parse(prompt_text) {
+        let (phases, weeks) = template::outline(&brief.profile, brief.duration_weeks);
+        return Ok(json!({ "phases": phases, "weeks": weeks }));
+    }
     let brief = Brief::parse(prompt_text)
-        .ok_or_else(|| "the mock LLM understands only roadmap batch prompts".to_owned())?;
+        .ok_or_else(|| "the mock LLM understands only roadmap batch and outline prompts".to_owned())?;
     let weeks: Vec<Value> = (brief.first_week..=brief.last_week)
         .map(|n| {
             let week = template::week(&brief.profile, &brief.phases, n, brief.duration_weeks);

@@ -61,7 +61,45 @@ pub fn batch_schema(first: u32, last: u32) -> Value {
     })
 }
 
-/// Converts the JSON Schema above to Gemini's `responseSchema` (an OpenAPI 3.0 subset): no
+/// JSON Schema (same subset) for the outline of a `duration_weeks`-week roadmap with at most
+/// `max_phases` phases.
+pub fn outline_schema(duration_weeks: u32, max_phases: u32) -> Value {
+    let numbers: Vec<u32> = (1..=duration_weeks).collect();
+    let count = numbers.len();
+    let phase = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["number", "title", "objective", "week_from", "week_to"],
+        "properties": {
+            "number": {"type": "integer"},
+            "title": {"type": "string"},
+            "objective": {"type": "string"},
+            "week_from": {"type": "integer"},
+            "week_to": {"type": "integer"}
+        }
+    });
+    let week = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["number", "title", "goals"],
+        "properties": {
+            "number": {"type": "integer", "enum": numbers},
+            "title": {"type": "string"},
+            "goals": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 6}
+        }
+    });
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["phases", "weeks"],
+        "properties": {
+            "phases": {"type": "array", "items": phase, "minItems": 1, "maxItems": max_phases},
+            "weeks": {"type": "array", "items": week, "minItems": count, "maxItems": count}
+        }
+    })
+}
+
+/// Converts the JSON Schemas above to Gemini's `responseSchema` (an OpenAPI 3.0 subset): no
 /// `additionalProperties`, `nullable` instead of type unions, enums of strings only.
 pub fn to_gemini(schema: &Value) -> Value {
     match schema {

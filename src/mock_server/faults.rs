@@ -75,6 +75,10 @@ pub struct FaultPlan {
     /// Seed of the random draws, so a run can be repeated.
     #[serde(default)]
     pub seed: u64,
+    /// Applied to the first outline requests, one each, in order. Outline requests take no
+    /// fault from `script` or `rates`, so that a plan written for batches hits batches.
+    #[serde(default)]
+    pub outline_script: Vec<Fault>,
 }
 
 /// A plan being played: how far the script is, and the random state.
@@ -82,6 +86,7 @@ pub struct FaultPlan {
 pub(super) struct Draws {
     plan: FaultPlan,
     scripted: usize,
+    outlines: usize,
     rng: u64,
 }
 
@@ -91,7 +96,15 @@ impl Draws {
             rng: plan.seed ^ 0x9E37_79B9_7F4A_7C15,
             plan,
             scripted: 0,
+            outlines: 0,
         }
+    }
+
+    /// The fault of the next outline request, if any.
+    pub(super) fn next_outline(&mut self) -> Option<Fault> {
+        let fault = self.plan.outline_script.get(self.outlines).cloned();
+        self.outlines += 1;
+        fault
     }
 
     /// The fault of the next request, if any.

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use self::faults::{Draws, FILL_MARKER, Filler, error};
 pub use self::faults::{Fault, FaultPlan, RatedFault};
 use crate::{
-    domain::brief::Brief,
+    domain::brief::{Brief, OutlineBrief},
     llm::{estimate_tokens, mock},
 };
 
@@ -32,6 +32,8 @@ mod faults;
 pub struct Recorded {
     pub api: &'static str,
     pub role: String,
+    /// An outline request (its weeks are 0..0); otherwise a batch of weeks.
+    pub outline: bool,
     pub first_week: u32,
     pub last_week: u32,
     pub fault: Option<String>,
@@ -158,9 +160,14 @@ async fn prepare(
     cache_key: Option<String>,
 ) -> Result<Answer, Response> {
     let brief = Brief::parse(user);
+    let outline = brief.is_none().then(|| OutlineBrief::parse(user)).flatten();
     let (fault, cached_tokens) = {
         let mut shared = state.shared.lock().expect("mock state");
-        let fault = shared.faults.next();
+        let fault = if outline.is_some() {
+            shared.faults.next_outline()
+        } else {
+            shared.faults.next()
+        };
         // A real provider caches only long prefixes, in blocks; the mock counts any shared
         // prefix, so that short test prompts show the effect.
         let full = format!("{system}\n{user}");
@@ -175,8 +182,11 @@ async fn prepare(
             api,
             role: brief
                 .as_ref()
-                .map(|b| b.profile.target_role.clone())
+                .map(|b| &b.profile)
+                .or(outline.as_ref().map(|o| &o.profile))
+                .map(|p| p.target_role.clone())
                 .unwrap_or_default(),
+            outline: outline.is_some(),
             first_week: brief.as_ref().map_or(0, |b| b.first_week),
             last_week: brief.as_ref().map_or(0, |b| b.last_week),
             fault: fault.as_ref().map(|f| format!("{f:?}")),

@@ -11,12 +11,12 @@ use tracing::{debug, info, warn};
 
 use super::{
     parse::{self, AnswerError},
-    prompt,
+    prompt::{self, Context},
 };
 use crate::{
     config::{LlmSettings, ResponseFormat},
     domain::{
-        AnswerFault, BatchOutcome, BatchRange, BatchResult, JobProfile, Plan, Week,
+        AnswerFault, BatchOutcome, BatchRange, BatchResult, JobProfile, Plan, Week, WeekOutline,
         brief::Brief,
         event::Usage,
         roadmap::{WeekProblem, check_weeks},
@@ -87,17 +87,17 @@ impl Invalid {
     }
 }
 
-/// The rungs a batch has climbed; the highest is its outcome.
+/// The rungs a batch (or the outline) has climbed; the highest is its outcome.
 #[derive(Default)]
-struct Rungs {
-    retried: bool,
-    truncated: bool,
-    reasked: bool,
-    fallback: bool,
+pub(super) struct Rungs {
+    pub retried: bool,
+    pub truncated: bool,
+    pub reasked: bool,
+    pub fallback: bool,
 }
 
 impl Rungs {
-    fn outcome(&self) -> BatchOutcome {
+    pub fn outcome(&self) -> BatchOutcome {
         match self {
             Self { fallback: true, .. } => BatchOutcome::Fallback,
             Self { reasked: true, .. } => BatchOutcome::Reasked,
@@ -114,8 +114,9 @@ impl Generator {
         self.provider.probe().await
     }
 
-    /// Generates the weeks of `range`. `cache_key` (the job id) keeps a job's calls on one
-    /// prompt cache.
+    /// Generates the weeks of `range`. `previous` is the week before it, when written; without
+    /// it the plan's outline of that week stands in. `cache_key` (the job id) keeps a job's
+    /// calls on one prompt cache.
     pub async fn batch(
         &self,
         profile: &JobProfile,
@@ -136,7 +137,13 @@ impl Generator {
         let mut feedback: Option<Vec<String>> = None;
         while next <= range.last {
             let last = (next + span - 1).min(range.last);
-            let prev = weeks.last().or(previous);
+            let context = match weeks.last().or(previous) {
+                Some(week) => Context::Days(week),
+                None => next
+                    .checked_sub(1)
+                    .and_then(|n| plan.outline_week(n))
+                    .map_or(Context::Start, Context::Outline),
+            };
             let brief = Brief {
                 profile: profile.clone(),
                 duration_weeks: plan.duration_weeks,
@@ -144,7 +151,10 @@ impl Generator {
                 last_week: last,
                 phases: plan.phases.clone(),
             };
-            let request = self.request(&brief, prev, feedback.as_deref(), cache_key);
+            let outline: Vec<WeekOutline> = (next..=last)
+                .filter_map(|n| plan.outline_week(n).cloned())
+                .collect();
+            let request = self.request(&brief, context, &outline, feedback.as_deref(), cache_key);
             let answer = match self.call(&request, &mut usage, &mut rungs).await {
                 Ok(answer) => answer,
                 Err(err @ LlmError::Config { .. }) => return Err(ProviderFault(err)),
@@ -223,7 +233,10 @@ impl Generator {
                 }
             }
         }
-        *span_hint = span;
+        if rungs.truncated {
+            // Only a cut says how much fits; a short batch says nothing about longer ones.
+            *span_hint = span;
+        }
         let outcome = rungs.outcome();
         self.metrics.batches.with_label_values(&[outcome.as_str()]).inc();
         self.metrics
@@ -239,7 +252,8 @@ impl Generator {
     fn request(
         &self,
         brief: &Brief,
-        previous: Option<&Week>,
+        context: Context<'_>,
+        outline: &[WeekOutline],
         feedback: Option<&[String]>,
         cache_key: &str,
     ) -> LlmRequest {
@@ -247,7 +261,8 @@ impl Generator {
             system: prompt::SYSTEM_PROMPT.to_owned(),
             prompt: prompt::render(
                 brief,
-                previous,
+                context,
+                outline,
                 self.settings.context_days,
                 feedback,
                 self.settings.format,
@@ -261,7 +276,7 @@ impl Generator {
 
     /// One logical call: transient failures retried with jittered exponential backoff, honouring
     /// the server's requested delay up to the cap. Every attempt is counted in `usage`.
-    async fn call(
+    pub(super) async fn call(
         &self,
         request: &LlmRequest,
         usage: &mut Usage,

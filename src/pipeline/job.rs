@@ -14,7 +14,10 @@ use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
-use super::batch::Generator;
+use super::{
+    batch::Generator,
+    chains::{Chains, ChainsEnd},
+};
 use crate::{
     config::WorkerSettings,
     domain::{
@@ -68,6 +71,8 @@ pub struct JobRunner {
     lease: Duration,
     /// This replica's id: the owner of the leases it takes.
     owner: String,
+    /// Chains (phases) of one job written at once.
+    parallelism: usize,
     /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
     /// The jobs this replica holds a lease on, with their fencing tokens: a lease in our name
@@ -83,6 +88,7 @@ impl JobRunner {
             pool,
             generator,
             batch_weeks: settings.batch.batch_weeks,
+            parallelism: settings.batch.job_parallelism as usize,
             lease: settings.lease(),
             owner,
             poison_after: settings.job_poison_after,
@@ -269,65 +275,59 @@ impl JobRunner {
             self.lease,
             lost.clone(),
         )));
-        let plan = owned.plan;
-        let total = plan.batches.len() as u32;
-        let mut batches: Vec<(Vec<Week>, Usage, u32)> = owned
-            .batches
-            .iter()
-            .map(|b| (b.weeks.clone(), b.usage, u32::from(b.fallback_weeks > 0)))
-            .collect();
-        let stored: Vec<u32> = owned.batches.iter().map(|b| b.index).collect();
-        let mut span_hint = self.batch_weeks;
-        let cache_key = job.job_id.to_string();
-        for range in plan.batches.iter().filter(|r| !stored.contains(&r.index)) {
+        let mut plan = owned.plan;
+        if plan.wants_outline() && owned.batches.is_empty() {
             if shutdown.is_cancelled() {
                 return Ok(self.hand_back(job.job_id, token).await);
             }
-            let previous = batches.last().and_then(|(weeks, _, _)| weeks.last());
-            let span =
-                info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
+            let cache_key = job.job_id.to_string();
+            let outline = self.generator.outline(profile, job.duration_weeks, &cache_key);
             let generated = tokio::select! {
-                result = self.generator.batch(profile, &plan, *range, previous, &mut span_hint, &cache_key).instrument(span) => result,
+                result = outline.instrument(info_span!("outline")) => result,
                 () = lost.cancelled() => return Ok(JobEnd::Fenced),
                 () = abort.cancelled() => return Ok(self.hand_back(job.job_id, token).await),
             };
-            let result = match generated {
-                Ok(result) => result,
+            let (phases, outline) = match generated {
+                Ok(written) => written,
                 Err(fault) => {
-                    // Keep what is stored; the job goes back to the queue for a healthy provider.
                     self.hand_back(job.job_id, token).await;
                     return Ok(JobEnd::ProviderFault(fault.0));
                 }
             };
-            let fresh = match with_retries(|| {
-                store::batches::checkpoint(&self.pool, job.job_id, token, range.index, total, &result)
-            })
-            .await
-            {
-                Ok(fresh) => fresh,
+            plan = Plan::outlined(phases, outline, job.duration_weeks, self.batch_weeks);
+            match with_retries(|| store::jobs::set_plan(&self.pool, job.job_id, token, &plan)).await {
+                Ok(()) => {}
                 Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
                 Err(e) => return Err(e),
-            };
-            if !fresh {
-                metrics.batches_regenerated.inc();
             }
-            info!(
-                batch = range.index,
-                outcome = result.outcome.as_str(),
-                done = batches.len() + 1,
-                total,
-                "batch stored"
-            );
-            let fallback = u32::from(result.fallback_weeks() > 0);
-            batches.push((result.weeks, result.usage, fallback));
         }
-        let mut usage = Usage::default();
+        let chains = Chains {
+            generator: &self.generator,
+            pool: &self.pool,
+            job_id: job.job_id,
+            token,
+            profile,
+            plan: &plan,
+            batch_weeks: self.batch_weeks,
+            parallelism: self.parallelism,
+        };
+        let written = match chains.run(owned.batches, shutdown, abort, &lost).await? {
+            ChainsEnd::Done(written) => written,
+            ChainsEnd::Fenced => return Ok(JobEnd::Fenced),
+            ChainsEnd::Stopped => return Ok(self.hand_back(job.job_id, token).await),
+            ChainsEnd::Fault(fault) => {
+                // Keep what is stored; the job goes back to the queue for a healthy provider.
+                self.hand_back(job.job_id, token).await;
+                return Ok(JobEnd::ProviderFault(fault));
+            }
+        };
+        let mut usage = plan.outline.as_ref().map(|o| o.usage).unwrap_or_default();
         let mut weeks = Vec::with_capacity(job.duration_weeks as usize);
         let mut fallback_batches = 0;
-        for (w, u, f) in batches {
-            weeks.extend(w);
-            usage += u;
-            fallback_batches += f;
+        for batch in written.into_values() {
+            weeks.extend(batch.weeks);
+            usage += batch.usage;
+            fallback_batches += u32::from(batch.fallback);
         }
         let event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)?;
         match with_retries(|| store::roadmaps::complete(&self.pool, token, &event)).await {

@@ -2,7 +2,9 @@
 //! assemble the roadmap.
 
 pub mod batch;
+pub mod chains;
 pub mod job;
+pub mod outline;
 pub mod parse;
 pub mod prompt;
 

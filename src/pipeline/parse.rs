@@ -1,9 +1,10 @@
 //! Reading a model's answer: markdown fences stripped, strict parse, and salvage of the complete
 //! weeks at the front of a truncated answer.
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::domain::{AnswerFault, Week, roadmap::BatchOutput};
+use crate::domain::{AnswerFault, Week, outline::OutlineOutput, roadmap::BatchOutput};
 
 /// Largest answer parsed at all; anything bigger is refused unread (about 10× a full batch).
 pub const MAX_ANSWER_BYTES: usize = 512 * 1024;
@@ -32,14 +33,21 @@ impl AnswerError {
 
 /// Parses a complete answer into weeks, or says what is wrong with it.
 pub fn parse_answer(text: &str) -> Result<Vec<Week>, AnswerError> {
+    parse_json::<BatchOutput>(text).map(|output| output.weeks)
+}
+
+/// Parses a complete answer to the outline call.
+pub fn parse_outline(text: &str) -> Result<OutlineOutput, AnswerError> {
+    parse_json(text)
+}
+
+fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, AnswerError> {
     if text.len() > MAX_ANSWER_BYTES {
         return Err(AnswerError::TooLarge(text.len()));
     }
     let body = strip_fences(text);
     let value: Value = serde_json::from_str(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
-    let output: BatchOutput =
-        serde_json::from_value(value).map_err(|e| AnswerError::WrongShape(e.to_string()))?;
-    Ok(output.weeks)
+    serde_json::from_value(value).map_err(|e| AnswerError::WrongShape(e.to_string()))
 }
 
 /// Weeks that are complete at the start of a cut-off answer: `{"weeks":[{..},{..},{..` gives

@@ -155,6 +155,27 @@ pub async fn claim(
     }))
 }
 
+/// Stores the outlined plan of a job that has no checkpoint yet, so that the outline is never
+/// asked for again and every replica resumes on its batches. `Fenced` if another replica has
+/// taken the job over, or the job has a checkpoint (then its stored plan stands).
+pub async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE jobs SET plan = $3, batches_total = $4, updated_at = now()
+             WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'
+               AND NOT EXISTS (SELECT 1 FROM batches WHERE job_id = $1)",
+            &[
+                &job_id,
+                &token,
+                &serde_json::to_value(plan)?,
+                &(plan.batches.len() as i32),
+            ],
+        )
+        .await?;
+    if n == 1 { Ok(()) } else { Err(StoreError::Fenced) }
+}
+
 /// Extends the lease; `Fenced` if another replica has taken the job over.
 pub async fn renew(pool: &Pool, job_id: Uuid, token: i64, lease: Duration) -> Result<(), StoreError> {
     let client = pool.get().await?;

@@ -7,7 +7,9 @@
 
 // `clean` is what `check_weeks` applies to model output; using it here keeps template weeks
 // unchanged by that check.
-use crate::domain::{Day, JobProfile, Phase, Resource, Task, TaskKind, Week, WeekSource, roadmap::clean};
+use crate::domain::{
+    Day, JobProfile, Phase, Resource, Task, TaskKind, Week, WeekOutline, WeekSource, roadmap::clean,
+};
 
 const MAX_TITLE: usize = 120;
 const MAX_TEXT: usize = 600;
@@ -54,6 +56,23 @@ pub fn phases(profile: &JobProfile, duration_weeks: u32) -> Vec<Phase> {
             }
         })
         .collect()
+}
+
+/// The template outline: [`phases`], and each week's title and goals as [`week`] writes them.
+/// It stands in for the model's outline, and is the mock LLM's answer to an outline call.
+pub fn outline(profile: &JobProfile, duration_weeks: u32) -> (Vec<Phase>, Vec<WeekOutline>) {
+    let phases = phases(profile, duration_weeks);
+    let weeks = (1..=duration_weeks)
+        .map(|n| {
+            let week = week(profile, &phases, n, duration_weeks);
+            WeekOutline {
+                number: n,
+                title: week.title,
+                goals: week.goals,
+            }
+        })
+        .collect();
+    (phases, weeks)
 }
 
 /// One complete week: `number` (1-based), `phase` = the phase containing it, exactly 7 days (day = 1..=7),

@@ -61,8 +61,8 @@ async fn fifty_duplicates_of_a_running_job_do_not_slow_other_jobs() {
     );
     assert_eq!(
         env.mock.requests().len(),
-        5 + 8 + 5,
-        "the long job was generated once, its batches each asked once"
+        5 + 1 + 8 + 5,
+        "the long job was generated once: its outline and its batches each asked once"
     );
     worker.stop().await;
     env.cleanup().await;

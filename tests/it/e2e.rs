@@ -33,18 +33,22 @@ async fn twelve_week_job_publishes_one_completed_event() {
     assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
     assert!(event.roadmap.weeks.iter().all(|w| w.days.len() == 7));
     assert_eq!((event.batches, event.fallback_batches), (4, 0));
-    assert_eq!(event.usage.llm_calls, 4);
+    assert_eq!(event.usage.llm_calls, 5, "the outline, then one call per batch");
     assert!(event.usage.input_tokens > 0 && event.usage.output_tokens > 0);
     progress.sort_unstable();
     assert_eq!(progress, vec![1, 2, 3, 4], "one progress event per batch");
 
-    // Exactly one batch request per 3 weeks, each for the right weeks.
-    let asked: Vec<(u32, u32)> = env
-        .mock
-        .requests()
+    // One outline request, then exactly one batch request per 3 weeks, each for the right
+    // weeks (the phases are written side by side, so in no fixed order).
+    let requests = env.mock.requests();
+    assert_eq!(requests.iter().filter(|r| r.outline).count(), 1);
+    assert!(requests[0].outline, "the outline comes first");
+    let mut asked: Vec<(u32, u32)> = requests
         .iter()
+        .filter(|r| !r.outline)
         .map(|r| (r.first_week, r.last_week))
         .collect();
+    asked.sort_unstable();
     assert_eq!(asked, vec![(1, 3), (4, 6), (7, 9), (10, 12)]);
 
     let db = env.db().await;

@@ -49,8 +49,8 @@ async fn same_job_published_twice_yields_one_roadmap_and_one_event() {
     assert_eq!((roadmaps, completed), (1, 1));
     assert_eq!(
         env.mock.requests().len(),
-        2,
-        "each batch of the 6-week job asked once"
+        1 + 3,
+        "the outline and each batch of the 6-week job asked once"
     );
     let queued: i64 = db
         .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])

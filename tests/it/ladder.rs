@@ -30,16 +30,26 @@ async fn transient_failures_are_retried_with_backoff() {
             },
         ];
         let run = run_job(provider, script, 6, &[]).await;
-        assert_eq!(run.asked, vec![(1, 3), (1, 3), (1, 3), (4, 6)], "{provider}");
-        assert_eq!(run.outcomes(), vec!["retried", "ok"], "{provider}");
+        // Six weeks in the template's three phases: an outline, then three batches of two.
+        assert_eq!(run.outlines, 1, "{provider}");
+        assert_eq!(
+            run.asked,
+            vec![(1, 2), (1, 2), (1, 2), (3, 4), (5, 6)],
+            "{provider}"
+        );
+        assert_eq!(run.outcomes(), vec!["retried", "ok", "ok"], "{provider}");
         assert_eq!(run.batches[0].1, 3, "{provider}: failed attempts are counted");
-        assert_eq!(run.completed.usage.llm_calls, 4, "{provider}");
+        assert_eq!(
+            run.completed.usage.llm_calls, 6,
+            "{provider}: the outline's call included"
+        );
         assert_eq!(run.completed.fallback_batches, 0, "{provider}");
 
         // A call slower than LLM_TIMEOUT_SECS times out and is retried like any transient fault.
         let slow = vec![Fault::Slow { ms: 2500 }];
         let run = run_job(provider, slow, 3, &["--llm-timeout-secs", "1"]).await;
         assert_eq!(run.asked, vec![(1, 3), (1, 3)], "{provider}");
+        assert_eq!(run.outlines, 0, "{provider}: a job of one batch needs no outline");
         assert_eq!(run.outcomes(), vec!["retried"], "{provider}");
     }
 }
@@ -58,8 +68,15 @@ fn two_week_budget(weeks: u32) -> u64 {
                 last_week: n,
                 phases: plan.phases.clone(),
             };
-            let text =
-                mock::answer(&prompt::render(&brief, None, 2, None, ResponseFormat::JsonSchema)).unwrap();
+            let text = mock::answer(&prompt::render(
+                &brief,
+                prompt::Context::Start,
+                &[],
+                2,
+                None,
+                ResponseFormat::JsonSchema,
+            ))
+            .unwrap();
             estimate_tokens(&text)
         })
         .collect();
@@ -102,14 +119,22 @@ async fn invalid_output_is_reasked_once() {
     for provider in PROVIDERS {
         for fault in [Fault::InvalidJson, Fault::WrongWeeks] {
             let run = run_job(provider, vec![fault.clone()], 6, &[]).await;
-            assert_eq!(run.asked, vec![(1, 3), (1, 3), (4, 6)], "{provider} {fault:?}");
-            assert_eq!(run.outcomes(), vec!["reasked", "ok"], "{provider} {fault:?}");
+            assert_eq!(
+                run.asked,
+                vec![(1, 2), (1, 2), (3, 4), (5, 6)],
+                "{provider} {fault:?}"
+            );
+            assert_eq!(
+                run.outcomes(),
+                vec!["reasked", "ok", "ok"],
+                "{provider} {fault:?}"
+            );
             assert_eq!(run.completed.fallback_batches, 0);
         }
         // Markdown fences around valid JSON are read without a re-ask.
         let run = run_job(provider, vec![Fault::Fences], 6, &[]).await;
-        assert_eq!(run.asked, vec![(1, 3), (4, 6)], "{provider}");
-        assert_eq!(run.outcomes(), vec!["ok", "ok"], "{provider}");
+        assert_eq!(run.asked, vec![(1, 2), (3, 4), (5, 6)], "{provider}");
+        assert_eq!(run.outcomes(), vec!["ok", "ok", "ok"], "{provider}");
     }
 }
 
@@ -118,11 +143,11 @@ async fn persistent_failure_falls_back_to_template_weeks() {
     for provider in PROVIDERS {
         // Invalid twice: the re-ask fails too.
         let run = run_job(provider, vec![Fault::InvalidJson, Fault::WrongWeeks], 6, &[]).await;
-        assert_eq!(run.outcomes(), vec!["fallback", "ok"], "{provider}");
+        assert_eq!(run.outcomes(), vec!["fallback", "ok", "ok"], "{provider}");
         assert_eq!(run.completed.fallback_batches, 1);
         let sources: Vec<WeekSource> = run.completed.roadmap.weeks.iter().map(|w| w.source).collect();
-        assert_eq!(sources[..3], [WeekSource::Fallback; 3]);
-        assert_eq!(sources[3..], [WeekSource::Llm; 3]);
+        assert_eq!(sources[..2], [WeekSource::Fallback; 2]);
+        assert_eq!(sources[2..], [WeekSource::Llm; 4]);
 
         // Transient failures past the retry limit.
         let unavailable = Fault::Status {
@@ -130,8 +155,12 @@ async fn persistent_failure_falls_back_to_template_weeks() {
             retry_after: None,
         };
         let run = run_job(provider, vec![unavailable; 3], 6, &["--llm-max-retries", "2"]).await;
-        assert_eq!(run.asked, vec![(1, 3), (1, 3), (1, 3), (4, 6)], "{provider}");
-        assert_eq!(run.outcomes(), vec!["fallback", "ok"], "{provider}");
+        assert_eq!(
+            run.asked,
+            vec![(1, 2), (1, 2), (1, 2), (3, 4), (5, 6)],
+            "{provider}"
+        );
+        assert_eq!(run.outcomes(), vec!["fallback", "ok", "ok"], "{provider}");
         assert_eq!(run.batches[0].1, 3, "{provider}");
     }
 }
@@ -192,21 +221,25 @@ async fn each_response_format_mode_sends_what_the_server_expects() {
         (
             "openai",
             "json-schema",
-            ["json_schema[1,2,3]", "json_schema[4,5,6]"],
+            ["json_schema[1,2]", "json_schema[3,4]", "json_schema[5,6]"],
         ),
-        ("openai", "json-object", ["json_object", "json_object"]),
-        ("openai", "none", ["none", "none"]),
+        ("openai", "json-object", ["json_object"; 3]),
+        ("openai", "none", ["none"; 3]),
         (
             "gemini",
             "json-schema",
-            ["response_schema[1-3]", "response_schema[4-6]"],
+            [
+                "response_schema[1-2]",
+                "response_schema[3-4]",
+                "response_schema[5-6]",
+            ],
         ),
-        ("gemini", "json-object", ["json", "json"]),
-        ("gemini", "none", ["none", "none"]),
+        ("gemini", "json-object", ["json"; 3]),
+        ("gemini", "none", ["none"; 3]),
     ];
     for (provider, mode, formats) in expected {
         let run = run_job(provider, vec![], 6, &["--llm-response-format", mode]).await;
         assert_eq!(run.formats, formats, "{provider} {mode}");
-        assert_eq!(run.outcomes(), vec!["ok", "ok"], "{provider} {mode}");
+        assert_eq!(run.outcomes(), vec!["ok", "ok", "ok"], "{provider} {mode}");
     }
 }

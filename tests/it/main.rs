@@ -22,6 +22,7 @@ mod leases;
 mod long_jobs;
 mod metrics;
 mod outbox;
+mod outline;
 mod ownership;
 mod poison;
 mod prompt_cache;

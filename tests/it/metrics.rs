@@ -62,7 +62,10 @@ async fn metrics_move_as_documented_after_a_job() {
         "all slots free when idle"
     );
     assert_eq!(value(&text, "roadmap_batches_total{outcome=\"retried\"}"), 1.0);
-    assert_eq!(value(&text, "roadmap_batches_total{outcome=\"ok\"}"), 1.0);
+    // Six weeks: the outline, then the template's three phases of two weeks, a batch each.
+    assert_eq!(value(&text, "roadmap_batches_total{outcome=\"ok\"}"), 2.0);
+    assert_eq!(value(&text, "roadmap_outlines_total{outcome=\"ok\"}"), 1.0);
+    assert_eq!(value(&text, "roadmap_outlines_total{outcome=\"fallback\"}"), 0.0);
     assert_eq!(
         value(&text, "roadmap_batch_failures_total{reason=\"http_503\"}"),
         1.0
@@ -79,12 +82,12 @@ async fn metrics_move_as_documented_after_a_job() {
             &text,
             "roadmap_llm_requests_total{model=\"gpt-4o-mini\",provider=\"openai\",status=\"ok\"}"
         ),
-        2.0
+        4.0
     );
     assert!(value(&text, "roadmap_llm_tokens_total{direction=\"output\"}") > 1000.0);
     assert!(value(&text, "roadmap_llm_tokens_total{direction=\"input\"}") > 100.0);
     assert_eq!(value(&text, "roadmap_job_duration_seconds_count"), 1.0);
-    assert_eq!(value(&text, "roadmap_batch_duration_seconds_count"), 2.0);
+    assert_eq!(value(&text, "roadmap_batch_duration_seconds_count"), 3.0);
     assert_eq!(
         value(
             &text,
@@ -98,7 +101,7 @@ async fn metrics_move_as_documented_after_a_job() {
     );
     assert_eq!(
         value(&text, "roadmap_events_published_total{type=\"roadmap.progress\"}"),
-        2.0
+        3.0
     );
     assert_eq!(value(&text, "roadmap_provider_ready"), 1.0);
     assert_eq!(value(&text, "roadmap_jobs_resumed_total"), 0.0);

@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use crate::common::{TestEnv, db_when_ready, eventually, job, job_row};
 
+/// How many times the job's first batch was asked for: once per claim.
+fn first_batch_asks(env: &TestEnv) -> usize {
+    env.mock.requests().iter().filter(|r| r.first_week == 1).count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_that_kills_its_workers_is_dead_lettered_after_the_limit() {
     let env = TestEnv::new().await;
@@ -25,7 +30,7 @@ async fn job_that_kills_its_workers_is_dead_lettered_after_the_limit() {
         })
         .await;
         eventually(Duration::from_secs(10), "the worker's LLM call", || async {
-            (env.mock.requests().len() >= claim as usize).then_some(())
+            (first_batch_asks(&env) >= claim as usize).then_some(())
         })
         .await;
         worker.start_kill().unwrap();
@@ -53,10 +58,12 @@ async fn job_that_kills_its_workers_is_dead_lettered_after_the_limit() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason.as_deref(), Some("poison_job"));
     assert_eq!(
-        env.mock.requests().len(),
+        first_batch_asks(&env),
         3,
         "the poison job was not generated a fourth time"
     );
+    let outlines = env.mock.requests().iter().filter(|r| r.outline).count();
+    assert_eq!(outlines, 1, "the stored outline is not asked for again");
     env.mock.release();
     worker.stop().await;
     env.cleanup().await;

@@ -22,7 +22,8 @@ async fn cached_input_tokens_are_recorded_from_both_providers() {
             .unwrap();
         let completed: Completed = serde_json::from_value(end.body).unwrap();
         let requests = env.mock.requests();
-        assert_eq!(requests.len(), 4, "{provider}");
+        assert_eq!(requests.len(), 5, "{provider}: the outline and 4 batches");
+        assert!(requests[0].outline, "{provider}");
         if provider == "openai" {
             let key = job_id.to_string();
             assert!(
@@ -32,10 +33,12 @@ async fn cached_input_tokens_are_recorded_from_both_providers() {
                 "every call carries the job id as prompt_cache_key"
             );
         }
-        // The first call has nothing to share; every later one shares the job's prefix.
+        // The first call has nothing to share; the first batch shares the job's line with the
+        // outline; every later batch shares the whole prefix of the job's batches.
         assert_eq!(requests[0].cached_tokens, 0, "{provider}");
+        assert!(requests[1].cached_tokens > 20, "{provider}: {requests:?}");
         assert!(
-            requests[1..].iter().all(|r| r.cached_tokens > 100),
+            requests[2..].iter().all(|r| r.cached_tokens > 100),
             "{provider}: {requests:?}"
         );
         let served: u64 = requests.iter().map(|r| r.cached_tokens).sum();

@@ -9,7 +9,8 @@ use crate::common::{TestEnv, db_when_ready, eventually, job};
 async fn killed_worker_resumes_from_checkpoints_without_regenerating() {
     let env = TestEnv::new().await;
     let (job_id, body) = job(12, "Site Reliability Engineer");
-    // The first worker completes batches 1-2 and hangs in batch 3, where it is killed.
+    // The four phases (of 3 weeks each) are written side by side: the first worker completes
+    // the batches of phases 1 and 2 and hangs in those of phases 3 and 4, where it is killed.
     env.mock.stall_from_week(7);
     let mut first = env.spawn_worker_process(&[]);
     let mut events = env.watcher().await;
@@ -18,15 +19,16 @@ async fn killed_worker_resumes_from_checkpoints_without_regenerating() {
     let db = db_when_ready(&env).await;
     eventually(
         Duration::from_secs(30),
-        "two checkpoints and the third batch asked",
+        "two checkpoints and the last two batches asked",
         || async {
             let done: i32 = db
                 .query_opt("SELECT batches_done FROM jobs WHERE job_id = $1", &[&job_id])
                 .await
                 .unwrap()
                 .map_or(0, |r| r.get(0));
-            let asked_third = env.mock.requests().iter().any(|r| r.first_week == 7);
-            (done == 2 && asked_third).then_some(())
+            let requests = env.mock.requests();
+            let asked_last = [7, 10].map(|week| requests.iter().any(|r| r.first_week == week));
+            (done == 2 && asked_last == [true, true]).then_some(())
         },
     )
     .await;
@@ -58,7 +60,9 @@ async fn killed_worker_resumes_from_checkpoints_without_regenerating() {
     assert_eq!(asked(1), 1, "batch 1 was stored; it must not be asked again");
     assert_eq!(asked(4), 1, "batch 2 was stored; it must not be asked again");
     assert_eq!(asked(7), 2, "batch 3 was cut by the kill and asked once more");
-    assert_eq!(asked(10), 1);
+    assert_eq!(asked(10), 2, "batch 4 was cut by the kill and asked once more");
+    let outlines = env.mock.requests().iter().filter(|r| r.outline).count();
+    assert_eq!(outlines, 1, "the stored outline is not asked for again");
     assert_eq!(second.running.metrics.jobs_resumed.get(), 1);
     let row = db
         .query_one(

@@ -14,8 +14,11 @@ pub const PROVIDERS: [&str; 2] = ["openai", "gemini"];
 
 pub struct Run {
     pub completed: Completed,
-    /// The week ranges the mock was asked for, in order.
+    /// The week ranges of the batch requests the mock received, in order.
     pub asked: Vec<(u32, u32)>,
+    /// Outline requests the mock received.
+    pub outlines: usize,
+    /// The structured-output mode of each batch request.
     pub formats: Vec<String>,
     /// Each stored batch's outcome and LLM calls.
     pub batches: Vec<(String, i32)>,
@@ -39,14 +42,18 @@ impl Run {
     }
 }
 
-/// Runs one job of `weeks` weeks against the mock with `script`, and returns what happened.
+/// Runs one job of `weeks` weeks against the mock with `script` (faults of its batch requests),
+/// and returns what happened. Phases are written one at a time, so that the script's faults
+/// fall on the batches in week order.
 pub async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&str]) -> Run {
     let env = TestEnv::with_plan(FaultPlan {
         script,
         ..Default::default()
     })
     .await;
-    let worker = env.start_worker_for(provider, extra).await;
+    let mut args = vec!["--job-parallelism", "1"];
+    args.extend_from_slice(extra);
+    let worker = env.start_worker_for(provider, &args).await;
     let mut events = env.watcher().await;
     let (job_id, body) = job(weeks, "Cloud Engineer");
     env.publish(&body).await;
@@ -70,19 +77,18 @@ pub async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&s
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let formats = env.mock.requests().iter().map(|r| r.format.clone()).collect();
-    let asked = env
-        .mock
-        .requests()
-        .iter()
-        .map(|r| (r.first_week, r.last_week))
-        .collect();
+    let requests = env.mock.requests();
+    let outlines = requests.iter().filter(|r| r.outline).count();
+    let batch_requests = requests.iter().filter(|r| !r.outline);
+    let formats = batch_requests.clone().map(|r| r.format.clone()).collect();
+    let asked = batch_requests.map(|r| (r.first_week, r.last_week)).collect();
     let metrics = worker.running.metrics.render();
     worker.stop().await;
     env.cleanup().await;
     Run {
         completed,
         asked,
+        outlines,
         formats,
         batches,
         metrics,

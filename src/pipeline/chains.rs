@@ -1,0 +1,226 @@
+//! A job's missing batches, written chain by chain: the chains (one per phase of an outlined
+//! plan) run side by side, the batches of one chain in order, each checkpointed as it ends.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use deadpool_postgres::Pool;
+use futures_util::{StreamExt, stream};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
+
+use super::batch::Generator;
+use crate::{
+    domain::{BatchRange, JobProfile, Plan, Week, event::Usage},
+    llm::LlmError,
+    store::{self, StoreError, batches::StoredBatch, with_retries},
+};
+
+/// One finished batch, stored or written by this run.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub weeks: Vec<Week>,
+    pub usage: Usage,
+    pub fallback: bool,
+}
+
+impl From<StoredBatch> for Written {
+    fn from(b: StoredBatch) -> Self {
+        Self {
+            weeks: b.weeks,
+            usage: b.usage,
+            fallback: b.fallback_weeks > 0,
+        }
+    }
+}
+
+/// How writing the batches ended.
+#[derive(Debug)]
+pub enum ChainsEnd {
+    /// Every batch of the plan is stored: here by index.
+    Done(BTreeMap<u32, Written>),
+    /// Another replica took the job over.
+    Fenced,
+    /// Shutdown or the drain's abort stopped the run; the checkpoints stand.
+    Stopped,
+    /// The provider refuses every request.
+    Fault(LlmError),
+}
+
+/// How one chain ended.
+enum ChainEnd {
+    Done(Vec<(u32, Written)>),
+    Fenced,
+    Stopped,
+    Fault(LlmError),
+}
+
+impl ChainEnd {
+    /// Which end wins when chains end differently: the one that most changes what the job does.
+    fn rank(&self) -> u8 {
+        match self {
+            Self::Done(_) => 0,
+            Self::Stopped => 1,
+            Self::Fault(_) => 2,
+            Self::Fenced => 3,
+        }
+    }
+}
+
+/// The writing of one job's missing batches under its lease.
+#[derive(Debug)]
+pub struct Chains<'a> {
+    pub generator: &'a Generator,
+    pub pool: &'a Pool,
+    pub job_id: uuid::Uuid,
+    pub token: i64,
+    pub profile: &'a JobProfile,
+    pub plan: &'a Plan,
+    /// Weeks per batch: where each chain's guess of how many weeks fit one answer starts.
+    pub batch_weeks: u32,
+    /// Chains written at once.
+    pub parallelism: usize,
+}
+
+impl Chains<'_> {
+    /// Writes every batch of the plan that is not in `stored`. `shutdown` stops each chain
+    /// before its next batch; `abort` (and a chain's fault) also stops the batches in flight;
+    /// `lost` (the lease went to another replica) drops everything at once.
+    pub async fn run(
+        &self,
+        stored: Vec<StoredBatch>,
+        shutdown: &CancellationToken,
+        abort: &CancellationToken,
+        lost: &CancellationToken,
+    ) -> Result<ChainsEnd, StoreError> {
+        let mut done: BTreeMap<u32, Written> = stored.into_iter().map(|b| (b.index, b.into())).collect();
+        let pending: Vec<(Vec<BatchRange>, Option<Week>)> = self
+            .plan
+            .chains()
+            .into_iter()
+            .map(|chain| {
+                chain
+                    .into_iter()
+                    .filter(|r| !done.contains_key(&r.index))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|chain| !chain.is_empty())
+            .map(|chain| {
+                // A chain resumed after a stored batch continues from its last days.
+                let before = chain[0].first - 1;
+                let previous = done
+                    .values()
+                    .filter_map(|w| w.weeks.last())
+                    .find(|w| w.number == before)
+                    .cloned();
+                (chain, previous)
+            })
+            .collect();
+        let stop = abort.child_token();
+        // How many weeks one answer holds, learned from cut-off answers and shared by the
+        // chains, so that no chain repeats a cut another has already seen.
+        let span_hint = AtomicU32::new(self.batch_weeks);
+        let ends = stream::iter(pending)
+            .map(|(chain, previous)| self.chain(chain, previous, &span_hint, shutdown, &stop))
+            .buffer_unordered(self.parallelism.max(1))
+            .collect::<Vec<_>>();
+        let ends = tokio::select! {
+            ends = ends => ends,
+            () = lost.cancelled() => return Ok(ChainsEnd::Fenced),
+        };
+        let mut worst = ChainEnd::Done(Vec::new());
+        for end in ends {
+            match end? {
+                ChainEnd::Done(written) => done.extend(written),
+                other if other.rank() > worst.rank() => worst = other,
+                _ => {}
+            }
+        }
+        Ok(match worst {
+            ChainEnd::Done(_) => ChainsEnd::Done(done),
+            ChainEnd::Stopped => ChainsEnd::Stopped,
+            ChainEnd::Fault(e) => ChainsEnd::Fault(e),
+            ChainEnd::Fenced => ChainsEnd::Fenced,
+        })
+    }
+
+    /// Writes `ranges` in order, `previous` being the week before the first when it is stored.
+    /// A chain that cannot go on cancels `stop`, so that its siblings stop too.
+    async fn chain(
+        &self,
+        ranges: Vec<BatchRange>,
+        mut previous: Option<Week>,
+        span_hint: &AtomicU32,
+        shutdown: &CancellationToken,
+        stop: &CancellationToken,
+    ) -> Result<ChainEnd, StoreError> {
+        let total = self.plan.batches.len() as u32;
+        let cache_key = self.job_id.to_string();
+        let mut written = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            if shutdown.is_cancelled() || stop.is_cancelled() {
+                return Ok(ChainEnd::Stopped);
+            }
+            let span =
+                info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
+            let mut hint = span_hint.load(Ordering::Relaxed);
+            let batch = self.generator.batch(
+                self.profile,
+                self.plan,
+                range,
+                previous.as_ref(),
+                &mut hint,
+                &cache_key,
+            );
+            let generated = tokio::select! {
+                result = batch.instrument(span) => result,
+                () = stop.cancelled() => return Ok(ChainEnd::Stopped),
+            };
+            span_hint.fetch_min(hint, Ordering::Relaxed);
+            let result = match generated {
+                Ok(result) => result,
+                Err(fault) => {
+                    stop.cancel();
+                    return Ok(ChainEnd::Fault(fault.0));
+                }
+            };
+            let stored = with_retries(|| {
+                store::batches::checkpoint(self.pool, self.job_id, self.token, range.index, total, &result)
+            })
+            .await;
+            let fresh = match stored {
+                Ok(fresh) => fresh,
+                Err(StoreError::Fenced) => {
+                    stop.cancel();
+                    return Ok(ChainEnd::Fenced);
+                }
+                Err(e) => {
+                    stop.cancel();
+                    return Err(e);
+                }
+            };
+            if !fresh {
+                self.generator.metrics.batches_regenerated.inc();
+            }
+            info!(
+                batch = range.index,
+                outcome = result.outcome.as_str(),
+                total,
+                "batch stored"
+            );
+            previous = result.weeks.last().cloned();
+            let fallback = result.fallback_weeks() > 0;
+            written.push((
+                range.index,
+                Written {
+                    weeks: result.weeks,
+                    usage: result.usage,
+                    fallback,
+                },
+            ));
+        }
+        Ok(ChainEnd::Done(written))
+    }
+}
