@@ -82,10 +82,8 @@ async fn kill_mid_job() {
     let started = Instant::now();
     env.publish(&body).await;
     let db = db_when_ready(&env).await;
-    let stored_at_kill: BTreeSet<i32> = common::eventually(
-        Duration::from_secs(120),
-        "half of the batches stored",
-        || async {
+    let stored_at_kill: BTreeSet<i32> =
+        common::eventually(Duration::from_secs(120), "half of the batches stored", || async {
             let rows = db
                 .query("SELECT first_week FROM batches WHERE job_id = $1", &[&job_id])
                 .await
@@ -96,9 +94,8 @@ async fn kill_mid_job() {
                 .ok()??
                 .get(0);
             (rows.len() as i32 * 2 >= total).then(|| rows.iter().map(|r| r.get(0)).collect())
-        },
-    )
-    .await;
+        })
+        .await;
     first.start_kill().expect("SIGKILL");
     let _ = first.wait().await;
     let killed_at = chrono::Utc::now();

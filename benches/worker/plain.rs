@@ -78,6 +78,7 @@ async fn plain_job(pool: &Pool, fx: &Fixture) -> WriteTimes {
             stage.range.index,
             total,
             &stage.result,
+            None,
         )
         .await
         .expect("checkpoint");
@@ -86,7 +87,7 @@ async fn plain_job(pool: &Pool, fx: &Fixture) -> WriteTimes {
     }
     let start = Instant::now();
     let event = fx.completed(&job, owned.started_at);
-    store::roadmaps::complete(pool, owned.token, &event)
+    store::roadmaps::complete(pool, owned.token, &event, None)
         .await
         .expect("complete");
     times.complete = start.elapsed();

@@ -70,6 +70,43 @@ pub struct Completed {
     pub roadmap: Roadmap,
 }
 
+/// A completion event without its roadmap: what the outbox stores, the roadmap being stored once,
+/// in its own table.
+#[derive(Debug, Serialize)]
+pub struct CompletedHead<'a> {
+    pub event: &'a str,
+    pub version: u32,
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub user_id: &'a str,
+    pub roadmap_id: Uuid,
+    pub duration_weeks: u32,
+    pub batches: u32,
+    pub fallback_batches: u32,
+    pub usage: Usage,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: DateTime<Utc>,
+}
+
+impl Completed {
+    pub fn head(&self) -> CompletedHead<'_> {
+        CompletedHead {
+            event: &self.event,
+            version: self.version,
+            event_id: self.event_id,
+            job_id: self.job_id,
+            user_id: &self.user_id,
+            roadmap_id: self.roadmap_id,
+            duration_weeks: self.duration_weeks,
+            batches: self.batches,
+            fallback_batches: self.fallback_batches,
+            usage: self.usage,
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failed {
     pub event: String,

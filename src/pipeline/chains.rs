@@ -13,9 +13,12 @@ use tracing::{Instrument, info, info_span};
 
 use super::batch::Generator;
 use crate::{
-    domain::{BatchRange, JobProfile, Plan, Week, event::Usage},
+    domain::{
+        BatchRange, JobProfile, Plan, Week,
+        event::{PROGRESS, Usage},
+    },
     llm::LlmError,
-    store::{self, StoreError, batches::StoredBatch, with_retries},
+    store::{self, StoreError, batches::StoredBatch, outbox::ExpressLane, with_retries},
 };
 
 /// One finished batch, stored or written by this run.
@@ -82,6 +85,8 @@ pub struct Chains<'a> {
     pub batch_weeks: u32,
     /// Chains written at once.
     pub parallelism: usize,
+    /// Where progress events go once committed.
+    pub express: &'a ExpressLane,
 }
 
 impl Chains<'_> {
@@ -186,12 +191,26 @@ impl Chains<'_> {
                     return Ok(ChainEnd::Fault(fault.0));
                 }
             };
+            let lease = self.express.lease();
             let stored = with_retries(|| {
-                store::batches::checkpoint(self.pool, self.job_id, self.token, range.index, total, &result)
+                store::batches::checkpoint(
+                    self.pool,
+                    self.job_id,
+                    self.token,
+                    range.index,
+                    total,
+                    &result,
+                    lease,
+                )
             })
             .await;
             let fresh = match stored {
-                Ok(fresh) => fresh,
+                Ok(stored) => {
+                    if let Some(event) = stored.progress {
+                        self.express.send(event.event_id, PROGRESS, &event);
+                    }
+                    stored.fresh
+                }
                 Err(StoreError::Fenced) => {
                     stop.cancel();
                     return Ok(ChainEnd::Fenced);

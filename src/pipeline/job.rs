@@ -30,6 +30,7 @@ use crate::{
     store::{
         self, StoreError,
         jobs::{Claim, OwnedJob},
+        outbox::ExpressLane,
         with_retries,
     },
 };
@@ -73,6 +74,8 @@ pub struct JobRunner {
     owner: String,
     /// Chains (phases) of one job written at once.
     parallelism: usize,
+    /// Where committed events go to be published at once.
+    express: ExpressLane,
     /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
     /// The jobs this replica holds a lease on, with their fencing tokens: a lease in our name
@@ -89,11 +92,18 @@ impl JobRunner {
             generator,
             batch_weeks: settings.batch.batch_weeks,
             parallelism: settings.batch.job_parallelism as usize,
+            express: ExpressLane::default(),
             lease: settings.lease(),
             owner,
             poison_after: settings.job_poison_after,
             held: Arc::default(),
         }
+    }
+
+    /// Publishes committed events through `lane` right after each commit.
+    pub fn with_express(mut self, lane: ExpressLane) -> Self {
+        self.express = lane;
+        self
     }
 
     pub fn pool(&self) -> &Pool {
@@ -310,6 +320,7 @@ impl JobRunner {
             plan: &plan,
             batch_weeks: self.batch_weeks,
             parallelism: self.parallelism,
+            express: &self.express,
         };
         let written = match chains.run(owned.batches, shutdown, abort, &lost).await? {
             ChainsEnd::Done(written) => written,
@@ -330,8 +341,9 @@ impl JobRunner {
             fallback_batches += u32::from(batch.fallback);
         }
         let event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)?;
-        match with_retries(|| store::roadmaps::complete(&self.pool, token, &event)).await {
-            Ok(()) => {}
+        let lease = self.express.lease();
+        match with_retries(|| store::roadmaps::complete(&self.pool, token, &event, lease)).await {
+            Ok(()) => self.express.send(event.event_id, COMPLETED, &event),
             Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
             Err(e) => return Err(e),
         }

@@ -2,7 +2,6 @@
 //! weeks at the front of a truncated answer.
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::domain::{AnswerFault, Week, outline::OutlineOutput, roadmap::BatchOutput};
 
@@ -46,8 +45,12 @@ fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, AnswerError> {
         return Err(AnswerError::TooLarge(text.len()));
     }
     let body = strip_fences(text);
-    let value: Value = serde_json::from_str(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
-    serde_json::from_value(value).map_err(|e| AnswerError::WrongShape(e.to_string()))
+    // Straight into the typed shape, with no JSON tree in between; the error's category still
+    // tells text that is not JSON from JSON of the wrong shape.
+    serde_json::from_str(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => AnswerError::WrongShape(e.to_string()),
+        _ => AnswerError::NotJson(e.to_string()),
+    })
 }
 
 /// Weeks that are complete at the start of a cut-off answer: `{"weeks":[{..},{..},{..` gives

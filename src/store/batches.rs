@@ -1,6 +1,9 @@
 //! Checkpoints: each finished batch written with the job's progress, fenced by the lease token.
 
+use std::time::Duration;
+
 use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -31,7 +34,7 @@ pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<Store
         .map(|row| {
             Ok(StoredBatch {
                 index: row.get::<_, i32>(0) as u32,
-                weeks: serde_json::from_value(row.get(1))?,
+                weeks: row.get::<_, Json<Vec<Week>>>(1).0,
                 fallback_weeks: row.get::<_, i32>(2) as u32,
                 usage: Usage {
                     llm_calls: row.get::<_, i32>(3) as u32,
@@ -44,8 +47,18 @@ pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<Store
         .collect()
 }
 
+/// What a checkpoint stored.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// `false` if the batch was already stored (it was generated twice).
+    pub fresh: bool,
+    /// The progress event, if its outbox row was written now (leased to the writer when the
+    /// checkpoint was given a lease).
+    pub progress: Option<Progress>,
+}
+
 /// Stores batch `index` and the job's progress in one transaction, with a `roadmap.progress`
-/// event. Returns `false` if the batch was already stored (it was generated twice).
+/// event, its outbox row leased for `express` when given.
 pub async fn checkpoint(
     pool: &Pool,
     job_id: Uuid,
@@ -53,7 +66,8 @@ pub async fn checkpoint(
     index: u32,
     batches_total: u32,
     batch: &BatchResult,
-) -> Result<bool, StoreError> {
+    express: Option<Duration>,
+) -> Result<Checkpoint, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // Fencing first: this locks the job row, so a takeover waits for us or we see its token.
@@ -81,7 +95,7 @@ pub async fn checkpoint(
                 &(index as i32),
                 &first,
                 &last,
-                &serde_json::to_value(&batch.weeks)?,
+                &Json(&batch.weeks),
                 &batch.outcome.as_str(),
                 &(batch.fallback_weeks() as i32),
                 &(batch.usage.llm_calls as i32),
@@ -104,7 +118,11 @@ pub async fn checkpoint(
     let mut event = Progress::new(job_id, done as u32, batches_total);
     // One progress event per batch, whatever happens to the delivery.
     event.event_id = Uuid::new_v5(&job_id, format!("progress:{index}").as_bytes());
-    super::outbox::insert(&tx, event.event_id, Some(job_id), PROGRESS, &event).await?;
+    let queued =
+        super::outbox::insert_leased(&tx, event.event_id, Some(job_id), PROGRESS, &event, express).await?;
     tx.commit().await?;
-    Ok(inserted == 1)
+    Ok(Checkpoint {
+        fresh: inserted == 1,
+        progress: queued.then_some(event),
+    })
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::{StoreError, batches::StoredBatch};
@@ -66,7 +67,7 @@ pub async fn claim(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let lease_secs = lease.as_secs_f64();
-    let request = serde_json::to_value(job)?;
+    let request = Json(job);
     let inserted = tx
         .query_opt(
             "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, owner, lease_until)
@@ -77,7 +78,7 @@ pub async fn claim(
                 &job.job_id,
                 &job.user_id,
                 &request,
-                &serde_json::to_value(plan)?,
+                &Json(plan),
                 &(plan.batches.len() as i32),
                 &owner,
                 &lease_secs,
@@ -142,7 +143,7 @@ pub async fn claim(
         )
         .await?;
     let token: i64 = row.get(0);
-    let plan: Plan = serde_json::from_value(row.get(1))?;
+    let plan: Plan = row.get::<_, Json<Plan>>(1).0;
     let batches = super::batches::load(&tx, job.job_id).await?;
     tx.commit().await?;
     Ok(Claim::Owned(OwnedJob {
@@ -165,12 +166,7 @@ pub async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan) -> Res
             "UPDATE jobs SET plan = $3, batches_total = $4, updated_at = now()
              WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'
                AND NOT EXISTS (SELECT 1 FROM batches WHERE job_id = $1)",
-            &[
-                &job_id,
-                &token,
-                &serde_json::to_value(plan)?,
-                &(plan.batches.len() as i32),
-            ],
+            &[&job_id, &token, &Json(plan), &(plan.batches.len() as i32)],
         )
         .await?;
     if n == 1 { Ok(()) } else { Err(StoreError::Fenced) }
@@ -270,8 +266,8 @@ pub async fn fail_unowned(
             &[
                 &job.job_id,
                 &job.user_id,
-                &serde_json::to_value(job)?,
-                &serde_json::to_value(plan)?,
+                &Json(job),
+                &Json(plan),
                 &(plan.batches.len() as i32),
                 &reason,
                 &APP_PREFIX,

@@ -4,24 +4,120 @@ use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::StoreError;
 
+/// How long the writer of an event holds its row for the express path (publish it from memory
+/// right after the commit): the relay sends it only if the writer has not confirmed it by then.
+pub const EXPRESS_LEASE: Duration = Duration::from_secs(15);
+
+/// An event committed with its row leased to its writer, to be published from memory at once.
+#[derive(Debug)]
+pub struct Express {
+    pub event_id: Uuid,
+    pub routing_key: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// Where committed events go to be published from memory; without a receiver every event goes
+/// through the relay.
+#[derive(Debug, Clone, Default)]
+pub struct ExpressLane(Option<tokio::sync::mpsc::UnboundedSender<Express>>);
+
+impl ExpressLane {
+    pub fn new(sender: tokio::sync::mpsc::UnboundedSender<Express>) -> Self {
+        Self(Some(sender))
+    }
+
+    /// The lease to write an event's row with: the express path's, if there is one.
+    pub fn lease(&self) -> Option<Duration> {
+        self.0.as_ref().map(|_| EXPRESS_LEASE)
+    }
+
+    /// Hands a committed event, whose row was written with [`Self::lease`], to the express path.
+    /// Should that fail, its lease runs out and the relay sends it.
+    pub fn send<T: Serialize>(&self, event_id: Uuid, routing_key: &'static str, event: &T) {
+        let Some(sender) = &self.0 else { return };
+        match serde_json::to_vec(event) {
+            Ok(body) => {
+                let _ = sender.send(Express {
+                    event_id,
+                    routing_key,
+                    body,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %event_id, "could not serialise an event; the relay sends it")
+            }
+        }
+    }
+}
+
 /// Queues an event inside the caller's transaction; a second insert of the same event id is a
 /// no-op, which keeps event ids unique per occurrence even when work is repeated.
-pub async fn insert<T: Serialize>(
+pub async fn insert<T: Serialize + std::fmt::Debug + Sync>(
     client: &impl GenericClient,
     event_id: Uuid,
     job_id: Option<Uuid>,
     routing_key: &str,
     payload: &T,
 ) -> Result<(), StoreError> {
+    insert_leased(client, event_id, job_id, routing_key, payload, None).await?;
+    Ok(())
+}
+
+/// Like [`insert`], with the row leased to the writer for `lease` when given (the express
+/// path). Returns whether the row was inserted.
+pub async fn insert_leased<T: Serialize + std::fmt::Debug + Sync>(
+    client: &impl GenericClient,
+    event_id: Uuid,
+    job_id: Option<Uuid>,
+    routing_key: &str,
+    payload: &T,
+    lease: Option<Duration>,
+) -> Result<bool, StoreError> {
+    let lease_secs = lease.map(|l| l.as_secs_f64());
+    let n = client
+        .execute(
+            "INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts)
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), CASE WHEN $5 IS NULL THEN 0 ELSE 1 END)
+             ON CONFLICT (event_id) DO NOTHING",
+            &[&event_id, &job_id, &routing_key, &Json(payload), &lease_secs],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Marks events sent by the express path, by event id; `unrouted` ones reached no queue.
+pub async fn mark_sent_events(
+    client: &impl GenericClient,
+    event_ids: &[Uuid],
+    unrouted: bool,
+) -> Result<(), StoreError> {
+    if event_ids.is_empty() {
+        return Ok(());
+    }
     client
         .execute(
-            "INSERT INTO outbox (event_id, job_id, routing_key, payload) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (event_id) DO NOTHING",
-            &[&event_id, &job_id, &routing_key, &serde_json::to_value(payload)?],
+            "UPDATE outbox SET sent_at = now(), relay_until = NULL, unrouted = $2
+             WHERE event_id = ANY($1) AND sent_at IS NULL",
+            &[&event_ids, &unrouted],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Hands events the express path could not send to the relay at once.
+pub async fn unlease_events(client: &impl GenericClient, event_ids: &[Uuid]) -> Result<(), StoreError> {
+    if event_ids.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "UPDATE outbox SET relay_until = NULL WHERE event_id = ANY($1) AND sent_at IS NULL",
+            &[&event_ids],
         )
         .await?;
     Ok(())
@@ -31,7 +127,7 @@ pub async fn insert<T: Serialize>(
 /// refusal never announces an outcome for a job that is running or has ended (a malformed or
 /// conflicting duplicate must not give its consumers a second outcome). Returns whether it was
 /// queued.
-pub async fn insert_refusal<T: Serialize>(
+pub async fn insert_refusal<T: Serialize + std::fmt::Debug + Sync>(
     client: &impl GenericClient,
     event_id: Uuid,
     job_id: Uuid,
@@ -43,7 +139,7 @@ pub async fn insert_refusal<T: Serialize>(
             "INSERT INTO outbox (event_id, job_id, routing_key, payload)
              SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $2)
              ON CONFLICT (event_id) DO NOTHING",
-            &[&event_id, &job_id, &routing_key, &serde_json::to_value(payload)?],
+            &[&event_id, &job_id, &routing_key, &Json(payload)],
         )
         .await?;
     Ok(n == 1)

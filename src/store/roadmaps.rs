@@ -1,13 +1,22 @@
 //! Finished roadmaps: stored with the job's completion and its event, in one transaction.
 
+use std::time::Duration;
+
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Json;
 
 use super::StoreError;
 use crate::domain::event::{COMPLETED, Completed};
 
-/// Completes the job: stores the roadmap, marks the job completed and queues `event`. Fenced by
-/// the lease token, so exactly one replica completes a job.
-pub async fn complete(pool: &Pool, token: i64, event: &Completed) -> Result<(), StoreError> {
+/// Completes the job: stores the roadmap, marks the job completed and queues `event`, its
+/// outbox row leased for `express` when given. Fenced by the lease token, so exactly one replica
+/// completes a job.
+pub async fn complete(
+    pool: &Pool,
+    token: i64,
+    event: &Completed,
+    express: Option<Duration>,
+) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let n = tx
@@ -27,16 +36,20 @@ pub async fn complete(pool: &Pool, token: i64, event: &Completed) -> Result<(), 
             &event.roadmap_id,
             &event.job_id,
             &event.user_id,
-            &serde_json::to_value(&event.roadmap)?,
+            &Json(&event.roadmap),
         ],
     )
     .await?;
     // The roadmap is stored once, above; the relay puts it back into the event when publishing.
-    let mut payload = serde_json::to_value(event)?;
-    if let Some(obj) = payload.as_object_mut() {
-        obj.remove("roadmap");
-    }
-    super::outbox::insert(&tx, event.event_id, Some(event.job_id), COMPLETED, &payload).await?;
+    super::outbox::insert_leased(
+        &tx,
+        event.event_id,
+        Some(event.job_id),
+        COMPLETED,
+        &event.head(),
+        express,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -21,7 +21,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use deadpool_postgres::Pool;
 use lapin::{Channel, Connection, options::BasicQosOptions};
 use tokio::{
-    sync::{Semaphore, oneshot, watch},
+    sync::{Semaphore, mpsc, oneshot, watch},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,7 @@ use crate::{
         batch::{Generator, LadderSettings},
         job::JobRunner,
     },
-    store::{self, jobs::APP_PREFIX},
+    store::{self, jobs::APP_PREFIX, outbox::ExpressLane},
 };
 
 /// A running worker's handles, for callers that embed it (demo, tests).
@@ -167,7 +167,9 @@ pub async fn run(
     let owner = replica_id();
     let metrics = Metrics::new();
     let pool = store::connect(&settings.db, &format!("{APP_PREFIX}{owner}")).await?;
-    let runner = job_runner(&settings, pool.clone(), metrics.clone(), owner.clone())?;
+    let (express_tx, express_rx) = mpsc::unbounded_channel();
+    let runner = job_runner(&settings, pool.clone(), metrics.clone(), owner.clone())?
+        .with_express(ExpressLane::new(express_tx));
     let (connection_tx, connection_rx) = watch::channel(None);
     let (publisher_tx, publisher_rx) = watch::channel(None);
     let stop_background = CancellationToken::new();
@@ -186,6 +188,7 @@ pub async fn run(
         stop: stop_background.clone(),
     };
     let relay = tokio::spawn(relay::run(background.clone()));
+    let express = tokio::spawn(relay::express(background.clone(), express_rx));
     let sweeper = tokio::spawn(sweeper::run(
         background,
         settings.lease(),
@@ -221,6 +224,7 @@ pub async fn run(
     // The relay's last pass needs the broker, so it stops before the connection closes.
     stop_background.cancel();
     let _ = relay.await;
+    let _ = express.await;
     let _ = sweeper.await;
     if let Some((connection, channel)) = last_session {
         // A broker that went away cannot answer close-ok; do not let that hold the exit.

@@ -8,6 +8,15 @@
 //! is tried again with a backoff, so it reaches a consumer that binds later; a progress event,
 //! stale by then, is let go and counted as unrouted.
 //!
+//! # The express path
+//!
+//! A job's progress and completion events are written with their rows leased to the job's
+//! replica and handed to [`express`] right after the commit, which publishes them from memory:
+//! no row is read back, and a completion's roadmap is not re-assembled from its table. What the
+//! express path confirms it marks sent, a batch of events in one statement; what it cannot send
+//! it gives back to the relay at once; should the replica die in between, the lease
+//! (`EXPRESS_LEASE`) runs out and any relay sends it.
+//!
 //! # Nothing held while waiting for the broker
 //!
 //! Rows are leased in one statement (`relay_until`), not locked in a transaction, and every wait
@@ -16,6 +25,8 @@
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::Background;
@@ -23,7 +34,7 @@ use crate::{
     amqp::{PublishError, Publisher},
     domain::event::PROGRESS,
     metrics::Metrics,
-    store::{self, StoreError},
+    store::{self, StoreError, outbox::Express},
 };
 
 const BATCH: i64 = 100;
@@ -112,6 +123,83 @@ pub(super) async fn run(bg: Background) {
                 return;
             }
         }
+    }
+}
+
+/// Publishes the events handed over after their commits until the background tasks stop, then
+/// what is left.
+pub(super) async fn express(bg: Background, mut events: mpsc::UnboundedReceiver<Express>) {
+    let exchange = bg.topology.events_exchange.clone();
+    loop {
+        let first = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            () = bg.stop.cancelled() => {
+                let mut rest = Vec::new();
+                while let Ok(event) = events.try_recv() {
+                    rest.push(event);
+                }
+                send_express(&bg, &exchange, rest).await;
+                return;
+            }
+        };
+        // Whatever else is waiting goes in the same round: its confirms are awaited together
+        // and its rows marked in one statement.
+        let mut batch = vec![first];
+        while batch.len() < BATCH as usize {
+            match events.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        send_express(&bg, &exchange, batch).await;
+    }
+}
+
+async fn send_express(bg: &Background, exchange: &str, batch: Vec<Express>) {
+    if batch.is_empty() {
+        return;
+    }
+    let publisher = bg.publisher.borrow().clone();
+    let (mut sent, mut let_go, mut back) = (Vec::new(), Vec::new(), Vec::new());
+    match publisher {
+        None => back.extend(batch.iter().map(|e| e.event_id)),
+        Some(publisher) => {
+            let ids: Vec<String> = batch.iter().map(|e| e.event_id.to_string()).collect();
+            let confirms = batch.iter().zip(&ids).map(|(event, id)| {
+                let publish =
+                    publisher.publish_json(exchange, event.routing_key, &event.body, Some(id), None, true);
+                tokio::time::timeout(CONFIRM_TIMEOUT, publish)
+            });
+            for (event, result) in batch.iter().zip(join_all(confirms).await) {
+                let kind = event.routing_key;
+                match result {
+                    Ok(Ok(())) => {
+                        bg.metrics.events_published.with_label_values(&[kind]).inc();
+                        sent.push(event.event_id);
+                    }
+                    Ok(Err(PublishError::Unroutable { .. })) if kind == PROGRESS => {
+                        bg.metrics.events_unroutable.with_label_values(&[kind]).inc();
+                        let_go.push(event.event_id);
+                    }
+                    // The relay keeps it, with the backoff of an event no queue takes, or
+                    // tries again on the next broker session.
+                    _ => back.push(event.event_id),
+                }
+            }
+        }
+    }
+    let marked = async {
+        let client = bg.pool.get().await.map_err(StoreError::from)?;
+        store::outbox::mark_sent_events(&client, &sent, false).await?;
+        store::outbox::mark_sent_events(&client, &let_go, true).await?;
+        store::outbox::unlease_events(&client, &back).await
+    };
+    if let Err(e) = marked.await {
+        // The leases run out and the relay sends these again: at least once, as always.
+        warn!(error = %e, events = batch.len(), "could not record express-published events");
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use roadmap_worker::domain::event::Completed;
 
-use crate::common::{TestEnv, job};
+use crate::common::{TestEnv, eventually, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_week_job_publishes_one_completed_event() {
@@ -72,6 +72,23 @@ async fn twelve_week_job_publishes_one_completed_event() {
         .unwrap()
         .get(0);
     assert!(!embedded);
+    // Every event went out by the express path, published once from memory right after its
+    // commit: none was left for the relay to lease and publish again.
+    let rows: Vec<(String, i32)> = eventually(Duration::from_secs(10), "every event marked sent", || async {
+        let rows = db
+            .query(
+                "SELECT routing_key, attempts, sent_at IS NOT NULL FROM outbox",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .all(|r| r.get::<_, bool>(2))
+            .then(|| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    })
+    .await;
+    assert_eq!(rows.len(), 5, "4 progress events and the completion: {rows:?}");
+    assert!(rows.iter().all(|(_, attempts)| *attempts == 1), "{rows:?}");
 
     worker.stop().await;
     env.cleanup().await;

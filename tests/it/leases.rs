@@ -63,7 +63,8 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     );
 
     // a wakes up: every write it tries is refused.
-    let stale = store::batches::checkpoint(&a, job.job_id, first.token, 0, 2, &batch(&job, &plan, 0)).await;
+    let stale =
+        store::batches::checkpoint(&a, job.job_id, first.token, 0, 2, &batch(&job, &plan, 0), None).await;
     assert!(matches!(stale, Err(StoreError::Fenced)), "{stale:?}");
     assert!(matches!(
         store::jobs::renew(&a, job.job_id, first.token, short).await,
@@ -78,10 +79,11 @@ async fn stale_owner_is_fenced_out_after_takeover() {
             index as u32,
             2,
             &batch(&job, &plan, index),
+            None,
         )
         .await
         .unwrap();
-        assert!(fresh);
+        assert!(fresh.fresh && fresh.progress.is_some());
     }
     let db = env.db().await;
     let tokens: Vec<i64> = db
@@ -96,10 +98,10 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     let weeks = (0..2).flat_map(|i| batch(&job, &plan, i).weeks).collect();
     let completed = completion_event(&job, &plan, weeks, Usage::default(), 0, Utc::now());
     assert!(matches!(
-        store::roadmaps::complete(&a, first.token, &completed).await,
+        store::roadmaps::complete(&a, first.token, &completed, None).await,
         Err(StoreError::Fenced)
     ));
-    store::roadmaps::complete(&b, second.token, &completed)
+    store::roadmaps::complete(&b, second.token, &completed, None)
         .await
         .unwrap();
     let roadmaps: i64 = db
