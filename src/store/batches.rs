@@ -57,8 +57,11 @@ pub struct Checkpoint {
     pub progress: Option<Progress>,
 }
 
-/// Stores batch `index` and the job's progress in one transaction, with a `roadmap.progress`
-/// event, its outbox row leased for `express` when given.
+/// Stores batch `index` and the job's progress with a `roadmap.progress` event, its outbox row
+/// leased for `express` when given. One statement, so one round trip and its own transaction:
+/// the job row is locked first (`FOR UPDATE`), so a takeover waits for it or it sees the
+/// takeover's token and writes nothing; checkpoints of one job's parallel phases take turns on
+/// that lock and each counts the other's batch.
 pub async fn checkpoint(
     pool: &Pool,
     job_id: Uuid,
@@ -68,28 +71,47 @@ pub async fn checkpoint(
     batch: &BatchResult,
     express: Option<Duration>,
 ) -> Result<Checkpoint, StoreError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    // Fencing first: this locks the job row, so a takeover waits for us or we see its token.
-    let fenced = tx
-        .execute(
-            "UPDATE jobs SET updated_at = now() WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
-            &[&job_id, &token],
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH fence AS (
+                SELECT batches_done FROM jobs
+                WHERE job_id = $1 AND fencing_token = $11 AND status = 'running' FOR UPDATE),
+             ins AS (
+                INSERT INTO batches (job_id, batch_index, first_week, last_week, weeks, outcome, fallback_weeks,
+                                     llm_calls, input_tokens, output_tokens, fencing_token, cached_input_tokens)
+                SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM fence
+                ON CONFLICT (job_id, batch_index) DO NOTHING
+                RETURNING 1),
+             upd AS (
+                UPDATE jobs SET batches_done = (SELECT batches_done FROM fence) + (SELECT count(*) FROM ins),
+                                updated_at = now()
+                WHERE job_id = $1 AND EXISTS (SELECT 1 FROM fence)
+                RETURNING batches_done),
+             ob AS (
+                INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts)
+                SELECT $13, $1, $14,
+                       jsonb_build_object('event', $14::text, 'version', 1, 'event_id', $13::uuid,
+                                          'job_id', $1::uuid, 'batches_done', upd.batches_done,
+                                          'batches_total', $15::integer),
+                       now() + make_interval(secs => $16), CASE WHEN $16 IS NULL THEN 0 ELSE 1 END
+                FROM upd
+                ON CONFLICT (event_id) DO NOTHING
+                RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM ins), (SELECT batches_done FROM upd),
+                    (SELECT count(*) FROM ob)",
         )
         .await?;
-    if fenced != 1 {
-        return Err(StoreError::Fenced);
-    }
     let (first, last) = (
         batch.weeks.first().map_or(0, |w| w.number as i32),
         batch.weeks.last().map_or(0, |w| w.number as i32),
     );
-    let inserted = tx
-        .execute(
-            "INSERT INTO batches (job_id, batch_index, first_week, last_week, weeks, outcome, fallback_weeks,
-                                  llm_calls, input_tokens, output_tokens, fencing_token, cached_input_tokens)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-             ON CONFLICT (job_id, batch_index) DO NOTHING",
+    // One progress event per batch, whatever happens to the delivery.
+    let event_id = Uuid::new_v5(&job_id, format!("progress:{index}").as_bytes());
+    let lease_secs = express.map(|l| l.as_secs_f64());
+    let row = client
+        .query_one(
+            &statement,
             &[
                 &job_id,
                 &(index as i32),
@@ -104,25 +126,21 @@ pub async fn checkpoint(
                 &i64::try_from(batch.usage.output_tokens).unwrap_or(i64::MAX),
                 &token,
                 &i64::try_from(batch.usage.cached_input_tokens).unwrap_or(i64::MAX),
+                &event_id,
+                &PROGRESS,
+                &(batches_total as i32),
+                &lease_secs,
             ],
         )
         .await?;
-    let done: i64 = tx
-        .query_one(
-            "WITH c AS (SELECT count(*) AS n FROM batches WHERE job_id = $1)
-             UPDATE jobs SET batches_done = (SELECT n FROM c) WHERE job_id = $1 RETURNING (SELECT n FROM c)",
-            &[&job_id],
-        )
-        .await?
-        .get(0);
+    if !row.get::<_, bool>(0) {
+        return Err(StoreError::Fenced);
+    }
+    let done: i32 = row.get(2);
     let mut event = Progress::new(job_id, done as u32, batches_total);
-    // One progress event per batch, whatever happens to the delivery.
-    event.event_id = Uuid::new_v5(&job_id, format!("progress:{index}").as_bytes());
-    let queued =
-        super::outbox::insert_leased(&tx, event.event_id, Some(job_id), PROGRESS, &event, express).await?;
-    tx.commit().await?;
+    event.event_id = event_id;
     Ok(Checkpoint {
-        fresh: inserted == 1,
-        progress: queued.then_some(event),
+        fresh: row.get::<_, i64>(1) == 1,
+        progress: (row.get::<_, i64>(3) == 1).then_some(event),
     })
 }

@@ -65,15 +65,21 @@ pub async fn claim(
     reclaim_own: bool,
 ) -> Result<Claim, StoreError> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let lease_secs = lease.as_secs_f64();
     let request = Json(job);
-    let inserted = tx
-        .query_opt(
+    // A new job is the common case: one statement in its own transaction. Only a job_id that
+    // exists already needs the locked read below.
+    let insert = client
+        .prepare_cached(
             "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, owner, lease_until)
              VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
              ON CONFLICT (job_id) DO NOTHING
              RETURNING fencing_token, created_at",
+        )
+        .await?;
+    let inserted = client
+        .query_opt(
+            &insert,
             &[
                 &job.job_id,
                 &job.user_id,
@@ -86,7 +92,6 @@ pub async fn claim(
         )
         .await?;
     if let Some(row) = inserted {
-        tx.commit().await?;
         return Ok(Claim::Owned(OwnedJob {
             token: row.get(0),
             plan: plan.clone(),
@@ -96,6 +101,7 @@ pub async fn claim(
             abandoned: 0,
         }));
     }
+    let tx = client.transaction().await?;
     let row = tx
         .query_one(
             "SELECT user_id, status, owner, lease_until > now() AS live,
@@ -175,12 +181,14 @@ pub async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan) -> Res
 /// Extends the lease; `Fenced` if another replica has taken the job over.
 pub async fn renew(pool: &Pool, job_id: Uuid, token: i64, lease: Duration) -> Result<(), StoreError> {
     let client = pool.get().await?;
-    let n = client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
              WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
-            &[&job_id, &token, &lease.as_secs_f64()],
         )
+        .await?;
+    let n = client
+        .execute(&statement, &[&job_id, &token, &lease.as_secs_f64()])
         .await?;
     if n == 1 { Ok(()) } else { Err(StoreError::Fenced) }
 }

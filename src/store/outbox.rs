@@ -99,13 +99,13 @@ pub async fn mark_sent_events(
     if event_ids.is_empty() {
         return Ok(());
     }
-    client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE outbox SET sent_at = now(), relay_until = NULL, unrouted = $2
              WHERE event_id = ANY($1) AND sent_at IS NULL",
-            &[&event_ids, &unrouted],
         )
         .await?;
+    client.execute(&statement, &[&event_ids, &unrouted]).await?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::Json;
 
 use super::StoreError;
@@ -10,46 +10,56 @@ use crate::domain::event::{COMPLETED, Completed};
 
 /// Completes the job: stores the roadmap, marks the job completed and queues `event`, its
 /// outbox row leased for `express` when given. Fenced by the lease token, so exactly one replica
-/// completes a job.
+/// completes a job. One statement, so one round trip and its own transaction.
 pub async fn complete(
     pool: &Pool,
     token: i64,
     event: &Completed,
     express: Option<Duration>,
 ) -> Result<(), StoreError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "UPDATE jobs SET status = 'completed', roadmap_id = $3, owner = NULL, lease_until = NULL,
-                    completed_at = $4, updated_at = now()
-             WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
-            &[&event.job_id, &token, &event.roadmap_id, &event.completed_at],
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH upd AS (
+                UPDATE jobs SET status = 'completed', roadmap_id = $3, owner = NULL, lease_until = NULL,
+                                completed_at = $4, updated_at = now()
+                WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'
+                RETURNING job_id),
+             rm AS (
+                INSERT INTO roadmaps (roadmap_id, job_id, user_id, roadmap)
+                SELECT $3, $1, $5, $6 FROM upd
+                RETURNING 1),
+             ob AS (
+                INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts)
+                SELECT $7, $1, $8, $9, now() + make_interval(secs => $10), CASE WHEN $10 IS NULL THEN 0 ELSE 1 END
+                FROM upd
+                ON CONFLICT (event_id) DO NOTHING
+                RETURNING 1)
+             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM rm), (SELECT count(*) FROM ob)",
         )
         .await?;
-    if n != 1 {
+    let lease_secs = express.map(|l| l.as_secs_f64());
+    // The roadmap is stored once, in its table; the outbox row refers to it, and the relay puts
+    // it back into the event should it be the one to publish.
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &event.job_id,
+                &token,
+                &event.roadmap_id,
+                &event.completed_at,
+                &event.user_id,
+                &Json(&event.roadmap),
+                &event.event_id,
+                &COMPLETED,
+                &Json(&event.head()),
+                &lease_secs,
+            ],
+        )
+        .await?;
+    if row.get::<_, i64>(0) != 1 {
         return Err(StoreError::Fenced);
     }
-    tx.execute(
-        "INSERT INTO roadmaps (roadmap_id, job_id, user_id, roadmap) VALUES ($1, $2, $3, $4)",
-        &[
-            &event.roadmap_id,
-            &event.job_id,
-            &event.user_id,
-            &Json(&event.roadmap),
-        ],
-    )
-    .await?;
-    // The roadmap is stored once, above; the relay puts it back into the event when publishing.
-    super::outbox::insert_leased(
-        &tx,
-        event.event_id,
-        Some(event.job_id),
-        COMPLETED,
-        &event.head(),
-        express,
-    )
-    .await?;
-    tx.commit().await?;
     Ok(())
 }
