@@ -17,7 +17,8 @@
 //! measures and how:
 //!
 //! 1. [`overhead`]: worker overhead per batch, beside the time inside LLM calls.
-//! 2. [`throughput`]: jobs per second through the worker, against a plain loop of the same writes.
+//! 2. [`throughput`]: jobs per second through the worker, against a plain loop of the same writes;
+//!    [`process`]: the worker binary's own CPU per job over HTTP, beside Postgres and RabbitMQ.
 //! 3. [`inflight`]: jobs held in flight by one replica process with a slow LLM, and its memory.
 //! 4. [`tokens`]: input tokens per roadmap, the worker's window against a chat's full history.
 //! 5. [`critical`]: wall time of a 52-week roadmap with a slow LLM, and a kill in the middle.
@@ -34,6 +35,7 @@ mod fixture;
 mod inflight;
 mod overhead;
 mod plain;
+mod process;
 mod throughput;
 mod tokens;
 mod util;
@@ -67,6 +69,7 @@ async fn main() {
     }
     if run("throughput") {
         throughput::throughput().await;
+        process::process_over_http().await;
     }
     if run("inflight") {
         inflight::in_flight().await;

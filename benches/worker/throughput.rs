@@ -23,7 +23,7 @@ use crate::{
     common::{self, TestEnv},
     fixture::{Fixture, ROLE, WEEKS},
     plain::{plain_loop, plain_pool},
-    util::{ms, wait_completed},
+    util::{Cpu, ms, wait_completed},
 };
 
 const THROUGHPUT_JOBS: usize = 400;
@@ -41,69 +41,6 @@ fn mock_ms_per_job(fx: &Fixture) -> f64 {
         }
     }
     ms(start.elapsed()) / f64::from(REPS)
-}
-
-/// CPU time (user + system) in clock ticks of this process, of Postgres and of RabbitMQ.
-#[derive(Debug, Clone, Copy)]
-struct Cpu {
-    this: u64,
-    postgres: u64,
-    rabbitmq: u64,
-}
-
-impl Cpu {
-    fn now() -> Self {
-        let this = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|s| stat_ticks(&s).map(|(_, t)| t))
-            .unwrap_or(0);
-        let (mut postgres, mut rabbitmq) = (0, 0);
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let is_pid = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-            let Some((comm, ticks)) = is_pid
-                .then(|| std::fs::read_to_string(entry.path().join("stat")).ok())
-                .flatten()
-                .and_then(|s| stat_ticks(&s))
-            else {
-                continue;
-            };
-            match comm.as_str() {
-                "postgres" => postgres += ticks,
-                "beam.smp" => rabbitmq += ticks,
-                _ => {}
-            }
-        }
-        Self {
-            this,
-            postgres,
-            rabbitmq,
-        }
-    }
-
-    /// Milliseconds per job since `before` for each of the three (Linux's USER_HZ is 100).
-    fn per_job_since(&self, before: &Self, jobs: usize) -> String {
-        let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 * 10.0 / jobs as f64;
-        format!(
-            "CPU ms/job: this process {:5.1}, postgres {:5.1}, rabbitmq {:4.1}",
-            ms(self.this, before.this),
-            ms(self.postgres, before.postgres),
-            ms(self.rabbitmq, before.rabbitmq)
-        )
-    }
-}
-
-/// The command name and utime + stime of a `/proc/<pid>/stat` line.
-fn stat_ticks(stat: &str) -> Option<(String, u64)> {
-    let (head, tail) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_owned();
-    // After the command: state is field 3, utime 14 and stime 15 (proc(5)).
-    let fields: Vec<&str> = tail.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, utime + stime))
 }
 
 pub async fn throughput() {

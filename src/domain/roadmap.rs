@@ -209,6 +209,14 @@ fn safe_url(raw: &str) -> Option<String> {
 
 /// Strips control characters (newlines become spaces), trims, and caps the length in characters.
 pub fn clean(s: &str, max: usize) -> String {
+    // Most text needs nothing done: one scan, one copy.
+    let untouched = s.len() <= max
+        && !s.starts_with(char::is_whitespace)
+        && !s.ends_with(char::is_whitespace)
+        && !s.chars().any(char::is_control);
+    if untouched {
+        return s.to_owned();
+    }
     let mapped: String = s
         .chars()
         .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })

@@ -136,7 +136,7 @@ pub fn week(profile: &JobProfile, phases: &[Phase], number: u32, duration_weeks:
         ("{focus}", &focus_line.unwrap_or_default()),
         ("{next}", &next),
     ];
-    let fill = |t: &str| vars.iter().fold(t.to_owned(), |s, (k, v)| s.replace(k, v));
+    let fill = |t: &str| fill_in(t, &vars);
 
     let goals = [
         Some(format!("Explain the key ideas of {subject} in your own words")),
@@ -171,6 +171,29 @@ pub fn week(profile: &JobProfile, phases: &[Phase], number: u32, duration_weeks:
         days: days.collect(),
         source: WeekSource::Fallback,
     }
+}
+
+/// `template` with each `{name}` of `vars` replaced, in one pass: text that a value brings in
+/// (a role may contain braces) is never replaced again.
+fn fill_in(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        match vars.iter().find(|(name, _)| tail.starts_with(name)) {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &tail[name.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What every week of one roadmap shares.

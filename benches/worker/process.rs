@@ -1,0 +1,81 @@
+//! Part 2b: the worker binary's own cost per job, over HTTP.
+//!
+//! **CPU per job, one replica process.** The worker *binary* as a child process
+//! (`WORKER_CONCURRENCY=64`), against the mock LLM HTTP server of this process answering at
+//! once, so the child's CPU is the worker's alone: its HTTP client, parsing, checks, Postgres
+//! and RabbitMQ clients, relay. 300 jobs of 12 weeks are published once it is ready; CPU time is
+//! read from `/proc/<pid>/stat` of the child, of every `postgres` process and of RabbitMQ's
+//! `beam.smp` from the first publish to the last completion, with the child's peak RSS
+//! (`VmHWM`). This is the setting of the comparison with the Python seed design (an external
+//! OpenAI-compatible fake LLM).
+
+use std::time::{Duration, Instant};
+
+use roadmap_worker::mock_server::FaultPlan;
+
+use crate::{
+    common::{self, TestEnv},
+    fixture::{ROLE, WEEKS},
+    util::{Cpu, proc_field},
+};
+
+const JOBS: usize = 300;
+const CONCURRENCY: &str = "64";
+
+pub async fn process_over_http() {
+    let env = TestEnv::with_mock(FaultPlan::default(), Duration::ZERO).await;
+    let _sink = env.event_sink().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = env.spawn_worker_process(&[("WORKER_CONCURRENCY", CONCURRENCY), ("METRICS_ADDR", &addr)]);
+    let pid = child.id().expect("the replica is running");
+    let http = reqwest::Client::new();
+    common::eventually(Duration::from_secs(60), "the replica to be ready", || async {
+        let response = http.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    let cpu = Cpu::with(Some(pid));
+    let start = Instant::now();
+    for _ in 0..JOBS {
+        env.publish(&common::job(WEEKS, ROLE).1).await;
+    }
+    common::eventually(Duration::from_secs(300), "every job completed", || async {
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let done: f64 = text.lines().find_map(|l| {
+            l.strip_prefix("roadmap_jobs_completed_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })?;
+        (done as usize >= JOBS).then_some(())
+    })
+    .await;
+    let wall = start.elapsed();
+    let used = Cpu::with(Some(pid)).per_job_as(&cpu, JOBS, "worker process");
+    let hwm = proc_field(&format!("/proc/{pid}/status"), "VmHWM:").unwrap_or(0);
+    child.start_kill().expect("stopping the replica");
+    let _ = child.wait().await;
+    env.cleanup().await;
+    println!(
+        "[2b] one replica process over HTTP: {JOBS} jobs x {WEEKS} weeks, mock LLM answering at once, \
+         WORKER_CONCURRENCY {CONCURRENCY}"
+    );
+    println!(
+        "    {:.2} s = {:.1} jobs/s   {used}   peak RSS {:.1} MiB",
+        wall.as_secs_f64(),
+        JOBS as f64 / wall.as_secs_f64(),
+        hwm as f64 / 1024.0
+    );
+    println!();
+}
