@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo bench --bench worker                      # all five parts, about 2 min after the build
 //! cargo bench --bench worker -- overhead tokens   # only some: overhead, throughput, inflight,
-//!                                                 # tokens, critical
+//!                                                 # tokens, critical (process: part 2b alone)
 //! ```
 //!
 //! Needs the same Postgres and RabbitMQ as the integration tests (127.0.0.1, or `TEST_PG_URL` /
@@ -69,6 +69,8 @@ async fn main() {
     }
     if run("throughput") {
         throughput::throughput().await;
+    }
+    if run("throughput") || run("process") {
         process::process_over_http().await;
     }
     if run("inflight") {

@@ -133,14 +133,12 @@ pub fn check_weeks(
     for week in &mut weeks {
         week.source = WeekSource::Llm;
         week.phase = phase_of(week.number);
-        week.title = clean(&week.title, MAX_TITLE);
+        clean_in_place(&mut week.title, MAX_TITLE);
         week.goals.truncate(MAX_GOALS);
-        week.goals = week
-            .goals
-            .iter()
-            .map(|g| clean(g, 200))
-            .filter(|g| !g.is_empty())
-            .collect();
+        for goal in &mut week.goals {
+            clean_in_place(goal, 200);
+        }
+        week.goals.retain(|g| !g.is_empty());
         if week.title.is_empty() {
             problems.push(WeekProblem::EmptyTitle { week: week.number });
         }
@@ -152,7 +150,7 @@ pub fn check_weeks(
         }
         for (i, day) in week.days.iter_mut().enumerate() {
             day.day = i as u32 + 1;
-            day.title = clean(&day.title, MAX_TITLE);
+            clean_in_place(&mut day.title, MAX_TITLE);
             let (week, day_number) = (week.number, day.day);
             if day.title.is_empty() {
                 problems.push(WeekProblem::EmptyDayTitle {
@@ -186,12 +184,12 @@ pub fn check_weeks(
 }
 
 fn sanitise_task(task: &mut Task) {
-    task.title = clean(&task.title, MAX_TITLE);
-    task.description = clean(&task.description, MAX_TEXT);
+    clean_in_place(&mut task.title, MAX_TITLE);
+    clean_in_place(&mut task.description, MAX_TEXT);
     task.minutes = task.minutes.clamp(5, 480);
     task.resources.truncate(MAX_RESOURCES);
     for resource in &mut task.resources {
-        resource.title = clean(&resource.title, MAX_TITLE);
+        clean_in_place(&mut resource.title, MAX_TITLE);
         resource.url = resource.url.take().and_then(|u| safe_url(&u));
     }
     task.resources.retain(|r| !r.title.is_empty());
@@ -207,14 +205,24 @@ fn safe_url(raw: &str) -> Option<String> {
     ok.then(|| raw.to_owned())
 }
 
+/// [`clean`] in place: text that needs nothing done (most of it) is left as it is, unallocated.
+pub fn clean_in_place(s: &mut String, max: usize) {
+    if !is_clean(s, max) {
+        *s = clean(s, max);
+    }
+}
+
+fn is_clean(s: &str, max: usize) -> bool {
+    s.len() <= max
+        && !s.starts_with(char::is_whitespace)
+        && !s.ends_with(char::is_whitespace)
+        && !s.chars().any(char::is_control)
+}
+
 /// Strips control characters (newlines become spaces), trims, and caps the length in characters.
 pub fn clean(s: &str, max: usize) -> String {
     // Most text needs nothing done: one scan, one copy.
-    let untouched = s.len() <= max
-        && !s.starts_with(char::is_whitespace)
-        && !s.ends_with(char::is_whitespace)
-        && !s.chars().any(char::is_control);
-    if untouched {
+    if is_clean(s, max) {
         return s.to_owned();
     }
     let mapped: String = s

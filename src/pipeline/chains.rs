@@ -156,7 +156,7 @@ impl Chains<'_> {
     async fn chain(
         &self,
         ranges: Vec<BatchRange>,
-        mut previous: Option<Week>,
+        stored_previous: Option<Week>,
         span_hint: &AtomicU32,
         shutdown: &CancellationToken,
         stop: &CancellationToken,
@@ -175,7 +175,11 @@ impl Chains<'_> {
                 self.profile,
                 self.plan,
                 range,
-                previous.as_ref(),
+                // The last week written in this chain, else the stored week before it.
+                written
+                    .last()
+                    .and_then(|(_, w): &(u32, Written)| w.weeks.last())
+                    .or(stored_previous.as_ref()),
                 &mut hint,
                 &cache_key,
             );
@@ -229,7 +233,6 @@ impl Chains<'_> {
                 total,
                 "batch stored"
             );
-            previous = result.weeks.last().cloned();
             let fallback = result.fallback_weeks() > 0;
             written.push((
                 range.index,
