@@ -1,9 +1,10 @@
 //! Part 3: jobs held in flight by one replica process with a slow LLM, and its memory.
 //!
-//! **Jobs in flight.** The worker *binary* as a child process (`WORKER_CONCURRENCY=256`,
-//! `DATABASE_POOL_SIZE=32`) against the mock LLM HTTP server answering after 2 s; 300 jobs of
-//! 12 weeks are published and `roadmap_jobs_in_flight` is scraped from its /metrics every
-//! 100 ms for 10 s, with the child's `VmRSS`/`VmHWM` from `/proc/<pid>/status`. A separate
+//! **Jobs in flight.** The worker *binary* as a child process (`WORKER_CONCURRENCY=5000`,
+//! `DATABASE_POOL_SIZE=32`) against the mock LLM HTTP server answering after 2 s; 5,000 jobs of
+//! 3 weeks are published before it starts, and `roadmap_jobs_in_flight` is scraped from its
+//! /metrics every 100 ms for 12 s from its start, with the child's `VmRSS`/`VmHWM` from
+//! `/proc/<pid>/status`. A separate
 //! process is used so that the figure is one replica's memory alone: in this process the
 //! mock server (which holds every pending request) and the allocator's leftovers from the
 //! other parts would be counted too.
@@ -14,15 +15,16 @@ use roadmap_worker::{config::BatchSettings, mock_server::FaultPlan};
 
 use crate::{
     common::{self, TestEnv},
-    fixture::{ROLE, WEEKS},
+    fixture::ROLE,
     util::proc_field,
 };
 
-const IN_FLIGHT_JOBS: usize = 300;
-const IN_FLIGHT_CONCURRENCY: usize = 256;
+const IN_FLIGHT_JOBS: usize = 5000;
+const IN_FLIGHT_WEEKS: u32 = 3;
+const IN_FLIGHT_CONCURRENCY: usize = 5000;
 const IN_FLIGHT_POOL: usize = 32;
 const SLOW_LLM: Duration = Duration::from_secs(2);
-const IN_FLIGHT_WINDOW: Duration = Duration::from_secs(10);
+const IN_FLIGHT_WINDOW: Duration = Duration::from_secs(12);
 
 pub async fn in_flight() {
     let env = TestEnv::with_mock(FaultPlan::default(), SLOW_LLM).await;
@@ -50,9 +52,13 @@ pub async fn in_flight() {
     let status = format!("/proc/{pid}/status");
     let idle_rss = proc_field(&status, "VmRSS:").unwrap_or(0);
 
+    let bodies: Vec<_> = (0..IN_FLIGHT_JOBS)
+        .map(|_| common::job(IN_FLIGHT_WEEKS, ROLE).1)
+        .collect();
     let start = Instant::now();
-    for _ in 0..IN_FLIGHT_JOBS {
-        env.publish(&common::job(WEEKS, ROLE).1).await;
+    // Published as a busy backend does, many at once with their confirms awaited together.
+    for chunk in bodies.chunks(500) {
+        futures_util::future::join_all(chunk.iter().map(|body| env.publish(body))).await;
     }
     let published = start.elapsed();
     let (mut peak, mut peak_at, mut rss_at_peak) = (0i64, Duration::ZERO, 0u64);
@@ -84,7 +90,7 @@ pub async fn in_flight() {
     let per_job = (rss_at_peak.saturating_sub(idle_rss)) as f64 / peak.max(1) as f64;
     let per_job_hwm = (hwm.saturating_sub(idle_rss)) as f64 / peak.max(1) as f64;
     println!(
-        "[3] jobs in flight, one replica process: {IN_FLIGHT_JOBS} jobs x {WEEKS} weeks, mock LLM over HTTP \
+        "[3] jobs in flight, one replica process: {IN_FLIGHT_JOBS} jobs x {IN_FLIGHT_WEEKS} weeks, mock LLM over HTTP \
          answering after {} ms, WORKER_CONCURRENCY {IN_FLIGHT_CONCURRENCY}, pool {IN_FLIGHT_POOL}",
         SLOW_LLM.as_millis()
     );
@@ -94,7 +100,8 @@ pub async fn in_flight() {
         peak_at.as_secs_f64(),
         published.as_secs_f64(),
     );
-    let llm_only = SLOW_LLM.as_secs_f64() * f64::from(WEEKS.div_ceil(BatchSettings::default().batch_weeks));
+    let llm_only =
+        SLOW_LLM.as_secs_f64() * f64::from(IN_FLIGHT_WEEKS.div_ceil(BatchSettings::default().batch_weeks));
     println!(
         "    completed            {completed} within {} s, {:.2} s per job on average ({llm_only:.0} s of it \
          waiting for the LLM)",

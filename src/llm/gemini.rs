@@ -40,6 +40,17 @@ impl Gemini {
     }
 
     pub async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let call = self.http.post(&self.endpoint).json(&self.body(request));
+        let call = match &self.api_key {
+            Some(key) => call.header("x-goog-api-key", key.expose()),
+            None => call,
+        };
+        // The body's JSON tree is dropped above; only its bytes wait with the call.
+        let response = call.send().await.map_err(LlmError::from_reqwest)?;
+        self.answer(request, response).await
+    }
+
+    fn body(&self, request: &LlmRequest) -> Value {
         let mut config = json!({
             "maxOutputTokens": request.max_output_tokens,
             "temperature": self.temperature,
@@ -56,16 +67,18 @@ impl Gemini {
         if format == ResponseFormat::JsonSchema {
             config["responseSchema"] = schema::to_gemini(&request.schema);
         }
-        let body = json!({
+        json!({
             "systemInstruction": {"parts": [{"text": request.system}]},
             "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
             "generationConfig": config,
-        });
-        let mut call = self.http.post(&self.endpoint).json(&body);
-        if let Some(key) = &self.api_key {
-            call = call.header("x-goog-api-key", key.expose());
-        }
-        let response = call.send().await.map_err(LlmError::from_reqwest)?;
+        })
+    }
+
+    async fn answer(
+        &self,
+        request: &LlmRequest,
+        response: reqwest::Response,
+    ) -> Result<LlmResponse, LlmError> {
         let status = response.status();
         if !status.is_success() {
             // A value that is not visible ASCII (`to_str` fails) or not a delay is ignored.

@@ -9,7 +9,7 @@ pub(crate) mod openai;
 pub mod schema;
 pub(crate) mod wire;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
 
@@ -20,8 +20,9 @@ use crate::config::{LlmSettings, ProviderKind};
 pub struct LlmRequest {
     pub system: String,
     pub prompt: String,
-    /// JSON Schema of the expected answer, for providers that constrain decoding with it.
-    pub schema: Value,
+    /// JSON Schema of the expected answer, for providers that constrain decoding with it;
+    /// shared, as every call for the same weeks carries the same one.
+    pub schema: Arc<Value>,
     pub max_output_tokens: u32,
     pub temperature: f32,
     /// Routes a job's calls to the same prompt cache (OpenAI's `prompt_cache_key`): the job id.
@@ -180,7 +181,7 @@ impl Provider {
         let request = LlmRequest {
             system: "Health check.".into(),
             prompt: "Answer with the word ok.".into(),
-            schema: serde_json::Value::Null,
+            schema: Arc::new(Value::Null),
             max_output_tokens: 1,
             temperature: 0.0,
             cache_key: None,
@@ -208,12 +209,19 @@ impl Provider {
     }
 }
 
+/// Idle connections kept per provider host. Each keeps the buffers of the answer it last read;
+/// after a burst of thousands of calls that answer together, thousands of idle connections
+/// would hold hundreds of MiB. Busy connections are reused back to back either way.
+const MAX_IDLE_CONNECTIONS: usize = 64;
+
 /// The HTTP client of the remote providers: the call timeout from settings, a short connect
 /// timeout so that an unreachable endpoint fails fast.
 pub(crate) fn http_client(settings: &LlmSettings) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(settings.timeout())
         .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
+        .pool_idle_timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))
 }

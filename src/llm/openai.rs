@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, wire};
 use crate::config::{LlmSettings, ResponseFormat, Secret};
@@ -43,6 +43,17 @@ impl OpenAi {
     }
 
     pub async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let call = self.http.post(&self.endpoint).json(&self.body(request));
+        let call = match &self.api_key {
+            Some(key) => call.bearer_auth(key.expose()),
+            None => call,
+        };
+        // The body's JSON tree is dropped above; only its bytes wait with the call.
+        let response = call.send().await.map_err(LlmError::from_reqwest)?;
+        self.answer(request, response).await
+    }
+
+    fn body(&self, request: &LlmRequest) -> Value {
         let mut body = json!({
             "model": self.model,
             "messages": [
@@ -65,17 +76,20 @@ impl OpenAi {
             ResponseFormat::JsonSchema => {
                 body["response_format"] = json!({
                     "type": "json_schema",
-                    "json_schema": {"name": "roadmap_batch", "strict": true, "schema": request.schema},
+                    "json_schema": {"name": "roadmap_batch", "strict": true, "schema": &*request.schema},
                 });
             }
             ResponseFormat::JsonObject => body["response_format"] = json!({"type": "json_object"}),
             ResponseFormat::None => {}
         }
-        let mut call = self.http.post(&self.endpoint).json(&body);
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key.expose());
-        }
-        let response = call.send().await.map_err(LlmError::from_reqwest)?;
+        body
+    }
+
+    async fn answer(
+        &self,
+        request: &LlmRequest,
+        response: reqwest::Response,
+    ) -> Result<LlmResponse, LlmError> {
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_hint(response.headers());

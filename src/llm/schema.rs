@@ -1,7 +1,31 @@
 //! Structured-output schemas for one batch. Week numbers and day counts are pinned per batch, so
 //! a schema-constrained decoder cannot return the wrong weeks.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use serde_json::{Value, json};
+
+/// Batch schemas by week range, each built once: every call for the same weeks carries the
+/// same schema, and thousands of calls in flight share it rather than hold a copy each. Ranges
+/// are few (a batch is at most 12 of at most 52 weeks), so the cache stays small.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaCache(Arc<Mutex<SchemasByRange>>);
+
+/// Week range (first, last) to its schema.
+type SchemasByRange = HashMap<(u32, u32), Arc<Value>>;
+
+impl SchemaCache {
+    pub fn batch(&self, first: u32, last: u32) -> Arc<Value> {
+        let mut cache = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .entry((first, last))
+            .or_insert_with(|| Arc::new(batch_schema(first, last)))
+            .clone()
+    }
+}
 
 /// JSON Schema (OpenAI strict subset: every property required, no extra properties) for the
 /// weeks `first..=last`.

@@ -58,6 +58,7 @@ pub struct Generator {
     pub provider: Provider,
     pub settings: LadderSettings,
     pub metrics: Metrics,
+    pub schemas: schema::SchemaCache,
 }
 
 /// A batch that cannot be finished by this worker: the provider refuses every request.
@@ -267,7 +268,7 @@ impl Generator {
                 feedback,
                 self.settings.format,
             ),
-            schema: schema::batch_schema(brief.first_week, brief.last_week),
+            schema: self.schemas.batch(brief.first_week, brief.last_week),
             max_output_tokens: self.settings.max_output_tokens,
             temperature: self.settings.temperature,
             cache_key: Some(cache_key.to_owned()),

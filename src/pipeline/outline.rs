@@ -1,7 +1,7 @@
 //! The outline call: one LLM call for the roadmap's phases and each week's title and goals,
 //! re-asked once when invalid, with the template outline when the model cannot give one.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use tracing::{info, warn};
 
@@ -43,7 +43,7 @@ impl Generator {
             let request = LlmRequest {
                 system: prompt::SYSTEM_PROMPT.to_owned(),
                 prompt: prompt::render_outline(&brief, feedback.as_deref(), self.settings.format),
-                schema: schema::outline_schema(duration_weeks, brief.max_phases),
+                schema: Arc::new(schema::outline_schema(duration_weeks, brief.max_phases)),
                 max_output_tokens: self.settings.max_output_tokens,
                 temperature: self.settings.temperature,
                 cache_key: Some(cache_key.to_owned()),

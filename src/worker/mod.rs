@@ -258,6 +258,7 @@ fn job_runner(
         provider,
         settings: LadderSettings::from_settings(&settings.llm, settings.batch.context_days),
         metrics,
+        schemas: Default::default(),
     };
     Ok(JobRunner::new(settings, pool, generator, owner))
 }
