@@ -60,12 +60,16 @@ pub async fn critical_path() {
         let bound = 1.2 * f64::from(path) * SLOW_LLM.as_secs_f64();
         println!(
             "    JOB_PARALLELISM {parallelism}    {:.1} s wall ({} LLM calls, {} batches in {} phases; bound \
-             1.2 x {path} x {} s = {bound:.1} s for side-by-side phases)",
+             1.2 x {path} x {} s = {bound:.1} s for side-by-side phases); input tokens {} ({:.0} % a cached \
+             prefix), output {}",
             wall.as_secs_f64(),
             completed.usage.llm_calls,
             completed.batches,
             completed.roadmap.phases.len(),
-            SLOW_LLM.as_secs()
+            SLOW_LLM.as_secs(),
+            completed.usage.input_tokens,
+            100.0 * completed.usage.cached_input_tokens as f64 / completed.usage.input_tokens.max(1) as f64,
+            completed.usage.output_tokens
         );
         worker.stop().await;
         env.cleanup().await;

@@ -52,7 +52,10 @@ pub async fn overhead() -> f64 {
     for _ in 0..OVERHEAD_JOBS {
         env.publish(&common::job(WEEKS, ROLE).1).await;
     }
-    let worker = env.start_worker(&["--worker-concurrency", "1"]).await;
+    // One call at a time, so that the gaps between the mock's requests are the worker's own.
+    let worker = env
+        .start_worker(&["--worker-concurrency", "1", "--job-parallelism", "1"])
+        .await;
     let metrics = worker.running.metrics.clone();
     let start = Instant::now();
     wait_completed(&metrics, OVERHEAD_JOBS, Duration::from_secs(120)).await;
@@ -62,6 +65,7 @@ pub async fn overhead() -> f64 {
     let input_tokens = metrics.llm_tokens.with_label_values(&["input"]).get() as f64 / OVERHEAD_JOBS as f64;
     let ok = metrics.batches.with_label_values(&["ok"]).get();
     worker.stop().await;
+    let gaps = call_gaps(&env, llm_secs / llm_calls.max(1) as f64);
 
     let pool = plain_pool(&env, 1).await;
     let (_, writes) = plain_loop(&pool, &fx, OVERHEAD_PLAIN_JOBS, 1).await;
@@ -80,9 +84,16 @@ pub async fn overhead() -> f64 {
         "[1] worker overhead per batch: {OVERHEAD_JOBS} jobs x {WEEKS} weeks = {batches} batches, \
          WORKER_CONCURRENCY 1, mock LLM over HTTP with 0 ms latency"
     );
-    if ok as f64 != batches || llm_calls as f64 != batches {
-        println!("    note: {ok} batches ok and {llm_calls} LLM calls for {batches} batches");
+    if ok as f64 != batches || llm_calls as f64 != batches + OVERHEAD_JOBS as f64 {
+        println!(
+            "    note: {ok} batches ok and {llm_calls} LLM calls for {batches} batches and their outlines"
+        );
     }
+    println!(
+        "    per LLM call (outlines included), from one answer to the next request: p50 {:.3} ms, p99 {:.3} ms, \
+         max {:.3} ms ({} gaps; a job's last one holds its completion and the next job's claim)",
+        gaps.0, gaps.1, gaps.2, gaps.3
+    );
     println!(
         "    wall time            {:8.3} ms/batch  ({:.0} ms in all)",
         wall_b,
@@ -119,6 +130,26 @@ pub async fn overhead() -> f64 {
     );
     println!();
     input_tokens
+}
+
+/// Percentiles of the worker's time between LLM calls: the gap between consecutive requests the
+/// mock received, less the mean time of one call. Returns p50, p99, max (ms) and the count.
+fn call_gaps(env: &TestEnv, mean_call_secs: f64) -> (f64, f64, f64, usize) {
+    let mut at: Vec<_> = env.mock.requests().into_iter().map(|r| r.received_at).collect();
+    at.sort_unstable();
+    let mut gaps: Vec<f64> = at
+        .windows(2)
+        .map(|w| {
+            ((w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0 - mean_call_secs * 1000.0).max(0.0)
+        })
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        gaps.get(((gaps.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    (pick(0.5), pick(0.99), pick(1.0), gaps.len())
 }
 
 /// Sum and count of `roadmap_llm_request_duration_seconds` over every provider and model.
