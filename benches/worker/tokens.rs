@@ -8,6 +8,10 @@
 //! answer, and its own prompt (without the window, which the history makes redundant). Cached
 //! prefix = the share of the window's input that repeats the previous call's first bytes (the
 //! part a provider's prompt cache can serve; real caches count only long prefixes, in blocks).
+//!
+//! The plan here is the template's, cut into batches one after another with no outline: the
+//! window's growth alone. The worker's own count for a 52-week job, with its outline call, the
+//! outline's lines in each prompt and its phases cut apart, is part 5's.
 
 use roadmap_worker::{
     config::BatchSettings,
@@ -71,7 +75,10 @@ pub fn tokens(measured_12_weeks: Option<f64>) {
          tokens per call"
     );
     if let Some(measured) = measured_12_weeks {
-        println!("    cross-check: part 1's mock server counted {measured:.0} input tokens per 12-week job");
+        println!(
+            "    cross-check: part 1's mock server counted {measured:.0} input tokens per 12-week job (with \
+             the outline call and the outline in each prompt; the table has neither)"
+        );
     }
     println!();
 }
