@@ -10,13 +10,14 @@ use std::{
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use deadpool_postgres::Pool;
-use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{
     batch::Generator,
     chains::{Chains, ChainsEnd},
+    leases::Renewer,
 };
 use crate::{
     config::WorkerSettings,
@@ -76,6 +77,8 @@ pub struct JobRunner {
     parallelism: usize,
     /// Where committed events go to be published at once.
     express: ExpressLane,
+    /// Renews the leases of the jobs in progress.
+    renewer: Renewer,
     /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
     /// The jobs this replica holds a lease on, with their fencing tokens: a lease in our name
@@ -88,6 +91,7 @@ impl JobRunner {
     /// The runner of replica `owner`, from the worker's settings.
     pub fn new(settings: &WorkerSettings, pool: Pool, generator: Generator, owner: String) -> Self {
         Self {
+            renewer: Renewer::start(pool.clone(), settings.lease()),
             pool,
             generator,
             batch_weeks: settings.batch.batch_weeks,
@@ -278,13 +282,7 @@ impl JobRunner {
             );
         }
         let lost = CancellationToken::new();
-        let _heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
-            self.pool.clone(),
-            job.job_id,
-            token,
-            self.lease,
-            lost.clone(),
-        )));
+        let _lease = self.renewer.hold(job.job_id, token, lost.clone());
         let mut plan = owned.plan;
         if plan.wants_outline() && owned.batches.is_empty() {
             if shutdown.is_cancelled() {
@@ -417,23 +415,5 @@ pub fn completion_event(
             phases: plan.phases.clone(),
             weeks,
         },
-    }
-}
-
-/// Renews the lease every third of its length; cancels `lost` once another replica owns the job.
-async fn heartbeat(pool: Pool, job_id: Uuid, token: i64, lease: Duration, lost: CancellationToken) {
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match store::jobs::renew(&pool, job_id, token, lease).await {
-            Ok(()) => {}
-            Err(StoreError::Fenced) => {
-                warn!("lease lost to another replica; stopping this job");
-                lost.cancel();
-                return;
-            }
-            Err(e) => warn!(error = %e, "lease renewal failed; retrying"),
-        }
     }
 }

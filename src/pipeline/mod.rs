@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod chains;
 pub mod job;
+pub mod leases;
 pub mod outline;
 pub mod parse;
 pub mod prompt;

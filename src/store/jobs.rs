@@ -178,6 +178,29 @@ pub async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan) -> Res
     if n == 1 { Ok(()) } else { Err(StoreError::Fenced) }
 }
 
+/// Extends the leases of many jobs in one statement, each under its own token; returns the jobs
+/// renewed (a job missing from it has been taken over, or has ended).
+pub async fn renew_many(
+    pool: &Pool,
+    job_ids: &[Uuid],
+    tokens: &[i64],
+    lease: Duration,
+) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
+             FROM unnest($1::uuid[], $2::bigint[]) AS held (job_id, token)
+             WHERE jobs.job_id = held.job_id AND jobs.fencing_token = held.token AND jobs.status = 'running'
+             RETURNING jobs.job_id",
+        )
+        .await?;
+    let rows = client
+        .query(&statement, &[&job_ids, &tokens, &lease.as_secs_f64()])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Extends the lease; `Fenced` if another replica has taken the job over.
 pub async fn renew(pool: &Pool, job_id: Uuid, token: i64, lease: Duration) -> Result<(), StoreError> {
     let client = pool.get().await?;

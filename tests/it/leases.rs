@@ -6,10 +6,12 @@ use std::time::Duration;
 use chrono::Utc;
 use roadmap_worker::{
     domain::{BatchOutcome, BatchResult, JobRequest, Plan, event::Usage},
-    pipeline::{self, job::completion_event},
+    pipeline::{self, job::completion_event, leases::Renewer},
     store::{self, StoreError, jobs::Claim},
     template,
 };
+
+use tokio_util::sync::CancellationToken;
 
 use crate::common::{TestEnv, job};
 
@@ -112,5 +114,69 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     assert_eq!(roadmaps, 1);
 
     drop((a, b));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
+    let env = TestEnv::new().await;
+    let (a, b) = (env.pool("replica-a").await, env.pool("replica-b").await);
+    let lease = Duration::from_millis(900);
+    let renewer = Renewer::start(a.clone(), lease);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (_, body) = job(6, "Security Engineer");
+        let job = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
+        let plan = pipeline::plan(&job.profile(), 6, 3);
+        let Claim::Owned(owned) = store::jobs::claim(&a, &job, &plan, "replica-a", lease, false)
+            .await
+            .unwrap()
+        else {
+            panic!("replica a should own a new job")
+        };
+        let lost = CancellationToken::new();
+        let guard = renewer.hold(job.job_id, owned.token, lost.clone());
+        held.push((job, plan, lost, guard));
+    }
+    // Three leases of 0.9 s, renewed by one statement every 0.3 s: still live after 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (job, plan, lost, _) in &held {
+        assert!(!lost.is_cancelled());
+        let busy = store::jobs::claim(&b, job, plan, "replica-b", lease, false)
+            .await
+            .unwrap();
+        assert!(matches!(busy, Claim::Busy), "{busy:?}");
+    }
+    // The first job's renewal stops with its guard; once its lease has passed, b takes it
+    // over, and a renewer that still held it tells its task.
+    let (job, plan, lost, guard) = held.remove(0);
+    drop(guard);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let Claim::Owned(_) = store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false)
+        .await
+        .unwrap()
+    else {
+        panic!("replica b should take over a lease no longer renewed")
+    };
+    assert!(!lost.is_cancelled(), "a released job is not told anything");
+    let (job, plan, lost, _guard) = held.remove(0);
+    store::jobs::release(&a, job.job_id, {
+        let db = env.db().await;
+        db.query_one("SELECT fencing_token FROM jobs WHERE job_id = $1", &[&job.job_id])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    })
+    .await
+    .unwrap();
+    let Claim::Owned(_) = store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false)
+        .await
+        .unwrap()
+    else {
+        panic!("replica b should take over a released job")
+    };
+    tokio::time::timeout(Duration::from_secs(3), lost.cancelled())
+        .await
+        .expect("the renewer tells the task its job was taken over");
     env.cleanup().await;
 }
