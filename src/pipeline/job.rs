@@ -176,9 +176,12 @@ impl JobRunner {
             }
             absent
         };
-        let claim =
-            with_retries(|| store::jobs::claim(&self.pool, job, &plan, &self.owner, self.lease, first_here))
-                .await;
+        // The steps before and after the batches are boxed: a job spends its life in the
+        // batches, and thousands in flight should not each carry room for these.
+        let claim = Box::pin(with_retries(|| {
+            store::jobs::claim(&self.pool, job, &plan, &self.owner, self.lease, first_here)
+        }))
+        .await;
         let owned = match claim {
             Ok(Claim::Owned(owned)) => owned,
             other => {
@@ -193,7 +196,10 @@ impl JobRunner {
                     Claim::Conflict => Ok(JobEnd::Conflict),
                     Claim::Busy => {
                         debug!("job is being worked by a live replica; settling this duplicate");
-                        with_retries(|| store::jobs::mark_delivery_acked(&self.pool, job.job_id)).await?;
+                        Box::pin(with_retries(|| {
+                            store::jobs::mark_delivery_acked(&self.pool, job.job_id)
+                        }))
+                        .await?;
                         Ok(JobEnd::Duplicate)
                     }
                 };
@@ -265,7 +271,10 @@ impl JobRunner {
             );
             warn!(abandoned = owned.abandoned, "poison job; failing it");
             let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
-            with_retries(|| store::jobs::fail(&self.pool, job.job_id, token, reason, &event)).await?;
+            Box::pin(with_retries(|| {
+                store::jobs::fail(&self.pool, job.job_id, token, reason, &event)
+            }))
+            .await?;
             metrics.jobs_failed.with_label_values(&[reason]).inc();
             return Ok(JobEnd::Poison {
                 abandoned: owned.abandoned,
@@ -289,7 +298,7 @@ impl JobRunner {
                 return Ok(self.hand_back(job.job_id, token).await);
             }
             let cache_key = job.job_id.to_string();
-            let outline = self.generator.outline(profile, job.duration_weeks, &cache_key);
+            let outline = Box::pin(self.generator.outline(profile, job.duration_weeks, &cache_key));
             let generated = tokio::select! {
                 result = outline.instrument(info_span!("outline")) => result,
                 () = lost.cancelled() => return Ok(JobEnd::Fenced),
@@ -303,7 +312,11 @@ impl JobRunner {
                 }
             };
             plan = Plan::outlined(phases, outline, job.duration_weeks, self.batch_weeks);
-            match with_retries(|| store::jobs::set_plan(&self.pool, job.job_id, token, &plan)).await {
+            match Box::pin(with_retries(|| {
+                store::jobs::set_plan(&self.pool, job.job_id, token, &plan)
+            }))
+            .await
+            {
                 Ok(()) => {}
                 Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
                 Err(e) => return Err(e),
@@ -340,7 +353,11 @@ impl JobRunner {
         }
         let event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)?;
         let lease = self.express.lease();
-        match with_retries(|| store::roadmaps::complete(&self.pool, token, &event, lease)).await {
+        match Box::pin(with_retries(|| {
+            store::roadmaps::complete(&self.pool, token, &event, lease)
+        }))
+        .await
+        {
             Ok(()) => self.express.send(event.event_id, COMPLETED, &event),
             Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
             Err(e) => return Err(e),

@@ -189,7 +189,7 @@ pub(super) fn decode(delivery: &Delivery) -> Result<JobRequest, Rejection> {
 async fn handle(ctx: &Context, delivery: Delivery) {
     let job = match decode(&delivery) {
         Ok(job) => job,
-        Err(rejection) => return settle(ctx, delivery, Outcome::Rejected(rejection), false).await,
+        Err(rejection) => return Box::pin(settle(ctx, delivery, Outcome::Rejected(rejection), false)).await,
     };
     let span = info_span!("job", job_id = %job.job_id, weeks = job.duration_weeks);
     let run = ctx
@@ -206,9 +206,13 @@ async fn handle(ctx: &Context, delivery: Delivery) {
             () = &mut deadline, if !acked_early => {
                 // Postgres first: once the row says "acked", the sweeper covers the job if this
                 // replica dies. Then the broker can no longer time the delivery out.
-                if store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id).await.is_ok()
-                    && delivery.ack(BasicAckOptions::default()).await.is_ok()
-                {
+                // Boxed, like `settle` below: a job task lives as long as its job, and these
+                // rarely taken steps should not add their size to every one in flight.
+                let acked = Box::pin(async {
+                    store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id).await.is_ok()
+                        && delivery.ack(BasicAckOptions::default()).await.is_ok()
+                });
+                if acked.await {
                     acked_early = true;
                     span.in_scope(|| info!("job outlives the ack deadline; delivery acked, Postgres tracks it"));
                 } else {
@@ -223,5 +227,5 @@ async fn handle(ctx: &Context, delivery: Delivery) {
         ctx.metrics.duplicate_deliveries.inc();
     }
     let outcome = Outcome::of(&job, end);
-    settle(ctx, delivery, outcome, acked_early).instrument(span).await;
+    Box::pin(settle(ctx, delivery, outcome, acked_early).instrument(span)).await;
 }
