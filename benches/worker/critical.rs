@@ -16,11 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use roadmap_worker::{
-    config::BatchSettings,
-    domain::{Plan, event::Completed},
-    mock_server::FaultPlan,
-};
+use roadmap_worker::{config::BatchSettings, domain::event::Completed, mock_server::FaultPlan};
 
 use crate::common::{self, TestEnv, db_when_ready};
 
@@ -109,13 +105,7 @@ async fn kill_mid_job() {
         .await
         .expect("the job ends");
     assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
-    let plan: Plan = serde_json::from_value(
-        db.query_one("SELECT plan FROM jobs WHERE job_id = $1", &[&job_id])
-            .await
-            .expect("the job row")
-            .get(0),
-    )
-    .expect("a stored plan");
+    let plan = env.stored_plan(job_id).await;
     let requests = env.mock.requests();
     let after: Vec<_> = requests.iter().filter(|r| r.received_at > killed_at).collect();
     let regenerated = after

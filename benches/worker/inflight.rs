@@ -16,7 +16,7 @@ use roadmap_worker::{config::BatchSettings, mock_server::FaultPlan};
 use crate::{
     common::{self, TestEnv},
     fixture::ROLE,
-    util::proc_field,
+    util::{proc_field, scrape, spawn_replica},
 };
 
 const IN_FLIGHT_JOBS: usize = 5000;
@@ -30,24 +30,16 @@ pub async fn in_flight() {
     let env = TestEnv::with_mock(FaultPlan::default(), SLOW_LLM).await;
     // Events are routed to a backend, as in production (an unbound event is kept and retried).
     let _sink = env.event_sink().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
     let (concurrency, pool_size) = (IN_FLIGHT_CONCURRENCY.to_string(), IN_FLIGHT_POOL.to_string());
-    let mut child = env.spawn_worker_process(&[
-        ("WORKER_CONCURRENCY", &concurrency),
-        ("DATABASE_POOL_SIZE", &pool_size),
-        ("METRICS_ADDR", &addr),
-    ]);
-    let pid = child.id().expect("the replica is running");
-    let http = reqwest::Client::new();
-    common::eventually(Duration::from_secs(60), "the replica to be ready", || async {
-        let response = http.get(format!("http://{addr}/readyz")).send().await.ok()?;
-        response.status().is_success().then_some(())
-    })
+    let (mut child, addr, http) = spawn_replica(
+        &env,
+        &[
+            ("WORKER_CONCURRENCY", &concurrency),
+            ("DATABASE_POOL_SIZE", &pool_size),
+        ],
+    )
     .await;
+    let pid = child.id().expect("the replica is running");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = format!("/proc/{pid}/status");
     let idle_rss = proc_field(&status, "VmRSS:").unwrap_or(0);
@@ -119,18 +111,4 @@ pub async fn in_flight() {
         "    per in-flight job    {per_job:.0} KiB (RSS at peak - idle) / {peak}; {per_job_hwm:.0} KiB by VmHWM"
     );
     println!();
-}
-
-/// The value of an unlabelled series on the replica's /metrics.
-async fn scrape(http: &reqwest::Client, addr: &str, series: &str) -> Option<f64> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -16,7 +16,7 @@ use roadmap_worker::mock_server::FaultPlan;
 use crate::{
     common::{self, TestEnv},
     fixture::{ROLE, WEEKS},
-    util::{Cpu, proc_field},
+    util::{Cpu, proc_field, scrape, spawn_replica},
 };
 
 const JOBS: usize = 300;
@@ -25,39 +25,15 @@ const CONCURRENCY: &str = "64";
 pub async fn process_over_http() {
     let env = TestEnv::with_mock(FaultPlan::default(), Duration::ZERO).await;
     let _sink = env.event_sink().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = env.spawn_worker_process(&[("WORKER_CONCURRENCY", CONCURRENCY), ("METRICS_ADDR", &addr)]);
+    let (mut child, addr, http) = spawn_replica(&env, &[("WORKER_CONCURRENCY", CONCURRENCY)]).await;
     let pid = child.id().expect("the replica is running");
-    let http = reqwest::Client::new();
-    common::eventually(Duration::from_secs(60), "the replica to be ready", || async {
-        let response = http.get(format!("http://{addr}/readyz")).send().await.ok()?;
-        response.status().is_success().then_some(())
-    })
-    .await;
     let cpu = Cpu::with(Some(pid));
     let start = Instant::now();
     for _ in 0..JOBS {
         env.publish(&common::job(WEEKS, ROLE).1).await;
     }
     common::eventually(Duration::from_secs(300), "every job completed", || async {
-        let text = http
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let done: f64 = text.lines().find_map(|l| {
-            l.strip_prefix("roadmap_jobs_completed_total ")?
-                .trim()
-                .parse()
-                .ok()
-        })?;
+        let done = scrape(&http, &addr, "roadmap_jobs_completed_total").await?;
         (done as usize >= JOBS).then_some(())
     })
     .await;

@@ -4,6 +4,45 @@ use std::time::{Duration, Instant};
 
 use roadmap_worker::metrics::Metrics;
 
+use crate::common::{self, TestEnv};
+
+/// The worker binary as a child process with `extra` settings and /metrics on a free port,
+/// once it answers /readyz: the child, its metrics address and a client for it.
+pub async fn spawn_replica(
+    env: &TestEnv,
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, String, reqwest::Client) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut settings = extra.to_vec();
+    settings.push(("METRICS_ADDR", &addr));
+    let child = env.spawn_worker_process(&settings);
+    let http = reqwest::Client::new();
+    common::eventually(Duration::from_secs(60), "the replica to be ready", || async {
+        let response = http.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    (child, addr, http)
+}
+
+/// The value of an unlabelled series on a replica's /metrics.
+pub async fn scrape(http: &reqwest::Client, addr: &str, series: &str) -> Option<f64> {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use roadmap_worker::{
-    domain::{Plan, WeekSource, event::Completed},
+    domain::{WeekSource, event::Completed},
     mock_server::{Fault, FaultPlan},
 };
 
@@ -44,14 +44,7 @@ async fn phases_are_written_side_by_side_after_the_outline() {
     assert_eq!(requests.iter().filter(|r| r.outline).count(), 1);
 
     // The outline is stored with the plan; the roadmap's phases are the outline's.
-    let db = env.db().await;
-    let plan: Plan = serde_json::from_value(
-        db.query_one("SELECT plan FROM jobs WHERE job_id = $1", &[&job_id])
-            .await
-            .unwrap()
-            .get(0),
-    )
-    .unwrap();
+    let plan = env.stored_plan(job_id).await;
     let outline = plan.outline.as_ref().expect("the outline is stored");
     assert_eq!(outline.source, WeekSource::Llm);
     assert_eq!(outline.weeks.len(), 12);
@@ -108,14 +101,7 @@ async fn an_invalid_outline_is_reasked_once_then_the_template_stands_in() {
             calls + 3,
             "{script:?}: the outline's calls and a call per batch"
         );
-        let db = env.db().await;
-        let plan: Plan = serde_json::from_value(
-            db.query_one("SELECT plan FROM jobs WHERE job_id = $1", &[&job_id])
-                .await
-                .unwrap()
-                .get(0),
-        )
-        .unwrap();
+        let plan = env.stored_plan(job_id).await;
         assert_eq!(plan.outline.map(|o| o.source), Some(source), "{script:?}");
         let metrics = &worker.running.metrics;
         assert_eq!(

@@ -14,6 +14,7 @@ use roadmap_worker::{
     cli::{Cli, Command},
     client::{self, EventWatcher},
     config::{AmqpSettings, WorkerSettings},
+    domain::Plan,
     mock_server::{FaultPlan, MockLlmServer},
     worker::{self, Running},
 };
@@ -252,6 +253,17 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("cannot open the test database ({e}). {PG_HINT}"));
         tokio::spawn(conn);
         client
+    }
+
+    /// The plan stored with job `job_id` (with its outline, once written).
+    pub async fn stored_plan(&self, job_id: Uuid) -> Plan {
+        let row = self
+            .db()
+            .await
+            .query_one("SELECT plan FROM jobs WHERE job_id = $1", &[&job_id])
+            .await
+            .expect("the job's row");
+        serde_json::from_value(row.get(0)).expect("a stored plan")
     }
 
     /// A pool on this test's database whose sessions carry `replica`'s name, as a worker's do.
