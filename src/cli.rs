@@ -44,6 +44,13 @@ pub struct MockLlmArgs {
     /// Fault plan as JSON (see README, "Fault injection"), or @path to a file holding it.
     #[arg(long, env = "MOCK_LLM_FAULTS")]
     pub faults: Option<String>,
+    /// Requests per minute the mock admits; past it, 429 with Retry-After and x-ratelimit-*.
+    #[arg(long, env = "MOCK_LLM_RPM", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rpm: Option<u32>,
+    /// Tokens per minute the mock admits (a request counts its prompt plus max_tokens until it
+    /// answers, then the tokens it used).
+    #[arg(long, env = "MOCK_LLM_TPM", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tpm: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

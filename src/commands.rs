@@ -60,7 +60,11 @@ async fn mock_llm(args: MockLlmArgs) -> anyhow::Result<()> {
             serde_json::from_str(&text).context("MOCK_LLM_FAULTS is not a valid fault plan")?
         }
     };
-    mock_server::serve_forever(args.addr, plan, Duration::from_millis(args.latency_ms)).await
+    let quota = mock_server::QuotaSettings {
+        rpm: args.rpm,
+        tpm: args.tpm,
+    };
+    mock_server::serve_forever(args.addr, plan, Duration::from_millis(args.latency_ms), quota).await
 }
 
 fn job_body(job: &JobArgs) -> (Uuid, Vec<u8>) {

@@ -2,8 +2,8 @@
 //! in one process). Names follow Prometheus conventions; no label carries a job or user id.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::{
@@ -48,6 +48,14 @@ pub struct Metrics {
     pub llm_tokens: IntCounterVec,
     /// 1 while the provider accepts requests, 0 after a configuration fault (bad key, model).
     pub provider_ready: IntGauge,
+    /// Waits for the shared provider budget before a call (count and seconds).
+    pub budget_wait: Histogram,
+    /// Budget tokens reserved before calls and used by them (`kind`).
+    pub budget_tokens: IntCounterVec,
+    /// 429 answers from the provider.
+    pub rate_limited: IntCounter,
+    /// What the calls cost at the configured prices, in the price's currency unit.
+    pub llm_cost: Counter,
     pub outbox_backlog: IntGauge,
     pub outbox_oldest_age: Gauge,
     /// Events confirmed by the broker and taken by at least one queue, by type.
@@ -91,7 +99,7 @@ labels! {
 
 labels! {
     /// Why a delivery was handed back (`roadmap_deliveries_deferred_total{reason}`).
-    Deferral { Database => "database", Provider => "provider", Shutdown => "shutdown" }
+    Deferral { Database => "database", Provider => "provider", Shutdown => "shutdown", User => "user_limit" }
 }
 
 labels! {
@@ -145,6 +153,14 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(outbox_oldest_age.clone()))
+            .expect("unique metric");
+        let llm_cost = Counter::new(
+            "roadmap_llm_cost_total",
+            "What LLM calls cost at the configured LLM_PRICE_* prices, in their currency unit.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(llm_cost.clone()))
             .expect("unique metric");
         let durations = vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0];
         Self {
@@ -223,6 +239,21 @@ impl Metrics {
                 "roadmap_provider_ready",
                 "1 while the LLM provider accepts requests.",
             ),
+            budget_wait: histogram(
+                "roadmap_llm_budget_wait_seconds",
+                "Waits for the shared provider budget (LLM_RPM_LIMIT, LLM_TPM_LIMIT) before a call.",
+                vec![0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
+            ),
+            budget_tokens: counter_vec(
+                "roadmap_llm_budget_tokens_total",
+                "Tokens of the shared budget: reserved before calls, used by them.",
+                &["kind"],
+            ),
+            rate_limited: counter(
+                "roadmap_llm_rate_limited_total",
+                "Answers of HTTP 429 (rate limited) from the provider.",
+            ),
+            llm_cost,
             outbox_backlog: gauge(
                 "roadmap_outbox_backlog",
                 "Events written but not yet confirmed by the broker.",

@@ -81,6 +81,7 @@ impl Fixture {
                     input_tokens: estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(&prompt),
                     output_tokens: estimate_tokens(&answer),
                     cached_input_tokens: 0,
+                    cost_nanos: 0,
                 },
                 outcome: BatchOutcome::Ok,
             };

@@ -7,7 +7,8 @@
 //! `/proc/<pid>/status`. A separate
 //! process is used so that the figure is one replica's memory alone: in this process the
 //! mock server (which holds every pending request) and the allocator's leftovers from the
-//! other parts would be counted too.
+//! other parts would be counted too. Run twice: over HTTP/1.1 (a connection per call in flight,
+//! answers read through the gate) and with `LLM_HTTP2=true` (one connection for all).
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ const IN_FLIGHT_POOL: usize = 32;
 const SLOW_LLM: Duration = Duration::from_secs(2);
 const IN_FLIGHT_WINDOW: Duration = Duration::from_secs(12);
 
-pub async fn in_flight() {
+pub async fn in_flight(http2: bool) {
     let env = TestEnv::with_mock(FaultPlan::default(), SLOW_LLM).await;
     // Events are routed to a backend, as in production (an unbound event is kept and retried).
     let _sink = env.event_sink().await;
@@ -36,6 +37,7 @@ pub async fn in_flight() {
         &[
             ("WORKER_CONCURRENCY", &concurrency),
             ("DATABASE_POOL_SIZE", &pool_size),
+            ("LLM_HTTP2", if http2 { "true" } else { "false" }),
         ],
     )
     .await;
@@ -82,8 +84,13 @@ pub async fn in_flight() {
     let per_job = (rss_at_peak.saturating_sub(idle_rss)) as f64 / peak.max(1) as f64;
     let per_job_hwm = (hwm.saturating_sub(idle_rss)) as f64 / peak.max(1) as f64;
     println!(
-        "[3] jobs in flight, one replica process: {IN_FLIGHT_JOBS} jobs x {IN_FLIGHT_WEEKS} weeks, mock LLM over HTTP \
+        "[3] jobs in flight, one replica process: {IN_FLIGHT_JOBS} jobs x {IN_FLIGHT_WEEKS} weeks, mock LLM over {} \
          answering after {} ms, WORKER_CONCURRENCY {IN_FLIGHT_CONCURRENCY}, pool {IN_FLIGHT_POOL}",
+        if http2 {
+            "HTTP/2 (LLM_HTTP2=true)"
+        } else {
+            "HTTP/1.1"
+        },
         SLOW_LLM.as_millis()
     );
     println!(

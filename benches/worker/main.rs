@@ -74,7 +74,8 @@ async fn main() {
         process::process_over_http().await;
     }
     if run("inflight") {
-        inflight::in_flight().await;
+        inflight::in_flight(false).await;
+        inflight::in_flight(true).await;
     }
     if run("tokens") {
         tokens::tokens(measured_tokens);

@@ -61,7 +61,7 @@ async fn plain_job(pool: &Pool, fx: &Fixture) -> WriteTimes {
         ..Default::default()
     };
     let start = Instant::now();
-    let claim = store::jobs::claim(pool, &job, &fx.plan, "bench-plain-loop", lease, true)
+    let claim = store::jobs::claim(pool, &job, &fx.plan, "bench-plain-loop", lease, true, None)
         .await
         .expect("claim");
     let Claim::Owned(owned) = claim else {

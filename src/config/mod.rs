@@ -1,5 +1,6 @@
 //! Typed settings from environment variables and flags, with secrets in redacting types.
 
+mod budget;
 mod ca_file;
 mod secret;
 
@@ -8,6 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 
 pub use self::{
+    budget::{BudgetSettings, Prices},
     ca_file::CaFile,
     secret::{Secret, ServiceUrl, redact_url},
 };
@@ -229,6 +231,19 @@ pub struct LlmSettings {
         action = clap::ArgAction::Set
     )]
     pub prompt_cache_key: bool,
+    /// Multiplex calls over HTTP/2: negotiated over TLS, spoken from the start (h2c) with an
+    /// `http://` base URL. One connection carries every call, where HTTP/1.1 keeps one
+    /// connection (about 25 KiB of buffers) per call in flight; but the server's stream limit
+    /// (often 100 to 256) then caps the calls in flight per replica.
+    #[arg(
+        long = "llm-http2",
+        id = "llm_http2",
+        env = "LLM_HTTP2",
+        value_name = "LLM_HTTP2",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub http2: bool,
     /// Longest wait between retries, in milliseconds, whatever the server asks for.
     #[arg(
         long = "llm-max-retry-delay-ms",
@@ -328,6 +343,8 @@ pub struct WorkerSettings {
     pub llm: LlmSettings,
     #[command(flatten)]
     pub batch: BatchSettings,
+    #[command(flatten)]
+    pub budget: BudgetSettings,
     /// Jobs in flight per replica (also the broker prefetch).
     #[arg(
         long,

@@ -41,6 +41,26 @@ pub struct Usage {
     /// Of `input_tokens`, those the provider served from its prompt cache (billed lower).
     #[serde(default)]
     pub cached_input_tokens: u64,
+    /// What the calls cost at the configured prices, in billionths of the currency unit: whole
+    /// numbers, so that sums are exact. Written as `cost` in currency units.
+    #[serde(rename = "cost", with = "cost_units", default)]
+    pub cost_nanos: u64,
+}
+
+/// A cost in billionths of a unit, written and read as a number of units.
+mod cost_units {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const NANOS: f64 = 1e9;
+
+    pub fn serialize<S: Serializer>(nanos: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(*nanos as f64 / NANOS)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let units = f64::deserialize(d)?;
+        Ok((units.max(0.0) * NANOS).round() as u64)
+    }
 }
 
 impl std::ops::AddAssign for Usage {
@@ -50,6 +70,7 @@ impl std::ops::AddAssign for Usage {
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.cached_input_tokens = self.cached_input_tokens.saturating_add(other.cached_input_tokens);
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
     }
 }
 

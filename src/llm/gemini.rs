@@ -1,11 +1,13 @@
 //! Google Gemini `generateContent` over reqwest. The key travels in a header, never in the URL.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, schema, wire};
+use super::{
+    AnswerGate, FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, schema, wire,
+};
 use crate::config::{LlmSettings, ResponseFormat, Secret};
 
 const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
@@ -19,19 +21,24 @@ pub struct Gemini {
     api_key: Option<Secret>,
     format: ResponseFormat,
     temperature: f32,
+    gate: AnswerGate,
+    /// The whole call's limit, which also bounds the wait at the gate.
+    timeout: Duration,
 }
 
 impl Gemini {
-    pub fn new(settings: &LlmSettings) -> anyhow::Result<Self> {
+    pub fn new(settings: &LlmSettings, gate: AnswerGate) -> anyhow::Result<Self> {
         let base = settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let model = settings.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
         Ok(Self {
             http: super::http_client(settings)?,
+            timeout: settings.timeout(),
             endpoint: format!("{}/models/{model}:generateContent", base.trim_end_matches('/')),
             model,
             api_key: settings.api_key(),
             format: settings.response_format,
             temperature: settings.temperature,
+            gate,
         })
     }
 
@@ -46,8 +53,9 @@ impl Gemini {
             None => call,
         };
         // The body's JSON tree is dropped above; only its bytes wait with the call.
+        let deadline = Instant::now() + self.timeout;
         let response = call.send().await.map_err(LlmError::from_reqwest)?;
-        self.answer(request, response).await
+        self.answer(request, response, deadline).await
     }
 
     fn body(&self, request: &LlmRequest) -> Value {
@@ -78,6 +86,7 @@ impl Gemini {
         &self,
         request: &LlmRequest,
         response: reqwest::Response,
+        deadline: Instant,
     ) -> Result<LlmResponse, LlmError> {
         let status = response.status();
         if !status.is_success() {
@@ -95,6 +104,8 @@ impl Gemini {
                 retry_after,
             ));
         }
+        let limits = wire::rate_limits(response.headers());
+        let admission = self.gate.enter(deadline).await;
         let parsed: GenerateResponse = wire::read_json(response).await?;
         let candidate = parsed.candidates.into_iter().next();
         let (text, reason) = candidate.map_or((String::new(), None), |c| {
@@ -132,7 +143,13 @@ impl Gemini {
                 output: u.candidates_token_count.saturating_add(u.thoughts_token_count),
             },
         );
-        Ok(LlmResponse { text, finish, usage })
+        Ok(LlmResponse {
+            text,
+            finish,
+            usage,
+            admission,
+            limits,
+        })
     }
 }
 

@@ -37,6 +37,8 @@ impl MockLlm {
             },
             text,
             finish: FinishReason::Stop,
+            admission: Default::default(),
+            limits: Default::default(),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! Providers are an enum rather than a trait object: the set is closed (mock, OpenAI-compatible,
 //! Gemini), and an enum keeps `async fn` without boxing.
 
+pub mod gate;
 pub(crate) mod gemini;
 pub mod mock;
 pub(crate) mod openai;
@@ -13,6 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
 
+pub use self::gate::{Admission, AnswerGate};
 use crate::config::{LlmSettings, ProviderKind};
 
 /// One call to the model.
@@ -34,6 +36,18 @@ pub struct LlmResponse {
     pub text: String,
     pub finish: FinishReason,
     pub usage: TokenUsage,
+    /// The answer's place behind the [`AnswerGate`], to hold until it is stored.
+    pub admission: Admission,
+    /// What the provider's headers said is left of its rate limits.
+    pub limits: RateLimits,
+}
+
+/// What is left of a provider's rate limits, from its response headers where it sends them
+/// (OpenAI's `x-ratelimit-remaining-*`, Anthropic's `anthropic-ratelimit-*-remaining`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub remaining_tokens: Option<u64>,
+    pub remaining_requests: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,13 +170,14 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub fn from_settings(settings: &LlmSettings) -> anyhow::Result<Self> {
+    /// The configured provider; a remote one reads its answers through `gate`.
+    pub fn from_settings(settings: &LlmSettings, gate: AnswerGate) -> anyhow::Result<Self> {
         Ok(match settings.provider {
             ProviderKind::Mock => Self::Mock(mock::MockLlm {
                 latency: settings.mock_latency(),
             }),
-            ProviderKind::Openai => Self::OpenAi(openai::OpenAi::new(settings)?),
-            ProviderKind::Gemini => Self::Gemini(gemini::Gemini::new(settings)?),
+            ProviderKind::Openai => Self::OpenAi(openai::OpenAi::new(settings, gate)?),
+            ProviderKind::Gemini => Self::Gemini(gemini::Gemini::new(settings, gate)?),
         })
     }
 
@@ -217,11 +232,22 @@ const MAX_IDLE_CONNECTIONS: usize = 64;
 /// The HTTP client of the remote providers: the call timeout from settings, a short connect
 /// timeout so that an unreachable endpoint fails fast.
 pub(crate) fn http_client(settings: &LlmSettings) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(settings.timeout())
         .connect_timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(60));
+    let cleartext = settings
+        .base_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("http://"));
+    let builder = match (settings.http2, cleartext) {
+        (false, _) => builder.http1_only(),
+        (true, true) => builder.http2_prior_knowledge(),
+        // Offered next to HTTP/1.1 in the TLS handshake; the server picks.
+        (true, false) => builder,
+    };
+    builder
         .build()
         .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))
 }

@@ -1,12 +1,12 @@
 //! OpenAI-compatible chat completions over reqwest (OpenAI, vLLM, llama.cpp, Ollama, …).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, wire};
+use super::{AnswerGate, FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, wire};
 use crate::config::{LlmSettings, ResponseFormat, Secret};
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -20,20 +20,25 @@ pub struct OpenAi {
     api_key: Option<Secret>,
     format: ResponseFormat,
     temperature: f32,
+    gate: AnswerGate,
+    /// The whole call's limit, which also bounds the wait at the gate.
+    timeout: Duration,
     /// Send `prompt_cache_key`; off for servers that refuse unknown fields.
     prompt_cache_key: bool,
 }
 
 impl OpenAi {
-    pub fn new(settings: &LlmSettings) -> anyhow::Result<Self> {
+    pub fn new(settings: &LlmSettings, gate: AnswerGate) -> anyhow::Result<Self> {
         let base = settings.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         Ok(Self {
             http: super::http_client(settings)?,
+            timeout: settings.timeout(),
             endpoint: format!("{}/chat/completions", base.trim_end_matches('/')),
             model: settings.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
             api_key: settings.api_key(),
             format: settings.response_format,
             temperature: settings.temperature,
+            gate,
             prompt_cache_key: settings.prompt_cache_key,
         })
     }
@@ -49,8 +54,9 @@ impl OpenAi {
             None => call,
         };
         // The body's JSON tree is dropped above; only its bytes wait with the call.
+        let deadline = Instant::now() + self.timeout;
         let response = call.send().await.map_err(LlmError::from_reqwest)?;
-        self.answer(request, response).await
+        self.answer(request, response, deadline).await
     }
 
     fn body(&self, request: &LlmRequest) -> Value {
@@ -89,6 +95,7 @@ impl OpenAi {
         &self,
         request: &LlmRequest,
         response: reqwest::Response,
+        deadline: Instant,
     ) -> Result<LlmResponse, LlmError> {
         let status = response.status();
         if !status.is_success() {
@@ -100,6 +107,8 @@ impl OpenAi {
                 retry_after,
             ));
         }
+        let limits = wire::rate_limits(response.headers());
+        let admission = self.gate.enter(deadline).await;
         let parsed: ChatResponse = wire::read_json(response).await?;
         let choice = parsed
             .choices
@@ -131,7 +140,13 @@ impl OpenAi {
                     .map_or(0, |d| d.cached_tokens.min(u.prompt_tokens)),
             },
         );
-        Ok(LlmResponse { text, finish, usage })
+        Ok(LlmResponse {
+            text,
+            finish,
+            usage,
+            admission,
+            limits,
+        })
     }
 }
 

@@ -32,6 +32,30 @@ pub(crate) const MAX_RETRY_HINT: Duration = Duration::from_secs(3600);
 /// the ladder falls back to template weeks, as for any other transient failure.
 pub(crate) const BODY_TOO_LARGE: &str = "body_too_large";
 
+/// The remaining tokens and requests a provider's headers announce. OpenAI names them
+/// `x-ratelimit-remaining-*`; Anthropic-style servers `anthropic-ratelimit-*-remaining`. A value
+/// that is not a whole number is ignored.
+pub(crate) fn rate_limits(headers: &reqwest::header::HeaderMap) -> super::RateLimits {
+    let first = |names: &[&str]| {
+        names.iter().find_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    super::RateLimits {
+        remaining_tokens: first(&[
+            "x-ratelimit-remaining-tokens",
+            "anthropic-ratelimit-tokens-remaining",
+        ]),
+        remaining_requests: first(&[
+            "x-ratelimit-remaining-requests",
+            "anthropic-ratelimit-requests-remaining",
+        ]),
+    }
+}
+
 /// Reads up to `cap` bytes of the body; `true` if there was more (left unread).
 async fn read_capped(
     response: &mut reqwest::Response,

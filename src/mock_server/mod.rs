@@ -19,13 +19,19 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use self::faults::{Draws, FILL_MARKER, Filler, error};
-pub use self::faults::{Fault, FaultPlan, RatedFault};
+use self::quota::{Quota, Ticket};
+pub use self::{
+    faults::{Fault, FaultPlan, RatedFault},
+    quota::{QuotaCounts, QuotaSettings},
+};
 use crate::{
     domain::brief::{Brief, OutlineBrief},
     llm::{estimate_tokens, mock},
 };
 
 mod faults;
+mod quota;
+mod serve;
 
 /// A request the server received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +65,7 @@ struct Shared {
 #[derive(Debug, Clone)]
 struct AppState {
     shared: Arc<Mutex<Shared>>,
+    quota: Option<Arc<Quota>>,
     latency: Duration,
     /// Requests whose first week is at or past this wait until it is lowered (crash tests).
     stall_from: watch::Receiver<u32>,
@@ -69,12 +76,24 @@ struct AppState {
 pub struct MockLlmServer {
     pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
+    quota: Option<Arc<Quota>>,
     stall_from: Arc<watch::Sender<u32>>,
 }
 
 impl MockLlmServer {
     /// Binds `addr` (port 0 picks a free port) and serves in the background.
     pub async fn start(addr: SocketAddr, plan: FaultPlan, latency: Duration) -> anyhow::Result<Self> {
+        Self::start_with_quota(addr, plan, latency, QuotaSettings::default()).await
+    }
+
+    /// Like [`Self::start`], with rate limits that answer 429 as a provider does.
+    pub async fn start_with_quota(
+        addr: SocketAddr,
+        plan: FaultPlan,
+        latency: Duration,
+        quota: QuotaSettings,
+    ) -> anyhow::Result<Self> {
+        let quota = Quota::new(quota).map(Arc::new);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Mutex::new(Shared {
@@ -85,6 +104,7 @@ impl MockLlmServer {
         let (stall_tx, stall_rx) = watch::channel(u32::MAX);
         let state = AppState {
             shared: shared.clone(),
+            quota: quota.clone(),
             latency,
             stall_from: stall_rx,
         };
@@ -93,12 +113,11 @@ impl MockLlmServer {
             .route("/chat/completions", post(openai))
             .route("/v1beta/models/{model_action}", post(gemini))
             .with_state(state);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        tokio::spawn(serve::serve(listener, app));
         Ok(Self {
             addr,
             shared,
+            quota,
             stall_from: Arc::new(stall_tx),
         })
     }
@@ -111,6 +130,11 @@ impl MockLlmServer {
     /// Base URL for `LLM_BASE_URL` with the Gemini provider.
     pub fn gemini_base_url(&self) -> String {
         format!("http://{}/v1beta", self.addr)
+    }
+
+    /// What the quota admitted, refused and settled (zeros without a quota).
+    pub fn quota_counts(&self) -> QuotaCounts {
+        self.quota.as_ref().map(|q| q.counts()).unwrap_or_default()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -132,8 +156,13 @@ impl MockLlmServer {
 }
 
 /// Serves until the process ends (the `mock-llm` subcommand).
-pub async fn serve_forever(addr: SocketAddr, plan: FaultPlan, latency: Duration) -> anyhow::Result<()> {
-    let server = MockLlmServer::start(addr, plan, latency).await?;
+pub async fn serve_forever(
+    addr: SocketAddr,
+    plan: FaultPlan,
+    latency: Duration,
+    quota: QuotaSettings,
+) -> anyhow::Result<()> {
+    let server = MockLlmServer::start_with_quota(addr, plan, latency, quota).await?;
     tracing::info!(addr = %server.addr, "mock LLM serving: OpenAI at {}, Gemini at {}", server.openai_base_url(), server.gemini_base_url());
     std::future::pending::<()>().await;
     Ok(())
@@ -294,6 +323,31 @@ fn common_prefix<'a>(a: &'a str, b: &str) -> &'a str {
     &a[..end]
 }
 
+/// Admits a request against the quota, if there is one: its prompt plus `max_tokens`.
+fn admit(
+    state: &AppState,
+    system: &str,
+    user: &str,
+    max_tokens: Option<u64>,
+) -> Result<Option<Ticket>, Box<Response>> {
+    let Some(quota) = &state.quota else {
+        return Ok(None);
+    };
+    let tokens = estimate_tokens(system) + estimate_tokens(user) + max_tokens.unwrap_or(0);
+    quota
+        .admit(tokens)
+        .map(Some)
+        .map_err(|short| Box::new(quota.refuse(short)))
+}
+
+/// Settles an admitted request to the tokens it `used` and adds the rate-limit headers.
+fn settle(state: &AppState, ticket: Option<Ticket>, used: u64, mut response: Response) -> Response {
+    if let (Some(quota), Some(ticket)) = (&state.quota, ticket) {
+        quota.settle(ticket, used, response.headers_mut());
+    }
+    response
+}
+
 /// A provider's response envelope, streamed if the answer has a filler.
 fn respond(envelope: Value, filler: Option<Filler>) -> Response {
     match filler {
@@ -324,38 +378,39 @@ async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
         Some(other) => other.to_owned(),
         None => "none".to_owned(),
     };
-    match prepare(
-        &state,
-        "openai",
-        &content("system"),
-        &content("user"),
-        max_tokens,
-        format,
-        body["prompt_cache_key"].as_str().map(str::to_owned),
-    )
-    .await
-    {
-        Err(response) => response,
-        Ok(a) => respond(
-            json!({
-                "id": "chatcmpl-mock",
-                "object": "chat.completion",
-                "model": body["model"],
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": a.text},
-                    "finish_reason": if a.truncated { "length" } else { "stop" },
-                }],
-                "usage": {
-                    "prompt_tokens_details": {"cached_tokens": a.cached_tokens},
-                    "prompt_tokens": a.input_tokens,
-                    "completion_tokens": a.output_tokens,
-                    "total_tokens": a.input_tokens + a.output_tokens,
-                },
-            }),
-            a.filler,
-        ),
-    }
+    let (system, user) = (content("system"), content("user"));
+    let ticket = match admit(&state, &system, &user, max_tokens) {
+        Ok(ticket) => ticket,
+        Err(refused) => return *refused,
+    };
+    let cache_key = body["prompt_cache_key"].as_str().map(str::to_owned);
+    let (response, used) =
+        match prepare(&state, "openai", &system, &user, max_tokens, format, cache_key).await {
+            Err(response) => (response, 0),
+            Ok(a) => (
+                respond(
+                    json!({
+                        "id": "chatcmpl-mock",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [{
+                            "index": 0,
+                            "message": {"role": "assistant", "content": a.text},
+                            "finish_reason": if a.truncated { "length" } else { "stop" },
+                        }],
+                        "usage": {
+                            "prompt_tokens_details": {"cached_tokens": a.cached_tokens},
+                            "prompt_tokens": a.input_tokens,
+                            "completion_tokens": a.output_tokens,
+                            "total_tokens": a.input_tokens + a.output_tokens,
+                        },
+                    }),
+                    a.filler,
+                ),
+                a.input_tokens + a.output_tokens,
+            ),
+        };
+    settle(&state, ticket, used, response)
 }
 
 async fn gemini(State(state): State<AppState>, Json(body): Json<Value>) -> Response {
@@ -386,22 +441,30 @@ async fn gemini(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
     } else {
         "none".to_owned()
     };
-    match prepare(&state, "gemini", &system, &user, max_tokens, format, None).await {
-        Err(response) => response,
-        Ok(a) => respond(
-            json!({
-                "candidates": [{
-                    "content": {"role": "model", "parts": [{"text": a.text}]},
-                    "finishReason": if a.truncated { "MAX_TOKENS" } else { "STOP" },
-                }],
-                "usageMetadata": {
-                    "promptTokenCount": a.input_tokens,
-                    "cachedContentTokenCount": a.cached_tokens,
-                    "candidatesTokenCount": a.output_tokens,
-                    "totalTokenCount": a.input_tokens + a.output_tokens,
-                },
-            }),
-            a.filler,
+    let ticket = match admit(&state, &system, &user, max_tokens) {
+        Ok(ticket) => ticket,
+        Err(refused) => return *refused,
+    };
+    let (response, used) = match prepare(&state, "gemini", &system, &user, max_tokens, format, None).await {
+        Err(response) => (response, 0),
+        Ok(a) => (
+            respond(
+                json!({
+                    "candidates": [{
+                        "content": {"role": "model", "parts": [{"text": a.text}]},
+                        "finishReason": if a.truncated { "MAX_TOKENS" } else { "STOP" },
+                    }],
+                    "usageMetadata": {
+                        "promptTokenCount": a.input_tokens,
+                        "cachedContentTokenCount": a.cached_tokens,
+                        "candidatesTokenCount": a.output_tokens,
+                        "totalTokenCount": a.input_tokens + a.output_tokens,
+                    },
+                }),
+                a.filler,
+            ),
+            a.input_tokens + a.output_tokens,
         ),
-    }
+    };
+    settle(&state, ticket, used, response)
 }

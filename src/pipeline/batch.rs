@@ -10,18 +10,19 @@ use backon::{ExponentialBuilder, Retryable};
 use tracing::{debug, info, warn};
 
 use super::{
+    budget::Budget,
     parse::{self, AnswerError},
     prompt::{self, Context},
 };
 use crate::{
-    config::{LlmSettings, ResponseFormat},
+    config::{LlmSettings, Prices, ResponseFormat},
     domain::{
         AnswerFault, BatchOutcome, BatchRange, BatchResult, JobProfile, Plan, Week, WeekOutline,
         brief::Brief,
         event::Usage,
         roadmap::{WeekProblem, check_weeks},
     },
-    llm::{FinishReason, LlmError, LlmRequest, LlmResponse, Provider, schema},
+    llm::{Admission, FinishReason, LlmError, LlmRequest, LlmResponse, Provider, estimate_tokens, schema},
     metrics::Metrics,
     template,
 };
@@ -36,6 +37,8 @@ pub struct LadderSettings {
     pub max_retries: usize,
     pub min_retry_delay: Duration,
     pub max_retry_delay: Duration,
+    /// Prices of the provider's tokens, for the cost of each batch.
+    pub prices: Prices,
 }
 
 impl LadderSettings {
@@ -48,6 +51,7 @@ impl LadderSettings {
             max_retries: llm.max_retries as usize,
             min_retry_delay: Duration::from_millis(500),
             max_retry_delay: Duration::from_millis(llm.max_retry_delay_ms),
+            prices: Prices::default(),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Generator {
     pub settings: LadderSettings,
     pub metrics: Metrics,
     pub schemas: schema::SchemaCache,
+    /// The fleet's shared provider budget, drawn on by every call.
+    pub budget: Budget,
 }
 
 /// A batch that cannot be finished by this worker: the provider refuses every request.
@@ -117,7 +123,8 @@ impl Generator {
 
     /// Generates the weeks of `range`. `previous` is the week before it, when written; without
     /// it the plan's outline of that week stands in. `cache_key` (the job id) keeps a job's
-    /// calls on one prompt cache.
+    /// calls on one prompt cache. The last answer's [`Admission`] comes back with the weeks,
+    /// to be dropped once they are stored.
     pub async fn batch(
         &self,
         profile: &JobProfile,
@@ -126,8 +133,9 @@ impl Generator {
         previous: Option<&Week>,
         span_hint: &mut u32,
         cache_key: &str,
-    ) -> Result<BatchResult, ProviderFault> {
+    ) -> Result<(BatchResult, Admission), ProviderFault> {
         let started = Instant::now();
+        let mut admission = Admission::default();
         let mut weeks: Vec<Week> = Vec::with_capacity(range.week_count() as usize);
         let mut usage = Usage::default();
         let mut rungs = Rungs::default();
@@ -156,7 +164,9 @@ impl Generator {
                 .filter_map(|n| plan.outline_week(n).cloned())
                 .collect();
             let request = self.request(&brief, context, &outline, feedback.as_deref(), cache_key);
-            let answer = match self.call(&request, &mut usage, &mut rungs).await {
+            // A place is for an answer waiting to be stored, not for one being asked again.
+            admission = Admission::default();
+            let mut answer = match self.call(&request, &mut usage, &mut rungs).await {
                 Ok(answer) => answer,
                 Err(err @ LlmError::Config { .. }) => return Err(ProviderFault(err)),
                 Err(err) => {
@@ -165,6 +175,7 @@ impl Generator {
                     break;
                 }
             };
+            admission = std::mem::take(&mut answer.admission);
             if answer.finish == FinishReason::Length {
                 rungs.truncated = true;
                 self.metrics
@@ -243,11 +254,23 @@ impl Generator {
         self.metrics
             .batch_duration
             .observe(started.elapsed().as_secs_f64());
-        Ok(BatchResult {
+        self.price(&mut usage);
+        let result = BatchResult {
             weeks,
             usage,
             outcome,
-        })
+        };
+        Ok((result, admission))
+    }
+
+    /// Prices `usage` at the configured prices and counts it in the cost metric.
+    pub(super) fn price(&self, usage: &mut Usage) {
+        usage.cost_nanos = self.settings.prices.cost_nanos(
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens,
+        );
+        self.metrics.llm_cost.inc_by(usage.cost_nanos as f64 / 1e9);
     }
 
     fn request(
@@ -323,8 +346,24 @@ impl Generator {
 
     async fn attempt(&self, request: &LlmRequest, usage: &Mutex<Usage>) -> Result<LlmResponse, LlmError> {
         let (provider, model) = (self.provider.name(), self.provider.model());
+        // What the provider counts against its limit: the prompt and the whole output limit.
+        let estimate = estimate_tokens(&request.system)
+            + estimate_tokens(&request.prompt)
+            + u64::from(request.max_output_tokens);
+        let reservation = self.budget.reserve(estimate).await;
         let started = Instant::now();
         let result = self.provider.complete(request).await;
+        if matches!(&result, Err(e) if e.status() == "http_429") {
+            self.metrics.rate_limited.inc();
+        }
+        self.budget
+            .settle(
+                reservation,
+                result
+                    .as_ref()
+                    .map(|a| (a.usage.input.saturating_add(a.usage.output), a.limits)),
+            )
+            .await;
         self.metrics
             .llm_request_duration
             .with_label_values(&[provider, model])

@@ -128,7 +128,8 @@ impl Chains<'_> {
         // chains, so that no chain repeats a cut another has already seen.
         let span_hint = AtomicU32::new(self.batch_weeks);
         let ends = stream::iter(pending)
-            .map(|(chain, previous)| self.chain(chain, previous, &span_hint, shutdown, &stop))
+            // Boxed: the stream keeps a spare slot the size of its future, per job in flight.
+            .map(|(chain, previous)| Box::pin(self.chain(chain, previous, &span_hint, shutdown, &stop)))
             .buffer_unordered(self.parallelism.max(1))
             .collect::<Vec<_>>();
         let ends = tokio::select! {
@@ -188,8 +189,9 @@ impl Chains<'_> {
                 () = stop.cancelled() => return Ok(ChainEnd::Stopped),
             };
             span_hint.fetch_min(hint, Ordering::Relaxed);
-            let result = match generated {
-                Ok(result) => result,
+            // The admission is held until the checkpoint below is written.
+            let (result, _admission) = match generated {
+                Ok(answered) => answered,
                 Err(fault) => {
                     stop.cancel();
                     return Ok(ChainEnd::Fault(fault.0));

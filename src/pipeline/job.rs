@@ -59,6 +59,8 @@ pub enum JobEnd {
     ProviderFault(LlmError),
     /// The job killed or lost its workers too often; it is failed and its event queued.
     Poison { abandoned: i32 },
+    /// The user has `USER_MAX_IN_FLIGHT` jobs running elsewhere: not claimed, to wait its turn.
+    UserBusy,
 }
 
 /// The placeholder token of a job whose claim is under way (real tokens start at 1).
@@ -79,6 +81,8 @@ pub struct JobRunner {
     express: ExpressLane,
     /// Renews the leases of the jobs in progress.
     renewer: Renewer,
+    /// Jobs of one user running at once across the fleet (`USER_MAX_IN_FLIGHT`).
+    user_max_in_flight: Option<u32>,
     /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
     /// The jobs this replica holds a lease on, with their fencing tokens: a lease in our name
@@ -100,6 +104,7 @@ impl JobRunner {
             lease: settings.lease(),
             owner,
             poison_after: settings.job_poison_after,
+            user_max_in_flight: settings.budget.user_max_in_flight,
             held: Arc::default(),
         }
     }
@@ -179,7 +184,15 @@ impl JobRunner {
         // The steps before and after the batches are boxed: a job spends its life in the
         // batches, and thousands in flight should not each carry room for these.
         let claim = Box::pin(with_retries(|| {
-            store::jobs::claim(&self.pool, job, &plan, &self.owner, self.lease, first_here)
+            store::jobs::claim(
+                &self.pool,
+                job,
+                &plan,
+                &self.owner,
+                self.lease,
+                first_here,
+                self.user_max_in_flight,
+            )
         }))
         .await;
         let owned = match claim {
@@ -194,6 +207,10 @@ impl JobRunner {
                     Claim::Failed => Ok(JobEnd::AlreadyFailed),
                     Claim::OtherUser => Ok(JobEnd::OtherUser),
                     Claim::Conflict => Ok(JobEnd::Conflict),
+                    Claim::UserBusy => {
+                        debug!("the user has USER_MAX_IN_FLIGHT jobs running; this one waits its turn");
+                        Ok(JobEnd::UserBusy)
+                    }
                     Claim::Busy => {
                         debug!("job is being worked by a live replica; settling this duplicate");
                         Box::pin(with_retries(|| {
@@ -292,6 +309,13 @@ impl JobRunner {
         }
         let lost = CancellationToken::new();
         let _lease = self.renewer.hold(job.job_id, token, lost.clone());
+        if owned.batches.is_empty() {
+            // A new job waits while the provider budget is backlogged; started ones go first.
+            tokio::select! {
+                () = self.generator.budget.intake() => {}
+                () = shutdown.cancelled() => return Ok(self.hand_back(job.job_id, token).await),
+            }
+        }
         let mut plan = owned.plan;
         if plan.wants_outline() && owned.batches.is_empty() {
             if shutdown.is_cancelled() {

@@ -2,6 +2,7 @@
 //! assemble the roadmap.
 
 pub mod batch;
+pub mod budget;
 pub mod chains;
 pub mod job;
 pub mod leases;

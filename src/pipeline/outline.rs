@@ -104,6 +104,7 @@ impl Generator {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "outline written"
         );
+        self.price(&mut usage);
         Ok((phases, Outline { weeks, source, usage }))
     }
 }

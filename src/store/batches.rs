@@ -25,7 +25,7 @@ pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<Store
     let rows = client
         .query(
             "SELECT batch_index, weeks, fallback_weeks, llm_calls, input_tokens, output_tokens,
-                    cached_input_tokens
+                    cached_input_tokens, cost_nanos
              FROM batches WHERE job_id = $1 ORDER BY batch_index",
             &[&job_id],
         )
@@ -41,6 +41,7 @@ pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<Store
                     input_tokens: row.get::<_, i64>(4) as u64,
                     output_tokens: row.get::<_, i64>(5) as u64,
                     cached_input_tokens: row.get::<_, i64>(6) as u64,
+                    cost_nanos: row.get::<_, i64>(7) as u64,
                 },
             })
         })
@@ -79,8 +80,9 @@ pub async fn checkpoint(
                 WHERE job_id = $1 AND fencing_token = $11 AND status = 'running' FOR UPDATE),
              ins AS (
                 INSERT INTO batches (job_id, batch_index, first_week, last_week, weeks, outcome, fallback_weeks,
-                                     llm_calls, input_tokens, output_tokens, fencing_token, cached_input_tokens)
-                SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM fence
+                                     llm_calls, input_tokens, output_tokens, fencing_token, cached_input_tokens,
+                                     cost_nanos)
+                SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $17 FROM fence
                 ON CONFLICT (job_id, batch_index) DO NOTHING
                 RETURNING 1),
              upd AS (
@@ -130,6 +132,7 @@ pub async fn checkpoint(
                 &PROGRESS,
                 &(batches_total as i32),
                 &lease_secs,
+                &i64::try_from(batch.usage.cost_nanos).unwrap_or(i64::MAX),
             ],
         )
         .await?;

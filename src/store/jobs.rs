@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
@@ -31,6 +31,8 @@ pub enum Claim {
     Conflict,
     /// A live replica holds the lease and is working the job.
     Busy,
+    /// The user has `USER_MAX_IN_FLIGHT` other jobs running: this one waits its turn, unclaimed.
+    UserBusy,
 }
 
 #[derive(Debug)]
@@ -63,13 +65,56 @@ pub async fn claim(
     owner: &str,
     lease: Duration,
     reclaim_own: bool,
+    user_limit: Option<u32>,
 ) -> Result<Claim, StoreError> {
     let mut client = pool.get().await?;
     let lease_secs = lease.as_secs_f64();
     let request = Json(job);
+    if let Some(limit) = user_limit {
+        // The count and the claim are one transaction under a lock on the user, so that
+        // replicas claiming the same user's jobs at once take turns.
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&job.user_id],
+        )
+        .await?;
+        let running: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM jobs
+                 WHERE user_id = $1 AND job_id <> $2 AND status = 'running' AND lease_until > now()",
+                &[&job.user_id, &job.job_id],
+            )
+            .await?
+            .get(0);
+        if running >= i64::from(limit) {
+            return Ok(Claim::UserBusy);
+        }
+        if let Some(owned) = insert_new(&tx, job, plan, owner, lease_secs, &request).await? {
+            tx.commit().await?;
+            return Ok(Claim::Owned(owned));
+        }
+        return reclaim(tx, job, owner, lease_secs, reclaim_own, &request).await;
+    }
     // A new job is the common case: one statement in its own transaction. Only a job_id that
-    // exists already needs the locked read below.
-    let insert = client
+    // exists already needs the locked read of `reclaim`.
+    if let Some(owned) = insert_new(&client, job, plan, owner, lease_secs, &request).await? {
+        return Ok(Claim::Owned(owned));
+    }
+    let tx = client.transaction().await?;
+    reclaim(tx, job, owner, lease_secs, reclaim_own, &request).await
+}
+
+/// Inserts a job_id seen for the first time, owned by `owner`; `None` if it exists.
+async fn insert_new(
+    db: &impl GenericClient,
+    job: &JobRequest,
+    plan: &Plan,
+    owner: &str,
+    lease_secs: f64,
+    request: &Json<&JobRequest>,
+) -> Result<Option<OwnedJob>, StoreError> {
+    let insert = db
         .prepare_cached(
             "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, owner, lease_until)
              VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
@@ -77,13 +122,13 @@ pub async fn claim(
              RETURNING fencing_token, created_at",
         )
         .await?;
-    let inserted = client
+    let inserted = db
         .query_opt(
             &insert,
             &[
                 &job.job_id,
                 &job.user_id,
-                &request,
+                request,
                 &Json(plan),
                 &(plan.batches.len() as i32),
                 &owner,
@@ -91,17 +136,25 @@ pub async fn claim(
             ],
         )
         .await?;
-    if let Some(row) = inserted {
-        return Ok(Claim::Owned(OwnedJob {
-            token: row.get(0),
-            plan: plan.clone(),
-            batches: Vec::new(),
-            started_at: row.get(1),
-            claims: 1,
-            abandoned: 0,
-        }));
-    }
-    let tx = client.transaction().await?;
+    Ok(inserted.map(|row| OwnedJob {
+        token: row.get(0),
+        plan: plan.clone(),
+        batches: Vec::new(),
+        started_at: row.get(1),
+        claims: 1,
+        abandoned: 0,
+    }))
+}
+
+/// Claims a job_id that exists already, in `tx`: ended, another user's, busy, or taken over.
+async fn reclaim(
+    tx: deadpool_postgres::Transaction<'_>,
+    job: &JobRequest,
+    owner: &str,
+    lease_secs: f64,
+    reclaim_own: bool,
+    request: &Json<&JobRequest>,
+) -> Result<Claim, StoreError> {
     let row = tx
         .query_one(
             "SELECT user_id, status, owner, lease_until > now() AS live,
@@ -109,7 +162,7 @@ pub async fn claim(
                     request = $3 AS same_request,
                     updated_at < pg_postmaster_start_time() AS before_restart
              FROM jobs WHERE job_id = $1 FOR UPDATE",
-            &[&job.job_id, &APP_PREFIX, &request],
+            &[&job.job_id, &APP_PREFIX, request],
         )
         .await?;
     let (user_id, status): (String, String) = (row.get(0), row.get(1));

@@ -1,6 +1,7 @@
 //! Postgres: the pool, database creation, migrations, TLS, and one module per table family.
 
 pub mod batches;
+pub mod budget;
 mod conninfo;
 pub mod jobs;
 pub mod outbox;

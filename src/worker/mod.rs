@@ -30,12 +30,13 @@ use uuid::Uuid;
 
 use crate::{
     amqp::{self, Publisher, Topology},
-    config::WorkerSettings,
+    config::{Prices, WorkerSettings},
     http::{self, Health},
-    llm::Provider,
+    llm::{AnswerGate, Provider},
     metrics::{Deferral, Dependency, Metrics},
     pipeline::{
         batch::{Generator, LadderSettings},
+        budget::Budget,
         job::JobRunner,
     },
     store::{self, jobs::APP_PREFIX, outbox::ExpressLane},
@@ -132,9 +133,14 @@ impl Context {
             Deferral::Shutdown => Duration::ZERO,
             Deferral::Provider => self.probe_interval,
             Deferral::Database => self.retry_delay,
+            Deferral::User => USER_TURN_DELAY,
         }
     }
 }
+
+/// How long a job over its user's `USER_MAX_IN_FLIGHT` waits in the retry queue before it is
+/// tried again: short, so that a freed turn is taken soon; each try is one claim statement.
+const USER_TURN_DELAY: Duration = Duration::from_secs(2);
 
 /// What the background tasks (relay, sweeper) share. They stop on `stop`, which fires after the
 /// drain, so that the relay's last pass still has the broker.
@@ -245,7 +251,15 @@ fn job_runner(
     metrics: Metrics,
     owner: String,
 ) -> anyhow::Result<JobRunner> {
-    let provider = Provider::from_settings(&settings.llm)?;
+    // Two answers per database connection: one being stored, one read and ready for the next.
+    // Not over HTTP/2: its server spreads each connection's flow-control window over every
+    // answer at once, so unread answers would hold the window the admitted ones wait for.
+    let gate = if settings.llm.http2 {
+        AnswerGate::open()
+    } else {
+        AnswerGate::new(2 * settings.db.pool_size as usize)
+    };
+    let provider = Provider::from_settings(&settings.llm, gate)?;
     metrics.provider_ready.set(1);
     info!(
         provider = provider.name(),
@@ -254,9 +268,20 @@ fn job_runner(
         amqp = %settings.amqp.url,
         "worker starting"
     );
+    let budget = Budget::new(
+        &settings.budget,
+        pool.clone(),
+        provider.name(),
+        provider.model(),
+        metrics.clone(),
+    );
     let generator = Generator {
+        budget,
         provider,
-        settings: LadderSettings::from_settings(&settings.llm, settings.batch.context_days),
+        settings: LadderSettings {
+            prices: Prices::from_settings(&settings.budget),
+            ..LadderSettings::from_settings(&settings.llm, settings.batch.context_days)
+        },
         metrics,
         schemas: Default::default(),
     };

@@ -47,6 +47,8 @@ pub(super) enum Outcome {
     ProviderFault(LlmError),
     /// The database stayed unreachable through the retries.
     StoreDown(StoreError),
+    /// The user's other jobs fill `USER_MAX_IN_FLIGHT`: back to the queue, after a wait.
+    UserBusy,
 }
 
 impl Outcome {
@@ -65,6 +67,7 @@ impl Outcome {
             Ok(JobEnd::Conflict) => refused(RejectReason::JobConflict),
             Ok(JobEnd::Poison { abandoned }) => Self::Poison { abandoned },
             Ok(JobEnd::HandedBack) => Self::HandedBack,
+            Ok(JobEnd::UserBusy) => Self::UserBusy,
             Ok(JobEnd::ProviderFault(e)) => Self::ProviderFault(e),
             Err(e) => Self::StoreDown(e),
         }
@@ -105,6 +108,10 @@ pub(super) fn disposition(outcome: &Outcome) -> Disposition {
         Outcome::StoreDown(_) => Disposition::HandBack {
             reason: Deferral::Database,
         },
+        // Through the retry queue: the wait holds no worker slot and spends no delivery.
+        Outcome::UserBusy => Disposition::HandBack {
+            reason: Deferral::User,
+        },
     }
 }
 
@@ -129,7 +136,7 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
             error!(error = %e, "database unavailable; job handed back");
             ctx.pause(Dependency::Database);
         }
-        Outcome::Done | Outcome::HandedBack => {}
+        Outcome::Done | Outcome::HandedBack | Outcome::UserBusy => {}
     }
     let settled = match disposition {
         Disposition::Ack if acked_early => Ok(()),

@@ -36,14 +36,14 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     let plan = pipeline::plan(&job.profile(), 6, 3);
     let short = Duration::from_millis(500);
 
-    let Claim::Owned(first) = store::jobs::claim(&a, &job, &plan, "replica-a", short, false)
+    let Claim::Owned(first) = store::jobs::claim(&a, &job, &plan, "replica-a", short, false, None)
         .await
         .unwrap()
     else {
         panic!("replica a should own a new job")
     };
     // While a's lease is live and a is connected, b may not take the job.
-    let busy = store::jobs::claim(&b, &job, &plan, "replica-b", short, false)
+    let busy = store::jobs::claim(&b, &job, &plan, "replica-b", short, false, None)
         .await
         .unwrap();
     assert!(matches!(busy, Claim::Busy), "{busy:?}");
@@ -51,7 +51,7 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     // a stalls past its lease; b takes over with a newer fencing token.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let Claim::Owned(second) =
-        store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false)
+        store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false, None)
             .await
             .unwrap()
     else {
@@ -128,7 +128,7 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
         let (_, body) = job(6, "Security Engineer");
         let job = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
         let plan = pipeline::plan(&job.profile(), 6, 3);
-        let Claim::Owned(owned) = store::jobs::claim(&a, &job, &plan, "replica-a", lease, false)
+        let Claim::Owned(owned) = store::jobs::claim(&a, &job, &plan, "replica-a", lease, false, None)
             .await
             .unwrap()
         else {
@@ -142,7 +142,7 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (job, plan, lost, _) in &held {
         assert!(!lost.is_cancelled());
-        let busy = store::jobs::claim(&b, job, plan, "replica-b", lease, false)
+        let busy = store::jobs::claim(&b, job, plan, "replica-b", lease, false, None)
             .await
             .unwrap();
         assert!(matches!(busy, Claim::Busy), "{busy:?}");
@@ -152,9 +152,10 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
     let (job, plan, lost, guard) = held.remove(0);
     drop(guard);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let Claim::Owned(_) = store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false)
-        .await
-        .unwrap()
+    let Claim::Owned(_) =
+        store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false, None)
+            .await
+            .unwrap()
     else {
         panic!("replica b should take over a lease no longer renewed")
     };
@@ -169,9 +170,10 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
     })
     .await
     .unwrap();
-    let Claim::Owned(_) = store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false)
-        .await
-        .unwrap()
+    let Claim::Owned(_) =
+        store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false, None)
+            .await
+            .unwrap()
     else {
         panic!("replica b should take over a released job")
     };

@@ -8,10 +8,12 @@ mod common;
 
 mod accounting;
 mod bad_input;
+mod budget;
 mod contracts;
 mod decoder_props;
 mod duplicates;
 mod e2e;
+mod fairness;
 mod fault_mix;
 mod hostile_input;
 mod hostile_provider;

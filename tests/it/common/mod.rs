@@ -15,7 +15,7 @@ use roadmap_worker::{
     client::{self, EventWatcher},
     config::{AmqpSettings, WorkerSettings},
     domain::Plan,
-    mock_server::{FaultPlan, MockLlmServer},
+    mock_server::{FaultPlan, MockLlmServer, QuotaSettings},
     worker::{self, Running},
 };
 use serde_json::{Value, json};
@@ -58,6 +58,11 @@ impl TestEnv {
 
     /// A world whose mock LLM answers after `latency`.
     pub async fn with_mock(plan: FaultPlan, latency: Duration) -> Self {
+        Self::with_quota(plan, latency, QuotaSettings::default()).await
+    }
+
+    /// Like [`Self::with_mock`], the mock keeping `quota` as a provider keeps its rate limits.
+    pub async fn with_quota(plan: FaultPlan, latency: Duration, quota: QuotaSettings) -> Self {
         // Worker logs go to the test's captured output, shown when a test fails.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -82,7 +87,7 @@ impl TestEnv {
             .await
             .expect("declaring the test topology");
         let publisher = Publisher::new(&connection).await.unwrap();
-        let mock = MockLlmServer::start("127.0.0.1:0".parse().unwrap(), plan, latency)
+        let mock = MockLlmServer::start_with_quota("127.0.0.1:0".parse().unwrap(), plan, latency, quota)
             .await
             .unwrap();
         Self {
@@ -164,7 +169,17 @@ impl TestEnv {
     /// The worker binary's `run` with this test's settings (OpenAI provider on the mock, a free
     /// metrics port, warnings only); `extra_env` overrides.
     pub fn worker_command(&self, extra_env: &[(&str, &str)]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadmap-worker"));
+        let bin = env!("CARGO_BIN_EXE_roadmap-worker");
+        // A profiler around the worker, for a bench run by hand: `WORKER_WRAPPER=heaptrack`.
+        let mut cmd = match std::env::var("WORKER_WRAPPER") {
+            Ok(wrapper) if !wrapper.is_empty() => {
+                let mut words = wrapper.split_whitespace();
+                let mut cmd = tokio::process::Command::new(words.next().unwrap_or_default());
+                cmd.args(words).arg(bin);
+                cmd
+            }
+            _ => tokio::process::Command::new(bin),
+        };
         cmd.arg("run")
             .env("DATABASE_URL", &self.database_url)
             .env("AMQP_URL", amqp_url())

@@ -1,0 +1,198 @@
+//! Promise: `LLM_TPM_LIMIT` / `LLM_RPM_LIMIT` hold for the whole fleet. Replicas on one
+//! database reserve before each call and wait their turn, so a provider quota that the same
+//! load would overrun answers no 429; what the provider's headers say is followed; and the
+//! cost of each batch at `LLM_PRICE_*` is stored and summed exactly in the event and metric.
+
+use std::time::Duration;
+
+use roadmap_worker::{
+    domain::event::Completed,
+    mock_server::{FaultPlan, QuotaSettings},
+    store,
+};
+
+use crate::common::{TestEnv, job};
+
+/// The mock's quota, and the limit the replicas are told: tokens per minute.
+const TPM: u64 = 20_000;
+const JOBS: usize = 12;
+
+/// Two replicas with `extra` flags run [`JOBS`] one-week jobs: the fallback batches, the
+/// calls that waited for the budget, and the budget rows written.
+async fn run_fleet(env: &TestEnv, extra: &[&str]) -> (usize, u64, i64) {
+    let a = env.start_worker(extra).await;
+    let b = env.start_worker(extra).await;
+    let mut events = env.watcher().await;
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        let (job_id, body) = job(1, "Data Engineer");
+        env.publish(&body).await;
+        ids.push(job_id);
+    }
+    let mut fallbacks = 0;
+    for id in ids {
+        let end = events
+            .wait_for_end(id, Duration::from_secs(120), |_| {})
+            .await
+            .expect("every job ends");
+        let completed: Completed = serde_json::from_value(end.body).expect("a completed event");
+        fallbacks += completed.fallback_batches as usize;
+    }
+    let waited = [&a, &b]
+        .iter()
+        .map(|w| {
+            let h = &w.running.metrics.budget_wait;
+            // Observations of zero are calls that did not wait; the sum says some did.
+            u64::from(h.get_sample_sum() > 0.0) * h.get_sample_count()
+        })
+        .sum();
+    a.stop().await;
+    b.stop().await;
+    let rows: i64 = env
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM llm_budget", &[])
+        .await
+        .expect("the budget table")
+        .get(0);
+    (fallbacks, waited, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_token_budget_and_the_provider_answers_no_429() {
+    let quota = QuotaSettings {
+        rpm: None,
+        tpm: Some(TPM),
+    };
+    // Without a budget the same load overruns the quota: 429s, retries, template weeks.
+    let env = TestEnv::with_quota(FaultPlan::default(), Duration::from_millis(200), quota).await;
+    let flags = ["--llm-max-output-tokens", "2500", "--llm-max-retries", "2"];
+    let (fallbacks, _, rows) = run_fleet(&env, &flags).await;
+    let unbudgeted = env.mock.quota_counts();
+    println!("without a budget: {unbudgeted:?}, {fallbacks} fallback batches");
+    assert!(
+        unbudgeted.refused > 0,
+        "the load must overrun the quota: {unbudgeted:?}"
+    );
+    assert_eq!(rows, 0, "no budget row without limits");
+    env.cleanup().await;
+
+    let env = TestEnv::with_quota(FaultPlan::default(), Duration::from_millis(200), quota).await;
+    let tpm = TPM.to_string();
+    let mut with_budget = flags.to_vec();
+    with_budget.extend_from_slice(&["--llm-tpm-limit", &tpm]);
+    let (fallbacks, waited, rows) = run_fleet(&env, &with_budget).await;
+    let budgeted = env.mock.quota_counts();
+    println!("with the budget: {budgeted:?}, {fallbacks} fallback batches");
+    assert!(waited > 0, "the load is over the budget, so some calls waited");
+    assert_eq!(
+        budgeted.refused, 0,
+        "the fleet stays within the quota: {budgeted:?}"
+    );
+    assert_eq!(fallbacks, 0, "no batch fell back for the budget");
+    assert_eq!(
+        budgeted.admitted, JOBS as u64,
+        "one call per one-week job, none retried"
+    );
+    assert_eq!(rows, 1, "one budget row for the provider and model");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_wait_their_turn_and_corrections_follow_the_provider() {
+    let env = TestEnv::new().await;
+    let pool = env.pool("budget-test").await;
+    let key = "openai/test-model";
+    // 600 tokens a minute: one token costs 0.1 s of the clock.
+    let ahead = store::budget::reserve(&pool, key, 600.0 * 0.1, 0.0)
+        .await
+        .unwrap();
+    assert!((ahead.tokens.as_secs_f64() - 60.0).abs() < 1.0, "{ahead:?}");
+    assert!(
+        ahead.wait(Duration::from_secs(60)) < Duration::from_secs(1),
+        "a minute's worth is free at once"
+    );
+    let ahead = store::budget::reserve(&pool, key, 300.0 * 0.1, 0.0)
+        .await
+        .unwrap();
+    let wait = ahead.wait(Duration::from_secs(60));
+    assert!(
+        (wait.as_secs_f64() - 30.0).abs() < 1.0,
+        "the next 300 wait 30 s: {wait:?}"
+    );
+    // The first call used 100 of its 600: 50 s come back.
+    store::budget::correct(&pool, key, -500.0 * 0.1, None, None)
+        .await
+        .unwrap();
+    let peek = store::budget::peek(&pool, key).await.unwrap();
+    assert!(
+        peek.wait(Duration::from_secs(60)) < Duration::from_secs(1),
+        "{peek:?}"
+    );
+    // The provider says nothing is left: the clock stands a whole burst ahead.
+    store::budget::correct(&pool, key, 0.0, Some(60.0), None)
+        .await
+        .unwrap();
+    let peek = store::budget::peek(&pool, key).await.unwrap();
+    assert!(peek.tokens >= Duration::from_secs(59), "{peek:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_in_the_event_and_the_metric_is_the_batches_tokens_times_the_prices() {
+    let env = TestEnv::new().await;
+    let prices = [
+        "--llm-price-input",
+        "0.15",
+        "--llm-price-cached-input",
+        "0.075",
+        "--llm-price-output",
+        "0.6",
+    ];
+    let worker = env.start_worker(&prices).await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(6, "Data Engineer");
+    env.publish(&body).await;
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .await
+        .expect("the job ends");
+    let completed: Completed = serde_json::from_value(end.body.clone()).expect("a completed event");
+    let (input, cached, output) = (
+        completed.usage.input_tokens as f64,
+        completed.usage.cached_input_tokens as f64,
+        completed.usage.output_tokens as f64,
+    );
+    let expected = ((input - cached) * 0.15 + cached * 0.075 + output * 0.6) / 1e6;
+    let cost = end.body["usage"]["cost"]
+        .as_f64()
+        .expect("usage.cost in the event");
+    println!("cost {cost} for {input} input ({cached} cached) and {output} output tokens");
+    assert!(cost > 0.0);
+    // Each batch is priced and rounded to a billionth on its own: the sum may differ by that.
+    assert!((cost - expected).abs() < 1e-8, "{cost} vs {expected}");
+    let stored: i64 = env
+        .db()
+        .await
+        .query_one(
+            "SELECT sum(cost_nanos)::bigint FROM batches WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await
+        .expect("the batches")
+        .get(0);
+    let plan = env.stored_plan(job_id).await;
+    let outline = plan.outline.map_or(0, |o| o.usage.cost_nanos);
+    assert_eq!(
+        completed.usage.cost_nanos,
+        stored as u64 + outline,
+        "the event sums the stored batches and the outline"
+    );
+    let metric = worker.running.metrics.llm_cost.get();
+    assert!(
+        (metric - cost).abs() < 1e-9,
+        "the metric {metric} counts the same {cost}"
+    );
+    worker.stop().await;
+    env.cleanup().await;
+}
