@@ -72,6 +72,9 @@ pub struct JobArgs {
     pub focus: Vec<String>,
     #[arg(long, default_value = "en")]
     pub language: String,
+    /// `interactive` or `bulk` (bulk goes to the bulk queue and yields to interactive work).
+    #[arg(long, default_value = "interactive")]
+    pub priority: String,
     /// Reuse a job id (to see idempotency); a new one by default.
     #[arg(long)]
     pub job_id: Option<uuid::Uuid>,

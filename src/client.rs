@@ -13,12 +13,20 @@ use lapin::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::amqp::{Publisher, Topology, topology::JOB_ROUTING_KEY};
+use crate::amqp::{
+    Publisher, Topology,
+    topology::{BULK_ROUTING_KEY, JOB_ROUTING_KEY},
+};
 
 /// Publishes a job body to the jobs exchange; fails if no queue takes it.
+/// A body with `"priority": "bulk"` goes with the bulk routing key, as a backend should send it.
 pub async fn publish_job(publisher: &Publisher, topology: &Topology, body: &[u8]) -> anyhow::Result<()> {
+    let bulk = serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("priority").and_then(Value::as_str) == Some("bulk"));
+    let key = if bulk { BULK_ROUTING_KEY } else { JOB_ROUTING_KEY };
     publisher
-        .publish_json(&topology.jobs_exchange, JOB_ROUTING_KEY, body, None, None, true)
+        .publish_json(&topology.jobs_exchange, key, body, None, None, true)
         .await
         .context("publishing the job (is a worker's topology declared? run the worker once)")
 }

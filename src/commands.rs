@@ -78,6 +78,7 @@ fn job_body(job: &JobArgs) -> (Uuid, Vec<u8>) {
         "hours_per_week": job.hours,
         "focus_areas": job.focus,
         "language": job.language,
+        "priority": job.priority,
     });
     (job_id, body.to_string().into_bytes())
 }

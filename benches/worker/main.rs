@@ -22,11 +22,14 @@
 //! 3. [`inflight`]: jobs held in flight by one replica process with a slow LLM, and its memory.
 //! 4. [`tokens`]: input tokens per roadmap, the worker's window against a chat's full history.
 //! 5. [`critical`]: wall time of a 52-week roadmap with a slow LLM, and a kill in the middle.
+//! 6. [`budget`]: three replicas against a provider quota, with and without the shared budget
+//!    (about 5 minutes; only when asked for: `-- budget`).
 //!
 //! They share [`fixture`] (one job's batches as the worker produces them on the mock LLM),
 //! [`plain`] (the plain loop of the worker's writes) and [`util`].
 
 // The integration tests' harness; the benchmark uses only part of it.
+mod budget;
 #[allow(dead_code)]
 #[path = "../../tests/it/common/mod.rs"]
 mod common;
@@ -82,6 +85,10 @@ async fn main() {
     }
     if run("critical") {
         critical::critical_path().await;
+    }
+    // Minutes long: only when named.
+    if picked.iter().any(|p| p == "budget") {
+        budget::budget().await;
     }
 }
 

@@ -8,6 +8,8 @@ use lapin::{
 
 /// The routing key of job messages (contract v1).
 pub const JOB_ROUTING_KEY: &str = "roadmap.generate";
+/// The routing key of bulk jobs: their own work queue, consumed only with a slot to spare.
+pub const BULK_ROUTING_KEY: &str = "roadmap.generate.bulk";
 /// The routing key on the dead-letter exchange of messages the worker refused, with their
 /// reason in `x-reject-reason`. Messages the broker dead-letters itself (the work queue's
 /// delivery limit) keep [`JOB_ROUTING_KEY`] and go to the recovery queue instead.
@@ -21,6 +23,8 @@ pub const REJECTED_ROUTING_KEY: &str = "roadmap.generate.rejected";
 pub struct Topology {
     pub jobs_exchange: String,
     pub queue: String,
+    /// Bulk jobs (`priority: "bulk"`, routing key [`BULK_ROUTING_KEY`]).
+    pub bulk_queue: String,
     pub events_exchange: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
@@ -39,6 +43,7 @@ impl Topology {
         Self {
             jobs_exchange: format!("{namespace}.jobs"),
             queue: format!("{namespace}.generate"),
+            bulk_queue: format!("{namespace}.generate.bulk"),
             events_exchange: format!("{namespace}.events"),
             dead_letter_exchange: format!("{namespace}.dlx"),
             dead_letter_queue: format!("{namespace}.generate.dead"),
@@ -49,9 +54,10 @@ impl Topology {
     }
 
     /// Every queue, for tools and tests that remove a namespace.
-    pub fn queues(&self) -> [&str; 4] {
+    pub fn queues(&self) -> [&str; 5] {
         [
             &self.queue,
+            &self.bulk_queue,
             &self.dead_letter_queue,
             &self.retry_queue,
             &self.recover_queue,
@@ -159,9 +165,15 @@ impl Topology {
             AMQPValue::LongInt(self.delivery_limit as i32),
         );
         channel
-            .queue_declare(self.queue.as_str().into(), queue_options, args)
+            .queue_declare(self.queue.as_str().into(), queue_options, args.clone())
             .await?;
         self.bind(channel, &self.queue, &self.jobs_exchange, JOB_ROUTING_KEY)
+            .await?;
+        // The same rules as the work queue: delivery limit, dead letters to the recovery queue.
+        channel
+            .queue_declare(self.bulk_queue.as_str().into(), queue_options, args)
+            .await?;
+        self.bind(channel, &self.bulk_queue, &self.jobs_exchange, BULK_ROUTING_KEY)
             .await
     }
 

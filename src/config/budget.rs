@@ -35,6 +35,17 @@ pub struct BudgetSettings {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub user_max_in_flight: Option<u32>,
+    /// Output tokens one job may use, all its calls and retries together. A job past it stops
+    /// at its next batch and fails with reason `output_token_cap` (its batches stay stored).
+    /// Unset: no cap.
+    #[arg(
+        long = "job-max-output-tokens",
+        id = "job_max_output_tokens",
+        env = "JOB_MAX_OUTPUT_TOKENS",
+        value_name = "JOB_MAX_OUTPUT_TOKENS",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub job_max_output_tokens: Option<u64>,
     /// Price per million uncached input tokens, in the currency of your choice.
     #[arg(
         long = "llm-price-input",

@@ -19,15 +19,18 @@ pub enum JobFailure {
     /// The broker dead-lettered the job's message for its delivery limit more often than the
     /// worker returns such messages to work.
     DeliveryLimit,
+    /// The job's calls used more output tokens than `JOB_MAX_OUTPUT_TOKENS` allows.
+    OutputTokenCap,
 }
 
 impl JobFailure {
-    pub const ALL: [Self; 2] = [Self::PoisonJob, Self::DeliveryLimit];
+    pub const ALL: [Self; 3] = [Self::PoisonJob, Self::DeliveryLimit, Self::OutputTokenCap];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PoisonJob => "poison_job",
             Self::DeliveryLimit => "delivery_limit",
+            Self::OutputTokenCap => "output_token_cap",
         }
     }
 }

@@ -26,6 +26,19 @@ pub struct JobRequest {
     pub hours_per_week: u32,
     pub focus_areas: Vec<String>,
     pub language: String,
+    /// Which work queue's turn the job takes; not part of the stored request, so a job sent
+    /// again with another priority is the same job.
+    #[serde(skip)]
+    pub priority: Priority,
+}
+
+/// `interactive` jobs (the default) go before `bulk` ones: a replica takes bulk work only with
+/// a slot to spare, and hands a bulk job back at its next batch when an interactive job waits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Bulk,
 }
 
 /// The part of a job that shapes the roadmap's content. It is all the LLM ever sees of a job:
@@ -134,6 +147,20 @@ impl JobRequest {
                 });
             }
         };
+        let priority = match optional(obj, "priority") {
+            None => Priority::Interactive,
+            Some(Value::String(s)) => match s.as_str() {
+                "interactive" => Priority::Interactive,
+                "bulk" => Priority::Bulk,
+                _ => return Err(RejectReason::UnknownPriority),
+            },
+            Some(_) => {
+                return Err(RejectReason::InvalidType {
+                    field: "priority",
+                    expected: "a string",
+                });
+            }
+        };
         let hours_per_week = integer(obj, "hours_per_week", 1, 80)?.unwrap_or(10);
         let focus_areas = match optional(obj, "focus_areas") {
             None => Vec::new(),
@@ -179,6 +206,7 @@ impl JobRequest {
             hours_per_week,
             focus_areas,
             language,
+            priority,
         })
     }
 
@@ -418,6 +446,7 @@ mod tests {
             RejectReason::TooLong { field: f, max: 0 },
             RejectReason::TooManyFocusAreas,
             RejectReason::UnknownExperienceLevel,
+            RejectReason::UnknownPriority,
             RejectReason::InvalidLanguage,
             RejectReason::InvalidJobId,
             RejectReason::JobOwnedByAnotherUser,
@@ -440,6 +469,7 @@ mod tests {
                 | RejectReason::TooLong { .. }
                 | RejectReason::TooManyFocusAreas
                 | RejectReason::UnknownExperienceLevel
+                | RejectReason::UnknownPriority
                 | RejectReason::InvalidLanguage
                 | RejectReason::InvalidJobId
                 | RejectReason::JobOwnedByAnotherUser

@@ -11,7 +11,7 @@ pub mod reject;
 pub mod roadmap;
 
 pub use batch::{AnswerFault, BatchOutcome, BatchResult};
-pub use job::{ExperienceLevel, JobProfile, JobRequest};
+pub use job::{ExperienceLevel, JobProfile, JobRequest, Priority};
 pub use outline::{Outline, WeekOutline};
 pub use plan::{BatchRange, Plan};
 pub use reject::{RejectReason, Rejection};

@@ -37,6 +37,8 @@ pub enum RejectReason {
     TooManyFocusAreas,
     #[error("experience_level must be beginner, intermediate or advanced")]
     UnknownExperienceLevel,
+    #[error("priority must be interactive or bulk")]
+    UnknownPriority,
     #[error("language is not a BCP 47 tag")]
     InvalidLanguage,
     #[error("field `job_id` is not a UUID")]
@@ -49,7 +51,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every code [`Self::code`] can return (metrics start each at 0, so alerts see the first one).
-    pub const CODES: [&'static str; 17] = [
+    pub const CODES: [&'static str; 18] = [
         "body_too_large",
         "wrong_content_type",
         "invalid_utf8",
@@ -63,6 +65,7 @@ impl RejectReason {
         "too_long",
         "too_many_focus_areas",
         "unknown_experience_level",
+        "unknown_priority",
         "invalid_language",
         "invalid_job_id",
         "job_owned_by_another_user",
@@ -85,6 +88,7 @@ impl RejectReason {
             Self::TooLong { .. } => "too_long",
             Self::TooManyFocusAreas => "too_many_focus_areas",
             Self::UnknownExperienceLevel => "unknown_experience_level",
+            Self::UnknownPriority => "unknown_priority",
             Self::InvalidLanguage => "invalid_language",
             Self::InvalidJobId => "invalid_job_id",
             Self::JobOwnedByAnotherUser => "job_owned_by_another_user",

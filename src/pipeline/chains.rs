@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use deadpool_postgres::Pool;
@@ -50,6 +50,8 @@ pub enum ChainsEnd {
     Stopped,
     /// The provider refuses every request.
     Fault(LlmError),
+    /// The job's output tokens reached its cap (`JOB_MAX_OUTPUT_TOKENS`): this many.
+    Capped(u64),
 }
 
 /// How one chain ended.
@@ -58,6 +60,7 @@ enum ChainEnd {
     Fenced,
     Stopped,
     Fault(LlmError),
+    Capped,
 }
 
 impl ChainEnd {
@@ -67,7 +70,8 @@ impl ChainEnd {
             Self::Done(_) => 0,
             Self::Stopped => 1,
             Self::Fault(_) => 2,
-            Self::Fenced => 3,
+            Self::Capped => 3,
+            Self::Fenced => 4,
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Chains<'a> {
     pub parallelism: usize,
     /// Where progress events go once committed.
     pub express: &'a ExpressLane,
+    /// Output tokens the job may use, its outline's included (`JOB_MAX_OUTPUT_TOKENS`).
+    pub output_cap: Option<u64>,
 }
 
 impl Chains<'_> {
@@ -101,6 +107,12 @@ impl Chains<'_> {
         lost: &CancellationToken,
     ) -> Result<ChainsEnd, StoreError> {
         let mut done: BTreeMap<u32, Written> = stored.into_iter().map(|b| (b.index, b.into())).collect();
+        // Output tokens so far, the outline's and the stored batches' included: a resumed job
+        // does not get a fresh allowance.
+        let spent = AtomicU64::new(
+            self.plan.outline.as_ref().map_or(0, |o| o.usage.output_tokens)
+                + done.values().map(|w| w.usage.output_tokens).sum::<u64>(),
+        );
         let pending: Vec<(Vec<BatchRange>, Option<Week>)> = self
             .plan
             .chains()
@@ -129,7 +141,9 @@ impl Chains<'_> {
         let span_hint = AtomicU32::new(self.batch_weeks);
         let ends = stream::iter(pending)
             // Boxed: the stream keeps a spare slot the size of its future, per job in flight.
-            .map(|(chain, previous)| Box::pin(self.chain(chain, previous, &span_hint, shutdown, &stop)))
+            .map(|(chain, previous)| {
+                Box::pin(self.chain(chain, previous, &span_hint, &spent, shutdown, &stop))
+            })
             .buffer_unordered(self.parallelism.max(1))
             .collect::<Vec<_>>();
         let ends = tokio::select! {
@@ -149,6 +163,7 @@ impl Chains<'_> {
             ChainEnd::Stopped => ChainsEnd::Stopped,
             ChainEnd::Fault(e) => ChainsEnd::Fault(e),
             ChainEnd::Fenced => ChainsEnd::Fenced,
+            ChainEnd::Capped => ChainsEnd::Capped(spent.load(Ordering::Relaxed)),
         })
     }
 
@@ -159,6 +174,7 @@ impl Chains<'_> {
         ranges: Vec<BatchRange>,
         stored_previous: Option<Week>,
         span_hint: &AtomicU32,
+        spent: &AtomicU64,
         shutdown: &CancellationToken,
         stop: &CancellationToken,
     ) -> Result<ChainEnd, StoreError> {
@@ -166,6 +182,13 @@ impl Chains<'_> {
         let cache_key = self.job_id.to_string();
         let mut written = Vec::with_capacity(ranges.len());
         for range in ranges {
+            if self
+                .output_cap
+                .is_some_and(|cap| spent.load(Ordering::Relaxed) >= cap)
+            {
+                stop.cancel();
+                return Ok(ChainEnd::Capped);
+            }
             if shutdown.is_cancelled() || stop.is_cancelled() {
                 return Ok(ChainEnd::Stopped);
             }
@@ -189,6 +212,9 @@ impl Chains<'_> {
                 () = stop.cancelled() => return Ok(ChainEnd::Stopped),
             };
             span_hint.fetch_min(hint, Ordering::Relaxed);
+            if let Ok((result, _)) = &generated {
+                spent.fetch_add(result.usage.output_tokens, Ordering::Relaxed);
+            }
             // The admission is held until the checkpoint below is written.
             let (result, _admission) = match generated {
                 Ok(answered) => answered,

@@ -83,6 +83,8 @@ pub struct JobRunner {
     renewer: Renewer,
     /// Jobs of one user running at once across the fleet (`USER_MAX_IN_FLIGHT`).
     user_max_in_flight: Option<u32>,
+    /// Output tokens one job may use (`JOB_MAX_OUTPUT_TOKENS`).
+    output_cap: Option<u64>,
     /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
     /// The jobs this replica holds a lease on, with their fencing tokens: a lease in our name
@@ -105,6 +107,7 @@ impl JobRunner {
             owner,
             poison_after: settings.job_poison_after,
             user_max_in_flight: settings.budget.user_max_in_flight,
+            output_cap: settings.budget.job_max_output_tokens,
             held: Arc::default(),
         }
     }
@@ -356,6 +359,7 @@ impl JobRunner {
             batch_weeks: self.batch_weeks,
             parallelism: self.parallelism,
             express: &self.express,
+            output_cap: self.output_cap,
         };
         let written = match chains.run(owned.batches, shutdown, abort, &lost).await? {
             ChainsEnd::Done(written) => written,
@@ -366,6 +370,7 @@ impl JobRunner {
                 self.hand_back(job.job_id, token).await;
                 return Ok(JobEnd::ProviderFault(fault));
             }
+            ChainsEnd::Capped(spent) => return Box::pin(self.fail_capped(job, token, spent)).await,
         };
         let mut usage = plan.outline.as_ref().map(|o| o.usage).unwrap_or_default();
         let mut weeks = Vec::with_capacity(job.duration_weeks as usize);
@@ -395,6 +400,24 @@ impl JobRunner {
         );
         info!(roadmap_id = %event.roadmap_id, llm_calls = usage.llm_calls, fallback_batches, "roadmap stored");
         Ok(JobEnd::Completed)
+    }
+
+    /// Fails a job whose output tokens reached `JOB_MAX_OUTPUT_TOKENS`; its batches stay stored.
+    async fn fail_capped(&self, job: &JobRequest, token: i64, spent: u64) -> Result<JobEnd, StoreError> {
+        let reason = JobFailure::OutputTokenCap.as_str();
+        let message = format!(
+            "the job used {spent} output tokens, at or over JOB_MAX_OUTPUT_TOKENS ({}); stopped before its next batch",
+            self.output_cap.unwrap_or_default()
+        );
+        warn!(spent, "output token cap reached; failing the job");
+        let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
+        match with_retries(|| store::jobs::fail(&self.pool, job.job_id, token, reason, &event)).await {
+            Ok(()) => {}
+            Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
+            Err(e) => return Err(e),
+        }
+        self.metrics().jobs_failed.with_label_values(&[reason]).inc();
+        Ok(JobEnd::AlreadyFailed)
     }
 
     async fn hand_back(&self, job_id: Uuid, token: i64) -> JobEnd {

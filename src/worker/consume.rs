@@ -18,16 +18,21 @@ use lapin::{
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
     types::FieldTable,
 };
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{
     Context,
+    lanes::Lane,
     settle::{self, Outcome, settle},
 };
 use crate::{
-    domain::{JobRequest, Rejection},
+    amqp::topology::BULK_ROUTING_KEY,
+    domain::{JobRequest, Priority, Rejection},
     metrics::{Deferral, Dependency},
     store,
 };
@@ -37,7 +42,9 @@ const EARLY_ACK_RETRY: Duration = Duration::from_secs(30);
 
 /// Takes deliveries until shutdown (`Ok`) or until the broker session fails (`Err`). Jobs run
 /// as tasks in `tasks`, bounded by `slots`; they outlive a failed session and are drained by
-/// the caller at shutdown.
+/// the caller at shutdown. Interactive jobs take their turn before bulk ones (see [`lanes`]).
+///
+/// [`lanes`]: super::lanes
 pub(super) async fn consume(
     channel: &Channel,
     ctx: &Arc<Context>,
@@ -47,76 +54,64 @@ pub(super) async fn consume(
     let mut paused = ctx.paused.subscribe();
     loop {
         let tag = format!("{}-{}", ctx.runner.owner(), Uuid::new_v4().simple());
-        let mut consumer = channel
-            .basic_consume(
-                ctx.topology.queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("starting the consumer")?;
-        info!(queue = %ctx.topology.queue, "consuming");
+        let bulk_tag = format!("{tag}-bulk");
+        let mut consumer = start_consumer(channel, &ctx.topology.queue, &tag).await?;
+        let mut bulk = start_consumer(channel, &ctx.topology.bulk_queue, &bulk_tag).await?;
+        info!(queue = %ctx.topology.queue, bulk_queue = %ctx.topology.bulk_queue, "consuming");
         // Take deliveries until shutdown (Ok) or a dependency fault (Err).
         let stopped: Result<(), ()> = loop {
             while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-                () = ctx.shutdown.cancelled() => break Ok(()),
-                _ = paused.wait_for(|p| p.any()) => break Err(()),
+            let (next, lane, permit) = match slots.clone().try_acquire_owned() {
+                // A free slot: interactive work first, bulk work only when none is waiting.
+                Ok(permit) => tokio::select! {
+                    biased;
+                    () = ctx.shutdown.cancelled() => break Ok(()),
+                    _ = paused.wait_for(|p| p.any()) => break Err(()),
+                    next = consumer.next() => (next, Lane::Interactive, permit),
+                    next = bulk.next() => (next, Lane::Bulk, permit),
+                },
+                // Every slot busy: an interactive job that arrives has a bulk job yield its slot.
+                Err(_) => {
+                    let next = tokio::select! {
+                        biased;
+                        () = ctx.shutdown.cancelled() => break Ok(()),
+                        _ = paused.wait_for(|p| p.any()) => break Err(()),
+                        permit = slots.clone().acquire_owned() => {
+                            drop(permit);
+                            continue;
+                        }
+                        next = consumer.next() => next,
+                    };
+                    if ctx.bulk.yield_one() {
+                        info!("interactive job waiting; a bulk job yields its slot at its next batch");
+                    }
+                    let permit = tokio::select! {
+                        permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                        () = ctx.shutdown.cancelled() => {
+                            if let Some(Ok(delivery)) = next {
+                                let _ = settle::hand_back(ctx, &delivery, Deferral::Shutdown, false).await;
+                            }
+                            break Ok(());
+                        }
+                    };
+                    (next, Lane::Interactive, permit)
+                }
             };
-            let delivery = tokio::select! {
-                next = consumer.next() => next,
-                () = ctx.shutdown.cancelled() => break Ok(()),
-                _ = paused.wait_for(|p| p.any()) => break Err(()),
-            };
-            let delivery = match delivery {
+            let delivery = match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Err(anyhow::Error::new(e).context("the consumer failed")),
                 None => return Err(anyhow::anyhow!("the broker closed the consumer")),
             };
-            let ctx = ctx.clone();
-            tasks.spawn(async move {
-                // Free slots derive from jobs in flight: the intake loop holds one permit while
-                // it waits for a delivery, so counting permits would read one too low.
-                let metrics = &ctx.metrics;
-                metrics.jobs_in_flight.inc();
-                metrics
-                    .worker_slots_free
-                    .set(ctx.concurrency as i64 - metrics.jobs_in_flight.get());
-                // A panic must not strand the delivery unacked on the channel: the job is
-                // given up as abandoned (repeated panics end as a poison job) and its message
-                // goes back to the queue.
-                let acker = delivery.acker.clone();
-                let body = delivery.data.clone();
-                if AssertUnwindSafe(handle(&ctx, delivery))
-                    .catch_unwind()
-                    .await
-                    .is_err()
-                {
-                    error!("job task panicked; its message goes back to the queue");
-                    if let Ok(job) = JobRequest::decode(&body, Some("application/json")) {
-                        ctx.runner.abandon(job.job_id).await;
-                    }
-                    let requeue = BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    };
-                    let _ = acker.nack(requeue).await;
-                }
-                metrics.jobs_in_flight.dec();
-                metrics
-                    .worker_slots_free
-                    .set(ctx.concurrency as i64 - metrics.jobs_in_flight.get());
-                drop(permit);
-            });
+            spawn_job(ctx, tasks, delivery, lane, permit);
         };
         // Stop intake in both cases, so nothing new arrives while we drain or wait. Deliveries
         // the broker had already pushed to this consumer go back without spending a delivery:
         // at once on shutdown, through the retry queue while a dependency is down.
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        for t in [&tag, &bulk_tag] {
+            let _ = channel
+                .basic_cancel(t.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
         let reason = if stopped.is_ok() {
             Deferral::Shutdown
         } else if paused.borrow().database {
@@ -124,10 +119,12 @@ pub(super) async fn consume(
         } else {
             Deferral::Provider
         };
-        while let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
-        {
-            let _ = settle::hand_back(ctx, &delivery, reason, false).await;
+        for queue in [&mut consumer, &mut bulk] {
+            while let Ok(Some(Ok(delivery))) =
+                tokio::time::timeout(Duration::from_millis(50), queue.next()).await
+            {
+                let _ = settle::hand_back(ctx, &delivery, reason, false).await;
+            }
         }
         if stopped.is_ok() {
             return Ok(());
@@ -137,6 +134,62 @@ pub(super) async fn consume(
         }
         info!("dependencies answer again; resuming intake");
     }
+}
+
+async fn start_consumer(channel: &Channel, queue: &str, tag: &str) -> anyhow::Result<lapin::Consumer> {
+    channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("starting the consumer of {queue}"))
+}
+
+/// Runs one delivery's job as a task holding `permit` (its slot) until it is settled.
+fn spawn_job(
+    ctx: &Arc<Context>,
+    tasks: &mut JoinSet<()>,
+    delivery: Delivery,
+    lane: Lane,
+    permit: OwnedSemaphorePermit,
+) {
+    let ctx = ctx.clone();
+    tasks.spawn(async move {
+        // Free slots derive from jobs in flight: the intake loop holds one permit while it
+        // waits for a delivery, so counting permits would read one too low.
+        let metrics = &ctx.metrics;
+        metrics.jobs_in_flight.inc();
+        metrics
+            .worker_slots_free
+            .set(ctx.concurrency as i64 - metrics.jobs_in_flight.get());
+        // A panic must not strand the delivery unacked on the channel: the job is given up as
+        // abandoned (repeated panics end as a poison job) and its message goes back.
+        let acker = delivery.acker.clone();
+        let body = delivery.data.clone();
+        if AssertUnwindSafe(handle(&ctx, delivery, lane))
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            error!("job task panicked; its message goes back to the queue");
+            if let Ok(job) = JobRequest::decode(&body, Some("application/json")) {
+                ctx.runner.abandon(job.job_id).await;
+            }
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            let _ = acker.nack(requeue).await;
+        }
+        metrics.jobs_in_flight.dec();
+        metrics
+            .worker_slots_free
+            .set(ctx.concurrency as i64 - metrics.jobs_in_flight.get());
+        drop(permit);
+    });
 }
 
 /// Probes the paused dependencies every probe interval until all answer (`true`) or shutdown
@@ -186,16 +239,23 @@ pub(super) fn decode(delivery: &Delivery) -> Result<JobRequest, Rejection> {
     })
 }
 
-async fn handle(ctx: &Context, delivery: Delivery) {
+async fn handle(ctx: &Context, delivery: Delivery, lane: Lane) {
     let job = match decode(&delivery) {
         Ok(job) => job,
         Err(rejection) => return Box::pin(settle(ctx, delivery, Outcome::Rejected(rejection), false)).await,
     };
     let span = info_span!("job", job_id = %job.job_id, weeks = job.duration_weeks);
-    let run = ctx
-        .runner
-        .run(&job, &ctx.shutdown, &ctx.abort)
-        .instrument(span.clone());
+    // A bulk job published with the interactive routing key (or back from the retry queue,
+    // which returns every job there) moves to the bulk queue; if it cannot, it runs here.
+    if lane == Lane::Interactive
+        && job.priority == Priority::Bulk
+        && Box::pin(forward_to_bulk(ctx, &delivery)).await
+    {
+        return;
+    }
+    let turn = (lane == Lane::Bulk).then(|| ctx.bulk.start(&ctx.shutdown));
+    let stop = turn.as_ref().map_or(&ctx.shutdown, |t| &t.stop);
+    let run = ctx.runner.run(&job, stop, &ctx.abort).instrument(span.clone());
     tokio::pin!(run);
     let deadline = tokio::time::sleep(ctx.ack_deadline);
     tokio::pin!(deadline);
@@ -228,4 +288,18 @@ async fn handle(ctx: &Context, delivery: Delivery) {
     }
     let outcome = Outcome::of(&job, end);
     Box::pin(settle(ctx, delivery, outcome, acked_early).instrument(span)).await;
+}
+
+/// Publishes a bulk job to the bulk queue and acks this delivery; `false` if it could not.
+async fn forward_to_bulk(ctx: &Context, delivery: &Delivery) -> bool {
+    let published = ctx
+        .publish_job(&delivery.data, delivery.properties.clone(), BULK_ROUTING_KEY)
+        .await;
+    match published {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await.is_ok(),
+        Err(e) => {
+            warn!(error = %e, "could not move a bulk job to the bulk queue; running it here");
+            false
+        }
+    }
 }

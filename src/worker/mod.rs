@@ -9,6 +9,7 @@
 //! released), the relay sends what is pending, and the broker connection closes.
 
 mod consume;
+mod lanes;
 mod recover;
 mod relay;
 mod settle;
@@ -71,6 +72,8 @@ struct Context {
     shutdown: CancellationToken,
     /// The drain's grace is over: jobs stop the batch in flight too, and hand back.
     abort: CancellationToken,
+    /// The bulk jobs running here, to ask one to yield its slot to an interactive job.
+    bulk: lanes::BulkJobs,
 }
 
 /// The dependencies that intake waits for.
@@ -96,16 +99,11 @@ impl Context {
         &self,
         body: &[u8],
         props: lapin::BasicProperties,
+        routing_key: &str,
     ) -> Result<(), amqp::PublishError> {
         let publisher = self.publisher().ok_or(amqp::PublishError::NotConnected)?;
         publisher
-            .publish(
-                &self.topology.jobs_exchange,
-                amqp::topology::JOB_ROUTING_KEY,
-                body,
-                props,
-                true,
-            )
+            .publish(&self.topology.jobs_exchange, routing_key, body, props, true)
             .await
     }
 
@@ -213,6 +211,7 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown,
         abort: CancellationToken::new(),
+        bulk: lanes::BulkJobs::default(),
     });
     let links = SessionLinks {
         connection: connection_tx,

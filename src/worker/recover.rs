@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{Context, consume, settle};
 use crate::{
-    amqp::PublishError,
+    amqp::{PublishError, topology::JOB_ROUTING_KEY},
     domain::{
         JobRequest, Rejection,
         event::{Failed, JobFailure},
@@ -113,7 +113,7 @@ async fn requeue(ctx: &Context, delivery: &Delivery, recoveries: u32) -> Result<
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(ShortString::from(RECOVERIES), AMQPValue::LongUInt(recoveries));
     let props = delivery.properties.clone().with_headers(headers);
-    ctx.publish_job(&delivery.data, props).await?;
+    ctx.publish_job(&delivery.data, props, JOB_ROUTING_KEY).await?;
     Ok(())
 }
 

@@ -21,7 +21,10 @@ use uuid::Uuid;
 
 use super::Context;
 use crate::{
-    amqp::{PublishError, topology::REJECTED_ROUTING_KEY},
+    amqp::{
+        PublishError,
+        topology::{BULK_ROUTING_KEY, JOB_ROUTING_KEY, REJECTED_ROUTING_KEY},
+    },
     domain::{
         JobRequest, RejectReason, Rejection,
         event::{self, JobFailure},
@@ -200,7 +203,12 @@ pub(super) async fn hand_back(
 async fn republish(ctx: &Context, delivery: &Delivery, delay: Duration) -> Result<(), PublishError> {
     let props = delivery.properties.clone();
     if delay.is_zero() {
-        return ctx.publish_job(&delivery.data, props).await;
+        // Back to the queue it came from (a bulk job to the bulk queue).
+        let key = match delivery.routing_key.as_str() {
+            BULK_ROUTING_KEY => BULK_ROUTING_KEY,
+            _ => JOB_ROUTING_KEY,
+        };
+        return ctx.publish_job(&delivery.data, props, key).await;
     }
     let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
     let props: BasicProperties = props.with_expiration(ShortString::from(delay.as_millis().to_string()));

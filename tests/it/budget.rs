@@ -196,3 +196,42 @@ async fn the_cost_in_the_event_and_the_metric_is_the_batches_tokens_times_the_pr
     worker.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_output_token_cap_fails_at_its_next_batch_with_the_reason() {
+    let env = TestEnv::new().await;
+    let worker = env
+        .start_worker(&["--job-max-output-tokens", "3000", "--job-parallelism", "1"])
+        .await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(12, "Data Engineer");
+    env.publish(&body).await;
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .await
+        .expect("the job ends");
+    assert_eq!(end.routing_key, "roadmap.failed", "{:?}", end.body);
+    assert_eq!(end.body["reason"], "output_token_cap");
+    let message = end.body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("JOB_MAX_OUTPUT_TOKENS (3000)"), "{message}");
+    let stored: i64 = env
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM batches WHERE job_id = $1", &[&job_id])
+        .await
+        .expect("the batches")
+        .get(0);
+    // One batch of about 5,000 tokens passes the cap: the next is never asked.
+    assert_eq!(stored, 1, "the batch written stays stored, no other is asked");
+    assert_eq!(
+        worker
+            .running
+            .metrics
+            .jobs_failed
+            .with_label_values(&["output_token_cap"])
+            .get(),
+        1
+    );
+    worker.stop().await;
+    env.cleanup().await;
+}

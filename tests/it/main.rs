@@ -27,6 +27,7 @@ mod outbox;
 mod outline;
 mod ownership;
 mod poison;
+mod priority;
 mod prompt_cache;
 mod prompt_injection;
 mod reconnect;

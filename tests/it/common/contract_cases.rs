@@ -112,6 +112,12 @@ pub fn invalid_messages() -> Vec<(&'static str, Value, &'static str)> {
             "unknown_experience_level",
         ),
         (
+            "unknown priority",
+            with("priority", json!("urgent")),
+            "unknown_priority",
+        ),
+        ("numeric priority", with("priority", json!(1)), "invalid_type"),
+        (
             "underscore tag",
             with("language", json!("en_US")),
             "invalid_language",
