@@ -24,6 +24,8 @@
 //! 5. [`critical`]: wall time of a 52-week roadmap with a slow LLM, and a kill in the middle.
 //! 6. [`budget`]: three replicas against a provider quota, with and without the shared budget
 //!    (about 5 minutes; only when asked for: `-- budget`).
+//! 7. [`turns`]: fairness between users and interactive before bulk (only when asked for:
+//!    `-- turns`).
 //!
 //! They share [`fixture`] (one job's batches as the worker produces them on the mock LLM),
 //! [`plain`] (the plain loop of the worker's writes) and [`util`].
@@ -41,6 +43,7 @@ mod plain;
 mod process;
 mod throughput;
 mod tokens;
+mod turns;
 mod util;
 
 use std::time::Duration;
@@ -89,6 +92,9 @@ async fn main() {
     // Minutes long: only when named.
     if picked.iter().any(|p| p == "budget") {
         budget::budget().await;
+    }
+    if picked.iter().any(|p| p == "turns") {
+        turns::turns().await;
     }
 }
 
