@@ -331,6 +331,9 @@ impl Metrics {
         for direction in ["input", "output", "cached_input"] {
             self.llm_tokens.with_label_values(&[direction]);
         }
+        for kind in ["reserved", "used"] {
+            self.budget_tokens.with_label_values(&[kind]);
+        }
         self
     }
 
