@@ -29,6 +29,8 @@ pub struct LlmRequest {
     pub temperature: f32,
     /// Routes a job's calls to the same prompt cache (OpenAI's `prompt_cache_key`): the job id.
     pub cache_key: Option<String>,
+    /// A bulk job's call: it takes only budget no interactive call is waiting for.
+    pub bulk: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +202,7 @@ impl Provider {
             max_output_tokens: 1,
             temperature: 0.0,
             cache_key: None,
+            bulk: false,
         };
         match self.complete(&request).await {
             Ok(_) | Err(LlmError::Refused { .. }) => Ok(()),

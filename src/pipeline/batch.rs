@@ -67,6 +67,13 @@ pub struct Generator {
     pub budget: Budget,
 }
 
+/// Whom a job's calls are for: its id (the prompt cache key) and whether it is a bulk job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub cache_key: String,
+    pub bulk: bool,
+}
+
 /// A batch that cannot be finished by this worker: the provider refuses every request.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -123,7 +130,7 @@ impl Generator {
 
     /// Generates the weeks of `range`. `previous` is the week before it, when written; without
     /// it the plan's outline of that week stands in. `cache_key` (the job id) keeps a job's
-    /// calls on one prompt cache. The last answer's [`Admission`] comes back with the weeks,
+    /// calls on one prompt cache; `bulk` says whose turn the calls take. The last answer's [`Admission`] comes back with the weeks,
     /// to be dropped once they are stored.
     pub async fn batch(
         &self,
@@ -132,7 +139,7 @@ impl Generator {
         range: BatchRange,
         previous: Option<&Week>,
         span_hint: &mut u32,
-        cache_key: &str,
+        caller: &Caller,
     ) -> Result<(BatchResult, Admission), ProviderFault> {
         let started = Instant::now();
         let mut admission = Admission::default();
@@ -163,7 +170,7 @@ impl Generator {
             let outline: Vec<WeekOutline> = (next..=last)
                 .filter_map(|n| plan.outline_week(n).cloned())
                 .collect();
-            let request = self.request(&brief, context, &outline, feedback.as_deref(), cache_key);
+            let request = self.request(&brief, context, &outline, feedback.as_deref(), caller);
             // A place is for an answer waiting to be stored, not for one being asked again.
             admission = Admission::default();
             let mut answer = match self.call(&request, &mut usage, &mut rungs).await {
@@ -279,7 +286,7 @@ impl Generator {
         context: Context<'_>,
         outline: &[WeekOutline],
         feedback: Option<&[String]>,
-        cache_key: &str,
+        caller: &Caller,
     ) -> LlmRequest {
         LlmRequest {
             system: prompt::SYSTEM_PROMPT.to_owned(),
@@ -294,7 +301,8 @@ impl Generator {
             schema: self.schemas.batch(brief.first_week, brief.last_week),
             max_output_tokens: self.settings.max_output_tokens,
             temperature: self.settings.temperature,
-            cache_key: Some(cache_key.to_owned()),
+            cache_key: Some(caller.cache_key.clone()),
+            bulk: caller.bulk,
         }
     }
 
@@ -350,7 +358,7 @@ impl Generator {
         let estimate = estimate_tokens(&request.system)
             + estimate_tokens(&request.prompt)
             + u64::from(request.max_output_tokens);
-        let reservation = self.budget.reserve(estimate).await;
+        let reservation = self.budget.reserve(estimate, request.bulk).await;
         let started = Instant::now();
         let result = self.provider.complete(request).await;
         if matches!(&result, Err(e) if e.status() == "http_429") {

@@ -77,12 +77,18 @@ impl Budget {
         }
     }
 
-    /// Reserves one request and `tokens` for a call, and waits until the budget has room.
-    pub async fn reserve(&self, tokens: u64) -> Reservation {
+    /// Reserves one request and `tokens` for a call, and waits until the budget has room. A
+    /// `bulk` call waits *before* it reserves, until the budget is not backlogged: reservations
+    /// queue in the order they are made, so only interactive calls ever wait in that queue, and
+    /// a bulk call never stands in front of one.
+    pub async fn reserve(&self, tokens: u64, bulk: bool) -> Reservation {
         let reservation = Reservation { tokens };
         let Some(inner) = &self.inner else {
             return reservation;
         };
+        if bulk {
+            Self::until_free(inner, Duration::ZERO).await;
+        }
         let token_cost = tokens as f64 * inner.token_secs;
         // The database may be out: the call waits with it rather than spend past the budget.
         let ahead = loop {
@@ -174,9 +180,21 @@ impl Budget {
             return;
         };
         let started = Instant::now();
+        Self::until_free(inner, INTAKE_BACKLOG).await;
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(100) {
+            debug!(
+                waited_ms = waited.as_millis() as u64,
+                "new job waited for the provider budget"
+            );
+        }
+    }
+
+    /// Waits until a call would wait at most `slack` for the budget.
+    async fn until_free(inner: &Inner, slack: Duration) {
         loop {
             let known = Duration::from_millis(inner.backlog_ms.load(Ordering::Relaxed));
-            let wait = if known < INTAKE_BACKLOG {
+            let wait = if known <= slack {
                 known
             } else {
                 // What this replica last saw may be stale: ask the fleet's row.
@@ -188,20 +206,11 @@ impl Budget {
             inner
                 .backlog_ms
                 .store(wait.as_millis().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
-            if wait < INTAKE_BACKLOG {
-                break;
+            if wait <= slack {
+                return;
             }
-            tokio::time::sleep(
-                (wait - INTAKE_BACKLOG).clamp(Duration::from_millis(100), Duration::from_secs(1)),
-            )
-            .await;
-        }
-        let waited = started.elapsed();
-        if waited > Duration::from_millis(100) {
-            debug!(
-                waited_ms = waited.as_millis() as u64,
-                "new job waited for the provider budget"
-            );
+            tokio::time::sleep((wait - slack).clamp(Duration::from_millis(100), Duration::from_secs(1)))
+                .await;
         }
     }
 }

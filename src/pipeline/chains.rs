@@ -11,7 +11,7 @@ use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
-use super::batch::Generator;
+use super::batch::{Caller, Generator};
 use crate::{
     domain::{
         BatchRange, JobProfile, Plan, Week,
@@ -93,6 +93,8 @@ pub struct Chains<'a> {
     pub express: &'a ExpressLane,
     /// Output tokens the job may use, its outline's included (`JOB_MAX_OUTPUT_TOKENS`).
     pub output_cap: Option<u64>,
+    /// A bulk job: its calls take only spare budget.
+    pub bulk: bool,
 }
 
 impl Chains<'_> {
@@ -179,7 +181,10 @@ impl Chains<'_> {
         stop: &CancellationToken,
     ) -> Result<ChainEnd, StoreError> {
         let total = self.plan.batches.len() as u32;
-        let cache_key = self.job_id.to_string();
+        let caller = Caller {
+            cache_key: self.job_id.to_string(),
+            bulk: self.bulk,
+        };
         let mut written = Vec::with_capacity(ranges.len());
         for range in ranges {
             if self
@@ -205,7 +210,7 @@ impl Chains<'_> {
                     .and_then(|(_, w): &(u32, Written)| w.weeks.last())
                     .or(stored_previous.as_ref()),
                 &mut hint,
-                &cache_key,
+                &caller,
             );
             let generated = tokio::select! {
                 result = batch.instrument(span) => result,

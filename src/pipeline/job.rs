@@ -15,14 +15,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{
-    batch::Generator,
+    batch::{Caller, Generator},
     chains::{Chains, ChainsEnd},
     leases::Renewer,
 };
 use crate::{
     config::WorkerSettings,
     domain::{
-        JobProfile, JobRequest, Plan, Roadmap, Week,
+        JobProfile, JobRequest, Plan, Priority, Roadmap, Week,
         event::{COMPLETED, Completed, Failed, JobFailure, Usage},
         roadmap::check_roadmap,
     },
@@ -324,8 +324,11 @@ impl JobRunner {
             if shutdown.is_cancelled() {
                 return Ok(self.hand_back(job.job_id, token).await);
             }
-            let cache_key = job.job_id.to_string();
-            let outline = Box::pin(self.generator.outline(profile, job.duration_weeks, &cache_key));
+            let caller = Caller {
+                cache_key: job.job_id.to_string(),
+                bulk: job.priority == Priority::Bulk,
+            };
+            let outline = Box::pin(self.generator.outline(profile, job.duration_weeks, &caller));
             let generated = tokio::select! {
                 result = outline.instrument(info_span!("outline")) => result,
                 () = lost.cancelled() => return Ok(JobEnd::Fenced),
@@ -360,6 +363,7 @@ impl JobRunner {
             parallelism: self.parallelism,
             express: &self.express,
             output_cap: self.output_cap,
+            bulk: job.priority == Priority::Bulk,
         };
         let written = match chains.run(owned.batches, shutdown, abort, &lost).await? {
             ChainsEnd::Done(written) => written,

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use tracing::{info, warn};
 
 use super::{
-    batch::{Generator, ProviderFault, Rungs},
+    batch::{Caller, Generator, ProviderFault, Rungs},
     parse, prompt,
 };
 use crate::{
@@ -28,7 +28,7 @@ impl Generator {
         &self,
         profile: &JobProfile,
         duration_weeks: u32,
-        cache_key: &str,
+        caller: &Caller,
     ) -> Result<(Vec<Phase>, Outline), ProviderFault> {
         let started = Instant::now();
         let brief = OutlineBrief {
@@ -46,7 +46,8 @@ impl Generator {
                 schema: Arc::new(schema::outline_schema(duration_weeks, brief.max_phases)),
                 max_output_tokens: self.settings.max_output_tokens,
                 temperature: self.settings.temperature,
-                cache_key: Some(cache_key.to_owned()),
+                cache_key: Some(caller.cache_key.clone()),
+                bulk: caller.bulk,
             };
             let (fault, problem) = match self.call(&request, &mut usage, &mut rungs).await {
                 Ok(answer) if answer.finish == FinishReason::Length => {
