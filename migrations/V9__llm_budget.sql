@@ -12,3 +12,7 @@ CREATE TABLE llm_budget (
 -- What a batch cost at the prices configured when it was written, in billionths of the
 -- currency unit: whole numbers, so a job's cost is an exact sum of its batches'.
 ALTER TABLE batches ADD COLUMN cost_nanos bigint NOT NULL DEFAULT 0;
+
+-- Completion events are kept (the relay trims every other sent event) so that a completed job
+-- published again is answered with its stored completion event; this finds it.
+CREATE INDEX outbox_completion_by_job ON outbox (job_id) WHERE routing_key = 'roadmap.completed';

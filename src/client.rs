@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use lapin::{
     Channel, Connection, Consumer,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -34,11 +34,13 @@ pub async fn publish_job(publisher: &Publisher, topology: &Topology, body: &[u8]
 /// Events of other jobs kept while waiting for one job.
 const MAX_HELD: usize = 10_000;
 
-/// An event as received, with its AMQP message id.
+/// An event as received, with its AMQP message id and its string headers (`event`,
+/// `job_id`, `user_id`).
 #[derive(Debug, Clone)]
 pub struct ReceivedEvent {
     pub routing_key: String,
     pub message_id: Option<String>,
+    pub headers: std::collections::BTreeMap<String, String>,
     pub body: Value,
 }
 
@@ -125,9 +127,25 @@ impl EventWatcher {
             bail!("the event consumer was closed");
         };
         let delivery = delivery?;
+        let headers = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(|table| {
+                table
+                    .inner()
+                    .iter()
+                    .filter_map(|(k, v)| match v {
+                        AMQPValue::LongString(s) => Some((k.to_string(), s.to_string())),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Some(ReceivedEvent {
             routing_key: delivery.routing_key.to_string(),
             message_id: delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+            headers,
             body: serde_json::from_slice(&delivery.data).context("an event that is not JSON")?,
         }))
     }

@@ -26,12 +26,25 @@ pub enum ProviderKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ResponseFormat {
-    /// response_format json_schema with the batch's schema (strict).
+    /// response_format json_schema with the batch's schema (strict): OpenAI, vLLM, Ollama 0.5+,
+    /// llama.cpp's llama-server.
     JsonSchema,
+    /// response_format json_object with the schema beside it (`{"type": "json_object",
+    /// "schema": {...}}`), enforced by grammar: llama-cpp-python, llama-server.
+    JsonObjectSchema,
+    /// vLLM's own `guided_json` field with the schema, for vLLM versions before json_schema.
+    GuidedJson,
     /// response_format json_object; the prompt carries the shape.
     JsonObject,
     /// No response_format at all, for servers that support neither.
     None,
+}
+
+impl ResponseFormat {
+    /// Whether the server is given the schema to enforce; otherwise the prompt spells the shape.
+    pub fn sends_schema(self) -> bool {
+        matches!(self, Self::JsonSchema | Self::JsonObjectSchema | Self::GuidedJson)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -50,6 +50,22 @@ pub struct Usage {
     pub cost_nanos: u64,
 }
 
+/// Timestamps as RFC 3339 in UTC with exactly six fractional digits (`2026-12-01T14:05:17.699558Z`),
+/// whatever their source: Postgres keeps microseconds, the clock gives nanoseconds, and a
+/// consumer should not see two shapes in one event.
+mod micros {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        DateTime::<Utc>::deserialize(d)
+    }
+}
+
 /// A cost in billionths of a unit, written and read as a number of units.
 mod cost_units {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -89,7 +105,9 @@ pub struct Completed {
     pub batches: u32,
     pub fallback_batches: u32,
     pub usage: Usage,
+    #[serde(with = "micros")]
     pub started_at: DateTime<Utc>,
+    #[serde(with = "micros")]
     pub completed_at: DateTime<Utc>,
     pub roadmap: Roadmap,
 }
@@ -108,7 +126,9 @@ pub struct CompletedHead<'a> {
     pub batches: u32,
     pub fallback_batches: u32,
     pub usage: Usage,
+    #[serde(with = "micros")]
     pub started_at: DateTime<Utc>,
+    #[serde(with = "micros")]
     pub completed_at: DateTime<Utc>,
 }
 

@@ -72,7 +72,8 @@ impl Gemini {
         if format != ResponseFormat::None {
             config["responseMimeType"] = json!("application/json");
         }
-        if format == ResponseFormat::JsonSchema {
+        // Gemini has one schema mechanism; every mode that sends a schema uses it.
+        if format.sends_schema() {
             config["responseSchema"] = schema::to_gemini(&request.schema);
         }
         json!({

@@ -85,6 +85,10 @@ impl OpenAi {
                     "json_schema": {"name": "roadmap_batch", "strict": true, "schema": &*request.schema},
                 });
             }
+            ResponseFormat::JsonObjectSchema => {
+                body["response_format"] = json!({"type": "json_object", "schema": &*request.schema});
+            }
+            ResponseFormat::GuidedJson => body["guided_json"] = json!(&*request.schema),
             ResponseFormat::JsonObject => body["response_format"] = json!({"type": "json_object"}),
             ResponseFormat::None => {}
         }

@@ -75,6 +75,10 @@ struct AppState {
 #[derive(Debug, Clone)]
 pub struct MockLlmServer {
     pub addr: SocketAddr,
+    /// The path every route sits under (`/mock-…` in process, empty for `mock-llm`), so that a
+    /// worker left over from an earlier test, calling a reused port, is answered 404 instead of
+    /// being counted as this server's client.
+    prefix: String,
     shared: Arc<Mutex<Shared>>,
     quota: Option<Arc<Quota>>,
     stall_from: Arc<watch::Sender<u32>>,
@@ -93,6 +97,17 @@ impl MockLlmServer {
         latency: Duration,
         quota: QuotaSettings,
     ) -> anyhow::Result<Self> {
+        let prefix = format!("/mock-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        Self::spawn(addr, plan, latency, quota, prefix).await
+    }
+
+    async fn spawn(
+        addr: SocketAddr,
+        plan: FaultPlan,
+        latency: Duration,
+        quota: QuotaSettings,
+        prefix: String,
+    ) -> anyhow::Result<Self> {
         let quota = Quota::new(quota).map(Arc::new);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -108,14 +123,20 @@ impl MockLlmServer {
             latency,
             stall_from: stall_rx,
         };
-        let app = Router::new()
+        let routes = Router::new()
             .route("/v1/chat/completions", post(openai))
             .route("/chat/completions", post(openai))
             .route("/v1beta/models/{model_action}", post(gemini))
             .with_state(state);
+        let app = if prefix.is_empty() {
+            routes
+        } else {
+            Router::new().nest(&prefix, routes)
+        };
         tokio::spawn(serve::serve(listener, app));
         Ok(Self {
             addr,
+            prefix,
             shared,
             quota,
             stall_from: Arc::new(stall_tx),
@@ -124,12 +145,12 @@ impl MockLlmServer {
 
     /// Base URL for `LLM_BASE_URL` with the OpenAI provider.
     pub fn openai_base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}{}/v1", self.addr, self.prefix)
     }
 
     /// Base URL for `LLM_BASE_URL` with the Gemini provider.
     pub fn gemini_base_url(&self) -> String {
-        format!("http://{}/v1beta", self.addr)
+        format!("http://{}{}/v1beta", self.addr, self.prefix)
     }
 
     /// What the quota admitted, refused and settled (zeros without a quota).
@@ -162,7 +183,7 @@ pub async fn serve_forever(
     latency: Duration,
     quota: QuotaSettings,
 ) -> anyhow::Result<()> {
-    let server = MockLlmServer::start_with_quota(addr, plan, latency, quota).await?;
+    let server = MockLlmServer::spawn(addr, plan, latency, quota, String::new()).await?;
     tracing::info!(addr = %server.addr, "mock LLM serving: OpenAI at {}, Gemini at {}", server.openai_base_url(), server.gemini_base_url());
     std::future::pending::<()>().await;
     Ok(())
@@ -369,13 +390,19 @@ async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
     let max_tokens = body["max_tokens"]
         .as_u64()
         .or_else(|| body["max_completion_tokens"].as_u64());
+    // The week numbers a schema pins, wherever the dialect puts the schema.
+    let pinned =
+        |schema: &Value| schema["properties"]["weeks"]["items"]["properties"]["number"]["enum"].to_string();
     let format = match body["response_format"]["type"].as_str() {
-        Some("json_schema") => {
-            let pinned = &body["response_format"]["json_schema"]["schema"]["properties"]["weeks"]["items"]["properties"]
-                ["number"]["enum"];
-            format!("json_schema{pinned}")
+        Some("json_schema") => format!(
+            "json_schema{}",
+            pinned(&body["response_format"]["json_schema"]["schema"])
+        ),
+        Some("json_object") if body["response_format"].get("schema").is_some() => {
+            format!("json_object_schema{}", pinned(&body["response_format"]["schema"]))
         }
         Some(other) => other.to_owned(),
+        None if body.get("guided_json").is_some() => format!("guided_json{}", pinned(&body["guided_json"])),
         None => "none".to_owned(),
     };
     let (system, user) = (content("system"), content("user"));

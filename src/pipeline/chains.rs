@@ -82,6 +82,8 @@ pub struct Chains<'a> {
     pub generator: &'a Generator,
     pub pool: &'a Pool,
     pub job_id: uuid::Uuid,
+    /// The job's owner, for the events' headers.
+    pub user_id: &'a str,
     pub token: i64,
     pub profile: &'a JobProfile,
     pub plan: &'a Plan,
@@ -244,7 +246,8 @@ impl Chains<'_> {
             let fresh = match stored {
                 Ok(stored) => {
                     if let Some(event) = stored.progress {
-                        self.express.send(event.event_id, PROGRESS, &event);
+                        let ids = (self.job_id, Some(self.user_id));
+                        self.express.send(event.event_id, PROGRESS, ids, &event);
                     }
                     stored.fresh
                 }

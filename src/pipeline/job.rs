@@ -206,7 +206,20 @@ impl JobRunner {
                 }
                 return match other? {
                     Claim::Owned(_) => unreachable!("handled above"),
-                    Claim::Completed => Ok(JobEnd::Completed),
+                    Claim::Completed => {
+                        // Published again after it completed: the backend may have lost the
+                        // result, so the stored completion event goes out again, same event id.
+                        let reannounced = Box::pin(with_retries(|| async {
+                            let client = self.pool.get().await?;
+                            store::outbox::reannounce_completion(&client, job.job_id).await
+                        }))
+                        .await?;
+                        debug!(
+                            reannounced,
+                            "job already completed; its completion event is sent again"
+                        );
+                        Ok(JobEnd::Completed)
+                    }
                     Claim::Failed => Ok(JobEnd::AlreadyFailed),
                     Claim::OtherUser => Ok(JobEnd::OtherUser),
                     Claim::Conflict => Ok(JobEnd::Conflict),
@@ -356,6 +369,7 @@ impl JobRunner {
             generator: &self.generator,
             pool: &self.pool,
             job_id: job.job_id,
+            user_id: &job.user_id,
             token,
             profile,
             plan: &plan,
@@ -391,7 +405,10 @@ impl JobRunner {
         }))
         .await
         {
-            Ok(()) => self.express.send(event.event_id, COMPLETED, &event),
+            Ok(()) => {
+                let ids = (event.job_id, Some(event.user_id.as_str()));
+                self.express.send(event.event_id, COMPLETED, ids, &event);
+            }
             Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
             Err(e) => return Err(e),
         }

@@ -50,7 +50,7 @@ pub fn render(
          practice, project or review), minutes and resources (title, url: an https URL or null). \
          Fit the learner's hours per week. Write the text in the language tagged in job_data.\n",
     );
-    if format != ResponseFormat::JsonSchema {
+    if !format.sends_schema() {
         out.push_str(
             "Answer with JSON of this shape only, no markdown: {\"weeks\":[{\"number\":1,\"phase\":1,\
              \"title\":\"...\",\"goals\":[\"...\"],\"days\":[{\"day\":1,\"title\":\"...\",\"tasks\":\
@@ -113,7 +113,7 @@ pub fn render_outline(brief: &OutlineBrief, feedback: Option<&[String]>, format:
          text in the language tagged in job_data.\n",
         brief.max_phases, brief.duration_weeks, brief.duration_weeks
     ));
-    if format != ResponseFormat::JsonSchema {
+    if !format.sends_schema() {
         out.push_str(
             "Answer with JSON of this shape only, no markdown: {\"phases\":[{\"number\":1,\
              \"title\":\"...\",\"objective\":\"...\",\"week_from\":1,\"week_to\":4}],\

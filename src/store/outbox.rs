@@ -19,6 +19,8 @@ pub struct Express {
     pub event_id: Uuid,
     pub routing_key: &'static str,
     pub body: Vec<u8>,
+    pub job_id: Uuid,
+    pub user_id: Option<String>,
 }
 
 /// Where committed events go to be published from memory; without a receiver every event goes
@@ -38,7 +40,13 @@ impl ExpressLane {
 
     /// Hands a committed event, whose row was written with [`Self::lease`], to the express path.
     /// Should that fail, its lease runs out and the relay sends it.
-    pub fn send<T: Serialize>(&self, event_id: Uuid, routing_key: &'static str, event: &T) {
+    pub fn send<T: Serialize>(
+        &self,
+        event_id: Uuid,
+        routing_key: &'static str,
+        (job_id, user_id): (Uuid, Option<&str>),
+        event: &T,
+    ) {
         let Some(sender) = &self.0 else { return };
         match serde_json::to_vec(event) {
             Ok(body) => {
@@ -46,6 +54,8 @@ impl ExpressLane {
                     event_id,
                     routing_key,
                     body,
+                    job_id,
+                    user_id: user_id.map(str::to_owned),
                 });
             }
             Err(e) => {
@@ -53,6 +63,21 @@ impl ExpressLane {
             }
         }
     }
+}
+
+/// Sends a completed job's completion event again, with its original event id: a backend that
+/// lost the result publishes the job again to fetch it. Completion rows are never trimmed (they
+/// hold the event without its roadmap, a few hundred bytes), so this works for any completed
+/// job; `false` if there is no such event.
+pub async fn reannounce_completion(client: &impl GenericClient, job_id: Uuid) -> Result<bool, StoreError> {
+    let updated = client
+        .execute(
+            "UPDATE outbox SET sent_at = NULL, relay_until = now(), attempts = 0, unrouted = false
+             WHERE job_id = $1 AND routing_key = 'roadmap.completed' AND sent_at IS NOT NULL",
+            &[&job_id],
+        )
+        .await?;
+    Ok(updated > 0)
 }
 
 /// Queues an event inside the caller's transaction; a second insert of the same event id is a
@@ -253,6 +278,7 @@ pub async fn prune_sent(client: &impl GenericClient, keep: Duration, batch: i64)
             .execute(
                 "DELETE FROM outbox WHERE id IN (
                     SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1::float8)
+                                          AND routing_key <> 'roadmap.completed'
                     LIMIT $2)",
                 &[&keep.as_secs_f64(), &batch],
             )

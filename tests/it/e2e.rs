@@ -29,6 +29,30 @@ async fn twelve_week_job_publishes_one_completed_event() {
         Some(event.event_id.to_string()),
         "message_id is the event id"
     );
+    // A router can tell whose event it is from the headers, without parsing the body.
+    let headers: Vec<(&str, &str)> = end
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let job = job_id.to_string();
+    assert_eq!(
+        headers,
+        vec![
+            ("event", "roadmap.completed"),
+            ("job_id", job.as_str()),
+            ("user_id", "user-1")
+        ]
+    );
+    // Timestamps have one shape: six fractional digits, UTC.
+    for field in ["started_at", "completed_at"] {
+        let at = end.body[field].as_str().unwrap();
+        assert_eq!(
+            (at.len(), &at[19..20], &at[26..]),
+            (27, ".", "Z"),
+            "{field}: {at}"
+        );
+    }
     let numbers: Vec<u32> = event.roadmap.weeks.iter().map(|w| w.number).collect();
     assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
     assert!(event.roadmap.weeks.iter().all(|w| w.days.len() == 7));

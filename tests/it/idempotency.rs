@@ -1,4 +1,5 @@
-//! Promise: the same job_id delivered more than once yields one roadmap and one event id.
+//! Promise: the same job_id delivered more than once yields one roadmap and one event id; a
+//! copy published after completion gets the stored completion event again.
 
 use std::time::Duration;
 
@@ -19,18 +20,23 @@ async fn same_job_published_twice_yields_one_roadmap_and_one_event() {
         .unwrap();
     assert_eq!(end.routing_key, "roadmap.completed");
 
-    // A third copy after completion is acknowledged without new work or a new event.
+    // A third copy after completion does no new work: the stored completion event is sent
+    // again, with its original event id, for a backend that lost the result.
     env.publish(&body).await;
     let mut later = Vec::new();
     while let Some(event) = events.next(Duration::from_secs(4)).await.unwrap() {
         if event.body["job_id"] == job_id.to_string() && event.routing_key != "roadmap.progress" {
-            later.push(event.body);
+            later.push(event);
         }
     }
-    assert!(
-        later.is_empty(),
-        "a second terminal event was published: {later:?}"
+    assert_eq!(
+        later.len(),
+        1,
+        "the completion is announced again, once: {later:?}"
     );
+    assert_eq!(later[0].routing_key, "roadmap.completed");
+    assert_eq!(later[0].message_id, end.message_id, "with its original event id");
+    assert_eq!(later[0].body, end.body, "and the same content");
 
     let db = env.db().await;
     let roadmaps: i64 = db

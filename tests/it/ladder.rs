@@ -224,6 +224,20 @@ async fn each_response_format_mode_sends_what_the_server_expects() {
             "json-schema",
             ["json_schema[1,2]", "json_schema[3,4]", "json_schema[5,6]"],
         ),
+        (
+            "openai",
+            "json-object-schema",
+            [
+                "json_object_schema[1,2]",
+                "json_object_schema[3,4]",
+                "json_object_schema[5,6]",
+            ],
+        ),
+        (
+            "openai",
+            "guided-json",
+            ["guided_json[1,2]", "guided_json[3,4]", "guided_json[5,6]"],
+        ),
         ("openai", "json-object", ["json_object"; 3]),
         ("openai", "none", ["none"; 3]),
         (
