@@ -32,6 +32,28 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// Migrate, start a worker on the embedded mock, run one 12-week job end to end, summarise it.
     Demo(Box<DemoArgs>),
+    /// Show where a job is, or list the running or failed jobs, from Postgres.
+    Status(Box<StatusArgs>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub db: DbSettings,
+    /// The job to show; without it, the running jobs (or with --failed, the failed ones).
+    pub job_id: Option<uuid::Uuid>,
+    /// JSON for scripts; a completed job's includes its roadmap.
+    #[arg(long)]
+    pub json: bool,
+    /// List the running jobs (the default without a JOB_ID).
+    #[arg(long, conflicts_with_all = ["job_id", "failed"])]
+    pub running: bool,
+    /// List the failed jobs.
+    #[arg(long, conflicts_with = "job_id")]
+    pub failed: bool,
+    /// Only jobs updated within this long: 90s, 30m, 1h, 2d.
+    #[arg(long, conflicts_with = "job_id", value_parser = parse_since)]
+    pub since: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -106,4 +128,34 @@ pub struct DemoArgs {
     /// Print the whole roadmap as JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--since`: a number with `s`, `m`, `h` or `d` (`90s`, `30m`, `1h`, `2d`).
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 30m, 1h or 2d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" | "" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_number_and_a_unit() {
+        assert_eq!(parse_since("1h"), Ok(std::time::Duration::from_secs(3600)));
+        assert_eq!(parse_since("30m"), Ok(std::time::Duration::from_secs(1800)));
+        assert!(parse_since("1w").is_err());
+        assert!(parse_since("soon").is_err());
+    }
 }

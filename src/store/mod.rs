@@ -6,6 +6,7 @@ mod conninfo;
 pub mod jobs;
 pub mod outbox;
 pub mod roadmaps;
+pub mod status;
 mod tls;
 
 use std::{future::Future, time::Duration};
@@ -114,6 +115,17 @@ pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::R
         .max_size(settings.pool_size as usize)
         .build()
         .context("building the Postgres pool")
+}
+
+/// One plain connection to the configured database, for read-only tools: nothing is created or
+/// migrated.
+pub async fn connect_readonly(
+    settings: &DbSettings,
+    application_name: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let (mut config, tls) = tls::parse(settings)?;
+    config.application_name(application_name);
+    connect_one(&config, &tls).await
 }
 
 /// Creates the configured database if it does not exist, through the `postgres` maintenance

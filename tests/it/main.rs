@@ -35,4 +35,5 @@ mod resume;
 mod secrets;
 mod settings;
 mod shutdown;
+mod status;
 mod unbound_events;

@@ -1,5 +1,7 @@
 //! What each subcommand does; `main` only parses and dispatches here.
 
+pub mod status;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -23,6 +25,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::MockLlm(args) => mock_llm(args).await,
         Command::Enqueue(args) => enqueue(args).await,
         Command::Demo(args) => demo(*args).await,
+        Command::Status(args) => status::status(*args).await,
     }
 }
 

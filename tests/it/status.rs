@@ -1,0 +1,82 @@
+//! Promise: `roadmap-worker status` tells an operator where a job is without psql: its state,
+//! batches, calls, tokens and cost as text or JSON (with the roadmap once completed), lists the
+//! running or failed jobs, and answers an unknown job clearly.
+
+use std::{process::Output, time::Duration};
+
+use serde_json::Value;
+
+use crate::common::{TestEnv, job};
+
+fn status(env: &TestEnv, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_roadmap-worker"))
+        .arg("status")
+        .args(args)
+        .env("DATABASE_URL", &env.database_url)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("running roadmap-worker status")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_job_as_text_and_json_and_lists_failed_ones() {
+    let env = TestEnv::new().await;
+    // A cap that a 3-week job (one batch) stays under and a 12-week job passes mid-way.
+    let worker = env
+        .start_worker(&["--job-max-output-tokens", "3000", "--job-parallelism", "1"])
+        .await;
+    let mut events = env.watcher().await;
+    let (done, body) = job(3, "Data Engineer");
+    env.publish(&body).await;
+    let (failed, body) = job(12, "Data Engineer");
+    env.publish(&body).await;
+    for id in [done, failed] {
+        events
+            .wait_for_end(id, Duration::from_secs(60), |_| {})
+            .await
+            .expect("the job ends");
+    }
+    worker.stop().await;
+
+    let text = stdout(&status(&env, &[&done.to_string()]));
+    println!("{text}");
+    assert!(text.contains(&format!("job {done}  user user-1")), "{text}");
+    assert!(
+        text.contains("state      completed  (batches 1/1, 0 fallback)"),
+        "{text}"
+    );
+    assert!(text.contains("LLM        1 calls"), "{text}");
+    assert!(text.contains("roadmap    "), "{text}");
+
+    let json: Value = serde_json::from_str(&stdout(&status(&env, &["--json", &done.to_string()]))).unwrap();
+    assert_eq!(json["status"], "completed");
+    assert_eq!(json["batches_done"], 1);
+    assert!(json["output_tokens"].as_i64().unwrap() > 0);
+    assert_eq!(
+        json["roadmap"]["weeks"].as_array().map(Vec::len),
+        Some(3),
+        "the roadmap comes along"
+    );
+
+    let listed = stdout(&status(&env, &["--failed", "--since", "1h"]));
+    assert!(
+        listed.contains(&failed.to_string()) && listed.contains("output_token_cap"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&done.to_string()), "{listed}");
+    assert_eq!(stdout(&status(&env, &["--running"])).trim(), "no running jobs");
+
+    let unknown = status(&env, &["7f1d7f8e-3a5c-4a55-9d1f-6a3b2c1d0e9f"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no job 7f1d7f8e-3a5c-4a55-9d1f-6a3b2c1d0e9f"));
+    env.cleanup().await;
+}
