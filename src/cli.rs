@@ -34,6 +34,22 @@ pub enum Command {
     Demo(Box<DemoArgs>),
     /// Show where a job is, or list the running or failed jobs, from Postgres.
     Status(Box<StatusArgs>),
+    /// Ask the fleet to stop a job at its next batch (as its user), and wait for the answer.
+    Cancel(CancelArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+    /// The job to cancel.
+    pub job_id: uuid::Uuid,
+    /// The job's user: only they may cancel it.
+    #[arg(long)]
+    pub user: String,
+    /// Seconds to wait for the answer (the job's failed event, or the cancel's rejection).
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

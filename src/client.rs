@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::amqp::{
     Publisher, Topology,
-    topology::{BULK_ROUTING_KEY, JOB_ROUTING_KEY},
+    topology::{BULK_ROUTING_KEY, CANCEL_ROUTING_KEY, JOB_ROUTING_KEY},
 };
 
 /// Publishes a job body to the jobs exchange; fails if no queue takes it.
@@ -29,6 +29,27 @@ pub async fn publish_job(publisher: &Publisher, topology: &Topology, body: &[u8]
         .publish_json(&topology.jobs_exchange, key, body, None, None, true)
         .await
         .context("publishing the job (is a worker's topology declared? run the worker once)")
+}
+
+/// Publishes a cancel message for `job_id` as its user `user_id` would.
+pub async fn publish_cancel(
+    publisher: &Publisher,
+    topology: &Topology,
+    job_id: Uuid,
+    user_id: &str,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({"job_id": job_id, "user_id": user_id}).to_string();
+    publisher
+        .publish_json(
+            &topology.jobs_exchange,
+            CANCEL_ROUTING_KEY,
+            body.as_bytes(),
+            None,
+            None,
+            true,
+        )
+        .await
+        .context("publishing the cancel (is a worker's topology declared? run the worker once)")
 }
 
 /// Events of other jobs kept while waiting for one job.
@@ -150,7 +171,8 @@ impl EventWatcher {
         }))
     }
 
-    /// Waits for `job_id`'s completed or failed event, handing progress events to `on_progress`.
+    /// Waits for `job_id`'s completed or failed event (or the rejection of a cancel for it),
+    /// handing progress events to `on_progress`.
     pub async fn wait_for_end(
         &mut self,
         job_id: Uuid,
@@ -191,7 +213,7 @@ impl EventWatcher {
             }
             match event.routing_key.as_str() {
                 "roadmap.progress" => on_progress(&event),
-                "roadmap.completed" | "roadmap.failed" => return Ok(event),
+                "roadmap.completed" | "roadmap.failed" | "roadmap.cancel_rejected" => return Ok(event),
                 _ => {}
             }
         }

@@ -50,6 +50,16 @@ pub async fn serve(
 }
 
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let metrics = &health.metrics;
+    let pool = health.pool.status();
+    let idle = pool.available as i64;
+    metrics.db_pool.with_label_values(&["idle"]).set(idle);
+    metrics
+        .db_pool
+        .with_label_values(&["in_use"])
+        .set(pool.size as i64 - idle);
+    metrics.db_pool_waiting.set(pool.waiting as i64);
+    metrics.sample_process();
     (
         [("content-type", "text/plain; version=0.0.4")],
         health.metrics.render(),

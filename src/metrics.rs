@@ -56,6 +56,19 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// What the calls cost at the configured prices, in the price's currency unit.
     pub llm_cost: Counter,
+    /// 1, labelled with the worker's version.
+    pub build_info: IntGaugeVec,
+    /// WORKER_CONCURRENCY: jobs this replica takes at once.
+    pub concurrency_limit: IntGauge,
+    /// Database pool connections by `state` (`in_use`, `idle`), and tasks waiting for one.
+    pub db_pool: IntGaugeVec,
+    pub db_pool_waiting: IntGauge,
+    /// Event publishes that failed (broker away, nacked, unconfirmed); the event is kept.
+    pub events_publish_failures: IntCounterVec,
+    /// This process: CPU seconds, resident memory, open file descriptors (read at scrape).
+    pub process_cpu: Gauge,
+    pub process_rss: IntGauge,
+    pub process_fds: IntGauge,
     pub outbox_backlog: IntGauge,
     pub outbox_oldest_age: Gauge,
     /// Events confirmed by the broker and taken by at least one queue, by type.
@@ -128,6 +141,11 @@ impl Metrics {
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let float_gauge = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid metric");
             registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
@@ -254,6 +272,32 @@ impl Metrics {
                 "Answers of HTTP 429 (rate limited) from the provider.",
             ),
             llm_cost,
+            build_info: gauge_vec(
+                "roadmap_build_info",
+                "1, labelled with the worker's version.",
+                &["version"],
+            ),
+            concurrency_limit: gauge(
+                "roadmap_worker_concurrency",
+                "WORKER_CONCURRENCY: jobs this replica takes at once.",
+            ),
+            db_pool: gauge_vec(
+                "roadmap_db_pool_connections",
+                "Database pool connections by state (in_use, idle).",
+                &["state"],
+            ),
+            db_pool_waiting: gauge(
+                "roadmap_db_pool_waiting",
+                "Tasks waiting for a database connection.",
+            ),
+            events_publish_failures: counter_vec(
+                "roadmap_events_publish_failures_total",
+                "Event publishes that failed (broker away, nacked, unconfirmed); the event is kept and sent again.",
+                &["type"],
+            ),
+            process_cpu: float_gauge("process_cpu_seconds_total", "CPU time of this process (user + system), in seconds."),
+            process_rss: gauge("process_resident_memory_bytes", "Resident memory of this process, in bytes."),
+            process_fds: gauge("process_open_fds", "Open file descriptors of this process."),
             outbox_backlog: gauge(
                 "roadmap_outbox_backlog",
                 "Events written but not yet confirmed by the broker.",
@@ -334,7 +378,42 @@ impl Metrics {
         for kind in ["reserved", "used"] {
             self.budget_tokens.with_label_values(&[kind]);
         }
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for state in ["in_use", "idle"] {
+            self.db_pool.with_label_values(&[state]);
+        }
+        for kind in [COMPLETED, FAILED, PROGRESS] {
+            self.events_publish_failures.with_label_values(&[kind]);
+        }
         self
+    }
+
+    /// Reads this process's CPU time, resident memory and open descriptors from /proc (Linux;
+    /// elsewhere they stay 0), for a scrape.
+    pub fn sample_process(&self) {
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // After the command (in parentheses): utime and stime are fields 14 and 15.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+            // Linux reports in USER_HZ, 100 per second on every supported architecture.
+            self.process_cpu.set((ticks(11) + ticks(12)) / 100.0);
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok());
+            if let Some(kib) = kib {
+                self.process_rss.set(kib * 1024);
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.process_fds.set(fds.count() as i64);
+        }
     }
 
     /// The text exposition format served at /metrics.

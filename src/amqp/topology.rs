@@ -10,6 +10,8 @@ use lapin::{
 pub const JOB_ROUTING_KEY: &str = "roadmap.generate";
 /// The routing key of bulk jobs: their own work queue, consumed only with a slot to spare.
 pub const BULK_ROUTING_KEY: &str = "roadmap.generate.bulk";
+/// The routing key of cancel messages (a job's user asks to stop it).
+pub const CANCEL_ROUTING_KEY: &str = "roadmap.cancel";
 /// The routing key on the dead-letter exchange of messages the worker refused, with their
 /// reason in `x-reject-reason`. Messages the broker dead-letters itself (the work queue's
 /// delivery limit) keep [`JOB_ROUTING_KEY`] and go to the recovery queue instead.
@@ -25,6 +27,8 @@ pub struct Topology {
     pub queue: String,
     /// Bulk jobs (`priority: "bulk"`, routing key [`BULK_ROUTING_KEY`]).
     pub bulk_queue: String,
+    /// Cancel messages (routing key [`CANCEL_ROUTING_KEY`]), taken by any replica.
+    pub cancel_queue: String,
     pub events_exchange: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
@@ -44,6 +48,7 @@ impl Topology {
             jobs_exchange: format!("{namespace}.jobs"),
             queue: format!("{namespace}.generate"),
             bulk_queue: format!("{namespace}.generate.bulk"),
+            cancel_queue: format!("{namespace}.cancel"),
             events_exchange: format!("{namespace}.events"),
             dead_letter_exchange: format!("{namespace}.dlx"),
             dead_letter_queue: format!("{namespace}.generate.dead"),
@@ -54,10 +59,11 @@ impl Topology {
     }
 
     /// Every queue, for tools and tests that remove a namespace.
-    pub fn queues(&self) -> [&str; 5] {
+    pub fn queues(&self) -> [&str; 6] {
         [
             &self.queue,
             &self.bulk_queue,
+            &self.cancel_queue,
             &self.dead_letter_queue,
             &self.retry_queue,
             &self.recover_queue,
@@ -174,7 +180,17 @@ impl Topology {
             .queue_declare(self.bulk_queue.as_str().into(), queue_options, args)
             .await?;
         self.bind(channel, &self.bulk_queue, &self.jobs_exchange, BULK_ROUTING_KEY)
-            .await
+            .await?;
+        channel
+            .queue_declare(self.cancel_queue.as_str().into(), queue_options, quorum())
+            .await?;
+        self.bind(
+            channel,
+            &self.cancel_queue,
+            &self.jobs_exchange,
+            CANCEL_ROUTING_KEY,
+        )
+        .await
     }
 
     async fn bind(&self, channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {

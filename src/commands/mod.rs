@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     amqp::{self, Publisher, Topology},
-    cli::{Command, DemoArgs, EnqueueArgs, JobArgs, MockLlmArgs},
+    cli::{CancelArgs, Command, DemoArgs, EnqueueArgs, JobArgs, MockLlmArgs},
     client::{self, EventWatcher},
     domain::{Roadmap, event::Completed},
     mock_server::{self, FaultPlan},
@@ -26,6 +26,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Enqueue(args) => enqueue(args).await,
         Command::Demo(args) => demo(*args).await,
         Command::Status(args) => status::status(*args).await,
+        Command::Cancel(args) => cancel(args).await,
     }
 }
 
@@ -119,6 +120,36 @@ async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
             })
             .await?;
         println!("{}", serde_json::to_string_pretty(&event.body)?);
+    }
+    Ok(())
+}
+
+/// Publishes a cancel and waits for its answer: the job's `roadmap.failed` (reason `cancelled`),
+/// its completion if it ended first, or the cancel's rejection.
+async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    let connection = amqp::connect(&args.amqp, "roadmap-cancel").await?;
+    let topology = Topology::new(&args.amqp.namespace, args.amqp.delivery_limit);
+    topology.declare(&connection.create_channel().await?).await?;
+    let publisher = Publisher::new(&connection).await?;
+    let mut watcher = EventWatcher::new(&connection, &topology).await?;
+    client::publish_cancel(&publisher, &topology, args.job_id, &args.user).await?;
+    println!("cancel for job {} sent; waiting for the answer", args.job_id);
+    let event = watcher
+        .wait_for_end(args.job_id, Duration::from_secs(args.timeout_secs), |_| {})
+        .await?;
+    let reason = event.body["reason"].as_str().unwrap_or_default();
+    match (event.routing_key.as_str(), reason) {
+        ("roadmap.failed", "cancelled") => println!(
+            "cancelled: {}",
+            event.body["message"].as_str().unwrap_or_default()
+        ),
+        ("roadmap.cancel_rejected", _) => {
+            anyhow::bail!(
+                "cancel refused ({reason}): {}",
+                event.body["message"].as_str().unwrap_or_default()
+            )
+        }
+        (kind, _) => anyhow::bail!("the job ended before the cancel took effect: {kind} {reason}"),
     }
     Ok(())
 }

@@ -9,6 +9,36 @@ use super::roadmap::Roadmap;
 pub const COMPLETED: &str = "roadmap.completed";
 pub const FAILED: &str = "roadmap.failed";
 pub const PROGRESS: &str = "roadmap.progress";
+pub const CANCEL_REJECTED: &str = "roadmap.cancel_rejected";
+
+/// The answer to a cancel message that changed nothing: the job had ended, or no job of that
+/// user has that id. A cancel that is taken is answered by the job's `roadmap.failed` event
+/// with reason `cancelled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRejected {
+    pub event: String,
+    pub version: u32,
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub user_id: String,
+    /// `job_completed`, `job_failed` or `unknown_job`.
+    pub reason: String,
+    pub message: String,
+}
+
+impl CancelRejected {
+    pub fn new(job_id: Uuid, user_id: String, reason: &str, message: String) -> Self {
+        Self {
+            event: CANCEL_REJECTED.into(),
+            version: 1,
+            event_id: Uuid::now_v7(),
+            job_id,
+            user_id,
+            reason: reason.into(),
+            message,
+        }
+    }
+}
 
 /// Why a job that was taken on ended as failed (a `roadmap.failed` reason beside the refusal
 /// codes of [`RejectReason`](super::RejectReason)).
@@ -21,16 +51,24 @@ pub enum JobFailure {
     DeliveryLimit,
     /// The job's calls used more output tokens than `JOB_MAX_OUTPUT_TOKENS` allows.
     OutputTokenCap,
+    /// Its user cancelled it (the cancel message); the batches written are kept.
+    Cancelled,
 }
 
 impl JobFailure {
-    pub const ALL: [Self; 3] = [Self::PoisonJob, Self::DeliveryLimit, Self::OutputTokenCap];
+    pub const ALL: [Self; 4] = [
+        Self::PoisonJob,
+        Self::DeliveryLimit,
+        Self::OutputTokenCap,
+        Self::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PoisonJob => "poison_job",
             Self::DeliveryLimit => "delivery_limit",
             Self::OutputTokenCap => "output_token_cap",
+            Self::Cancelled => "cancelled",
         }
     }
 }

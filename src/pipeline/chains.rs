@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
 };
 
 use deadpool_postgres::Pool;
@@ -52,6 +52,17 @@ pub enum ChainsEnd {
     Fault(LlmError),
     /// The job's output tokens reached its cap (`JOB_MAX_OUTPUT_TOKENS`): this many.
     Capped(u64),
+    /// Its user cancelled it before every batch was written: this many are stored.
+    Cancelled(usize),
+}
+
+/// What a job's chains share while they run.
+struct Shared {
+    span_hint: AtomicU32,
+    /// Output tokens of the job so far, against `JOB_MAX_OUTPUT_TOKENS`.
+    spent: AtomicU64,
+    /// A checkpoint said the job's user cancelled it.
+    cancelled: AtomicBool,
 }
 
 /// How one chain ended.
@@ -61,6 +72,8 @@ enum ChainEnd {
     Stopped,
     Fault(LlmError),
     Capped,
+    /// A checkpoint said the user cancelled the job: the batches written so far.
+    Cancelled(Vec<(u32, Written)>),
 }
 
 impl ChainEnd {
@@ -69,9 +82,10 @@ impl ChainEnd {
         match self {
             Self::Done(_) => 0,
             Self::Stopped => 1,
-            Self::Fault(_) => 2,
-            Self::Capped => 3,
-            Self::Fenced => 4,
+            Self::Cancelled(_) => 2,
+            Self::Fault(_) => 3,
+            Self::Capped => 4,
+            Self::Fenced => 5,
         }
     }
 }
@@ -113,10 +127,16 @@ impl Chains<'_> {
         let mut done: BTreeMap<u32, Written> = stored.into_iter().map(|b| (b.index, b.into())).collect();
         // Output tokens so far, the outline's and the stored batches' included: a resumed job
         // does not get a fresh allowance.
-        let spent = AtomicU64::new(
-            self.plan.outline.as_ref().map_or(0, |o| o.usage.output_tokens)
-                + done.values().map(|w| w.usage.output_tokens).sum::<u64>(),
-        );
+        let shared = Shared {
+            // How many weeks one answer holds, learned from cut-off answers and shared by the
+            // chains, so that no chain repeats a cut another has already seen.
+            span_hint: AtomicU32::new(self.batch_weeks),
+            spent: AtomicU64::new(
+                self.plan.outline.as_ref().map_or(0, |o| o.usage.output_tokens)
+                    + done.values().map(|w| w.usage.output_tokens).sum::<u64>(),
+            ),
+            cancelled: AtomicBool::new(false),
+        };
         let pending: Vec<(Vec<BatchRange>, Option<Week>)> = self
             .plan
             .chains()
@@ -140,14 +160,9 @@ impl Chains<'_> {
             })
             .collect();
         let stop = abort.child_token();
-        // How many weeks one answer holds, learned from cut-off answers and shared by the
-        // chains, so that no chain repeats a cut another has already seen.
-        let span_hint = AtomicU32::new(self.batch_weeks);
         let ends = stream::iter(pending)
             // Boxed: the stream keeps a spare slot the size of its future, per job in flight.
-            .map(|(chain, previous)| {
-                Box::pin(self.chain(chain, previous, &span_hint, &spent, shutdown, &stop))
-            })
+            .map(|(chain, previous)| Box::pin(self.chain(chain, previous, &shared, shutdown, &stop)))
             .buffer_unordered(self.parallelism.max(1))
             .collect::<Vec<_>>();
         let ends = tokio::select! {
@@ -158,16 +173,26 @@ impl Chains<'_> {
         for end in ends {
             match end? {
                 ChainEnd::Done(written) => done.extend(written),
+                ChainEnd::Cancelled(written) => {
+                    done.extend(written);
+                    if worst.rank() < 2 {
+                        worst = ChainEnd::Cancelled(Vec::new());
+                    }
+                }
                 other if other.rank() > worst.rank() => worst = other,
                 _ => {}
             }
         }
+        let complete = done.len() == self.plan.batches.len();
         Ok(match worst {
             ChainEnd::Done(_) => ChainsEnd::Done(done),
+            // A cancel that came after the last batch changes nothing: the roadmap is whole.
+            ChainEnd::Cancelled(_) if complete => ChainsEnd::Done(done),
+            ChainEnd::Cancelled(_) => ChainsEnd::Cancelled(done.len()),
             ChainEnd::Stopped => ChainsEnd::Stopped,
             ChainEnd::Fault(e) => ChainsEnd::Fault(e),
             ChainEnd::Fenced => ChainsEnd::Fenced,
-            ChainEnd::Capped => ChainsEnd::Capped(spent.load(Ordering::Relaxed)),
+            ChainEnd::Capped => ChainsEnd::Capped(shared.spent.load(Ordering::Relaxed)),
         })
     }
 
@@ -177,8 +202,7 @@ impl Chains<'_> {
         &self,
         ranges: Vec<BatchRange>,
         stored_previous: Option<Week>,
-        span_hint: &AtomicU32,
-        spent: &AtomicU64,
+        shared: &Shared,
         shutdown: &CancellationToken,
         stop: &CancellationToken,
     ) -> Result<ChainEnd, StoreError> {
@@ -191,17 +215,21 @@ impl Chains<'_> {
         for range in ranges {
             if self
                 .output_cap
-                .is_some_and(|cap| spent.load(Ordering::Relaxed) >= cap)
+                .is_some_and(|cap| shared.spent.load(Ordering::Relaxed) >= cap)
             {
                 stop.cancel();
                 return Ok(ChainEnd::Capped);
+            }
+            if shared.cancelled.load(Ordering::Relaxed) {
+                // A sibling's checkpoint saw the cancel: no chain starts another batch.
+                return Ok(ChainEnd::Cancelled(written));
             }
             if shutdown.is_cancelled() || stop.is_cancelled() {
                 return Ok(ChainEnd::Stopped);
             }
             let span =
                 info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
-            let mut hint = span_hint.load(Ordering::Relaxed);
+            let mut hint = shared.span_hint.load(Ordering::Relaxed);
             let batch = self.generator.batch(
                 self.profile,
                 self.plan,
@@ -218,9 +246,11 @@ impl Chains<'_> {
                 result = batch.instrument(span) => result,
                 () = stop.cancelled() => return Ok(ChainEnd::Stopped),
             };
-            span_hint.fetch_min(hint, Ordering::Relaxed);
+            shared.span_hint.fetch_min(hint, Ordering::Relaxed);
             if let Ok((result, _)) = &generated {
-                spent.fetch_add(result.usage.output_tokens, Ordering::Relaxed);
+                shared
+                    .spent
+                    .fetch_add(result.usage.output_tokens, Ordering::Relaxed);
             }
             // The admission is held until the checkpoint below is written.
             let (result, _admission) = match generated {
@@ -243,13 +273,13 @@ impl Chains<'_> {
                 )
             })
             .await;
-            let fresh = match stored {
+            let (fresh, cancelled) = match stored {
                 Ok(stored) => {
                     if let Some(event) = stored.progress {
                         let ids = (self.job_id, Some(self.user_id));
                         self.express.send(event.event_id, PROGRESS, ids, &event);
                     }
-                    stored.fresh
+                    (stored.fresh, stored.cancelled)
                 }
                 Err(StoreError::Fenced) => {
                     stop.cancel();
@@ -278,6 +308,15 @@ impl Chains<'_> {
                     fallback,
                 },
             ));
+            if cancelled {
+                shared.cancelled.store(true, Ordering::Relaxed);
+                // Sibling chains finish the batch they are writing and start no other.
+                info!(
+                    batch = range.index,
+                    "the job's user cancelled it; stopping after this batch"
+                );
+                return Ok(ChainEnd::Cancelled(written));
+            }
         }
         Ok(ChainEnd::Done(written))
     }

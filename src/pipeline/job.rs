@@ -388,7 +388,21 @@ impl JobRunner {
                 self.hand_back(job.job_id, token).await;
                 return Ok(JobEnd::ProviderFault(fault));
             }
-            ChainsEnd::Capped(spent) => return Box::pin(self.fail_capped(job, token, spent)).await,
+            ChainsEnd::Capped(spent) => {
+                let message = format!(
+                    "the job used {spent} output tokens, at or over JOB_MAX_OUTPUT_TOKENS ({}); stopped before its \
+                     next batch",
+                    self.output_cap.unwrap_or_default()
+                );
+                return Box::pin(self.fail_running(job, token, JobFailure::OutputTokenCap, message)).await;
+            }
+            ChainsEnd::Cancelled(stored) => {
+                let message = format!(
+                    "cancelled by its user after {stored} of {} batches; the batches written are kept",
+                    plan.batches.len()
+                );
+                return Box::pin(self.fail_running(job, token, JobFailure::Cancelled, message)).await;
+            }
         };
         let mut usage = plan.outline.as_ref().map(|o| o.usage).unwrap_or_default();
         let mut weeks = Vec::with_capacity(job.duration_weeks as usize);
@@ -423,14 +437,17 @@ impl JobRunner {
         Ok(JobEnd::Completed)
     }
 
-    /// Fails a job whose output tokens reached `JOB_MAX_OUTPUT_TOKENS`; its batches stay stored.
-    async fn fail_capped(&self, job: &JobRequest, token: i64, spent: u64) -> Result<JobEnd, StoreError> {
-        let reason = JobFailure::OutputTokenCap.as_str();
-        let message = format!(
-            "the job used {spent} output tokens, at or over JOB_MAX_OUTPUT_TOKENS ({}); stopped before its next batch",
-            self.output_cap.unwrap_or_default()
-        );
-        warn!(spent, "output token cap reached; failing the job");
+    /// Fails the running job for `failure` (its cap, or its user's cancel); its batches stay
+    /// stored and its `roadmap.failed` event is queued.
+    async fn fail_running(
+        &self,
+        job: &JobRequest,
+        token: i64,
+        failure: JobFailure,
+        message: String,
+    ) -> Result<JobEnd, StoreError> {
+        let reason = failure.as_str();
+        warn!(reason, %message, "job stopped");
         let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
         match with_retries(|| store::jobs::fail(&self.pool, job.job_id, token, reason, &event)).await {
             Ok(()) => {}

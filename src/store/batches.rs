@@ -56,6 +56,8 @@ pub struct Checkpoint {
     /// The progress event, if its outbox row was written now (leased to the writer when the
     /// checkpoint was given a lease).
     pub progress: Option<Progress>,
+    /// The job's user asked to cancel it: the job stops here.
+    pub cancelled: bool,
 }
 
 /// Stores batch `index` and the job's progress with a `roadmap.progress` event, its outbox row
@@ -76,7 +78,7 @@ pub async fn checkpoint(
     let statement = client
         .prepare_cached(
             "WITH fence AS (
-                SELECT batches_done FROM jobs
+                SELECT batches_done, cancel_requested_at IS NOT NULL AS cancelled FROM jobs
                 WHERE job_id = $1 AND fencing_token = $11 AND status = 'running' FOR UPDATE),
              ins AS (
                 INSERT INTO batches (job_id, batch_index, first_week, last_week, weeks, outcome, fallback_weeks,
@@ -101,7 +103,7 @@ pub async fn checkpoint(
                 ON CONFLICT (event_id) DO NOTHING
                 RETURNING 1)
              SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM ins), (SELECT batches_done FROM upd),
-                    (SELECT count(*) FROM ob)",
+                    (SELECT count(*) FROM ob), coalesce((SELECT cancelled FROM fence), false)",
         )
         .await?;
     let (first, last) = (
@@ -145,5 +147,6 @@ pub async fn checkpoint(
     Ok(Checkpoint {
         fresh: row.get::<_, i64>(1) == 1,
         progress: (row.get::<_, i64>(3) == 1).then_some(event),
+        cancelled: row.get(4),
     })
 }

@@ -322,6 +322,45 @@ pub async fn fail(
     Ok(())
 }
 
+/// What became of a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRequest {
+    /// Recorded: the replica working the job stops at its next checkpoint.
+    Requested,
+    /// Recorded before: nothing changes.
+    AlreadyRequested,
+    /// The job has ended (`completed` or `failed`): nothing changes.
+    Ended(&'static str),
+    /// No job of this user has this id (another user's job is not revealed).
+    Unknown,
+}
+
+/// Records that `user_id` asks to cancel `job_id`, if it is theirs and running.
+pub async fn request_cancel(pool: &Pool, job_id: Uuid, user_id: &str) -> Result<CancelRequest, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "WITH job AS (SELECT status, cancel_requested_at FROM jobs WHERE job_id = $1 AND user_id = $2),
+                  upd AS (UPDATE jobs SET cancel_requested_at = now(), updated_at = now()
+                          WHERE job_id = $1 AND user_id = $2 AND status = 'running' AND cancel_requested_at IS NULL
+                          RETURNING 1)
+             SELECT job.status, job.cancel_requested_at IS NOT NULL, (SELECT count(*) FROM upd) FROM job",
+            &[&job_id, &user_id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(CancelRequest::Unknown);
+    };
+    let (status, before, now): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    Ok(match status.as_str() {
+        "completed" => CancelRequest::Ended("completed"),
+        "failed" => CancelRequest::Ended("failed"),
+        _ if now == 1 => CancelRequest::Requested,
+        _ if before => CancelRequest::AlreadyRequested,
+        _ => CancelRequest::Requested,
+    })
+}
+
 /// Fails a job that no live replica is working, whether or not it was ever claimed, and queues
 /// its `roadmap.failed` event, in one transaction (a message the broker gave up on). Returns
 /// `false`, changing nothing, when the job has ended, belongs to another user or to another

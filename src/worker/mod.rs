@@ -8,6 +8,7 @@
 //! in flight finish their current batch and hand their jobs back (checkpoints kept, leases
 //! released), the relay sends what is pending, and the broker connection closes.
 
+mod cancel;
 mod consume;
 mod lanes;
 mod recover;
@@ -177,6 +178,9 @@ pub async fn run(
     let (connection_tx, connection_rx) = watch::channel(None);
     let (publisher_tx, publisher_rx) = watch::channel(None);
     let stop_background = CancellationToken::new();
+    metrics
+        .concurrency_limit
+        .set(i64::from(settings.worker_concurrency));
     let health = Health {
         metrics: metrics.clone(),
         pool: pool.clone(),
@@ -331,6 +335,7 @@ async fn sessions(
         links.connection.send_replace(Some(connection.clone()));
         links.publisher.send_replace(Some(publisher));
         // It ends with the session's channel; the next session starts another.
+        tokio::spawn(cancel::run(recover_channel.clone(), ctx.clone()));
         tokio::spawn(recover::run(recover_channel, ctx.clone()));
         if let Some(tx) = links.started.take() {
             let _ = tx.send(links.running.clone());

@@ -198,7 +198,14 @@ async fn send_express(bg: &Background, exchange: &str, batch: Vec<Express>) {
                     }
                     // The relay keeps it, with the backoff of an event no queue takes, or
                     // tries again on the next broker session.
-                    _ => back.push(event.event_id),
+                    Ok(Err(PublishError::Unroutable { .. })) => back.push(event.event_id),
+                    _ => {
+                        bg.metrics
+                            .events_publish_failures
+                            .with_label_values(&[kind])
+                            .inc();
+                        back.push(event.event_id);
+                    }
                 }
             }
         }
@@ -266,6 +273,7 @@ async fn publish_pending(
                 }
             }
             Err(e) => {
+                metrics.events_publish_failures.with_label_values(&[kind]).inc();
                 // The rest go back at once rather than wait out their lease.
                 let rest: Vec<i64> = pending[i..].iter().map(|p| p.id).collect();
                 let _ = store::outbox::unlease(&client, &rest).await;

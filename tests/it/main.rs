@@ -9,6 +9,7 @@ mod common;
 mod accounting;
 mod bad_input;
 mod budget;
+mod cancel;
 mod contracts;
 mod decoder_props;
 mod duplicates;

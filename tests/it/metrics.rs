@@ -126,6 +126,27 @@ async fn metrics_move_as_documented_after_a_job() {
     ] {
         assert_eq!(value(&text, series), 0.0, "{series}");
     }
+    // Operator series: the build, the limit, the pool and the process itself.
+    assert_eq!(
+        value(
+            &text,
+            &format!("roadmap_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))
+        ),
+        1.0
+    );
+    assert_eq!(value(&text, "roadmap_worker_concurrency"), 8.0);
+    assert!(value(&text, "roadmap_db_pool_connections{state=\"idle\"}") >= 1.0);
+    assert_eq!(value(&text, "roadmap_db_pool_waiting"), 0.0);
+    assert!(value(&text, "process_resident_memory_bytes") > 1e6);
+    assert!(value(&text, "process_open_fds") > 3.0);
+    assert!(value(&text, "process_cpu_seconds_total") > 0.0);
+    assert_eq!(
+        value(
+            &text,
+            "roadmap_events_publish_failures_total{type=\"roadmap.completed\"}"
+        ),
+        0.0
+    );
     // No label carries a job or user id.
     assert!(!text.contains(&job_id.to_string()) && !text.contains("user-1"));
 

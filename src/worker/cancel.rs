@@ -1,0 +1,129 @@
+//! The cancel queue's consumer. A job's user publishes a cancel message (routing key
+//! `roadmap.cancel`); whichever replica takes it records the request in Postgres, and the
+//! replica working the job sees it at its next checkpoint and stops there (the job fails with
+//! reason `cancelled`, its batches kept). A cancel that changes nothing (the job has ended, or
+//! no job of that user has that id) is answered with a `roadmap.cancel_rejected` event; a
+//! malformed one is dead-lettered with its reason.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions},
+    types::FieldTable,
+};
+use serde_json::Value;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{Context, settle};
+use crate::{
+    domain::event::{CANCEL_REJECTED, CancelRejected},
+    store::{self, jobs::CancelRequest, with_retries},
+};
+
+/// The reason code of a malformed cancel message in the dead-letter queue.
+const INVALID_CANCEL: &str = "invalid_cancel";
+
+/// Consumes the cancel queue on `channel` until the channel or the worker stops.
+pub(super) async fn run(channel: Channel, ctx: Arc<Context>) {
+    if let Err(e) = consume(&channel, &ctx).await {
+        warn!(error = %e, "the cancel consumer stopped; it restarts with the next broker session");
+    }
+}
+
+async fn consume(channel: &Channel, ctx: &Context) -> lapin::Result<()> {
+    let tag = format!("{}-cancel-{}", ctx.runner.owner(), Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            ctx.topology.cancel_queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            next = consumer.next() => next,
+            () = ctx.shutdown.cancelled() => return Ok(()),
+        };
+        match delivery {
+            Some(Ok(delivery)) => handle(ctx, delivery).await,
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A cancel message: the job and the user it must belong to.
+fn decode(body: &[u8]) -> Result<(Uuid, String), String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let job_id = value
+        .get("job_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or("`job_id` must be a UUID string")?;
+    let user_id = value
+        .get("user_id")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|u| !u.is_empty() && u.chars().count() <= 128)
+        .ok_or("`user_id` must be a string of 1 to 128 characters")?;
+    Ok((job_id, user_id.to_owned()))
+}
+
+async fn handle(ctx: &Context, delivery: Delivery) {
+    let (job_id, user_id) = match decode(&delivery.data) {
+        Ok(cancel) => cancel,
+        Err(message) => {
+            warn!(%message, "cancel message refused");
+            let _ = settle::dead_letter(ctx, &delivery, INVALID_CANCEL, &message, false).await;
+            return;
+        }
+    };
+    let pool = ctx.runner.pool();
+    let answer = match with_retries(|| store::jobs::request_cancel(pool, job_id, &user_id)).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            // Back to the queue: the request is not lost while the database is away.
+            warn!(error = %e, %job_id, "could not record a cancel; it is tried again");
+            let _ = settle::hand_back(ctx, &delivery, crate::metrics::Deferral::Database, false).await;
+            return;
+        }
+    };
+    let rejection = match answer {
+        CancelRequest::Requested | CancelRequest::AlreadyRequested => {
+            info!(%job_id, ?answer, "cancel recorded; the job stops at its next batch");
+            None
+        }
+        CancelRequest::Ended(status) => Some((
+            if status == "completed" {
+                "job_completed"
+            } else {
+                "job_failed"
+            },
+            format!("the job has already {status}; nothing was changed"),
+        )),
+        CancelRequest::Unknown => Some((
+            "unknown_job",
+            "no job of this user has this job_id (or it has not started yet); nothing was changed".to_owned(),
+        )),
+    };
+    if let Some((reason, message)) = rejection {
+        let event = CancelRejected::new(job_id, user_id, reason, message);
+        let queued = with_retries(|| async {
+            let client = pool.get().await?;
+            // The job_id is left out of the row: it may name no job, or another user's.
+            store::outbox::insert(&client, event.event_id, None, CANCEL_REJECTED, &event).await
+        })
+        .await;
+        if let Err(e) = queued {
+            warn!(error = %e, %job_id, "could not queue the cancel's answer; the cancel is tried again");
+            let _ = settle::hand_back(ctx, &delivery, crate::metrics::Deferral::Database, false).await;
+            return;
+        }
+    }
+    let _ = delivery.ack(BasicAckOptions::default()).await;
+}
