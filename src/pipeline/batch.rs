@@ -354,24 +354,29 @@ impl Generator {
 
     async fn attempt(&self, request: &LlmRequest, usage: &Mutex<Usage>) -> Result<LlmResponse, LlmError> {
         let (provider, model) = (self.provider.name(), self.provider.model());
-        // What the provider counts against its limit: the prompt and the whole output limit.
-        let estimate = estimate_tokens(&request.system)
-            + estimate_tokens(&request.prompt)
-            + u64::from(request.max_output_tokens);
-        let reservation = self.budget.reserve(estimate, request.bulk).await;
+        // Boxed, and only with a budget: every call in flight would otherwise carry room for
+        // the budget's database futures.
+        let reservation = match self.budget.is_on() {
+            true => {
+                // What the provider counts against its limit: the prompt and the output limit.
+                let estimate = estimate_tokens(&request.system)
+                    + estimate_tokens(&request.prompt)
+                    + u64::from(request.max_output_tokens);
+                Some(Box::pin(self.budget.reserve(estimate, request.bulk)).await)
+            }
+            false => None,
+        };
         let started = Instant::now();
         let result = self.provider.complete(request).await;
         if matches!(&result, Err(e) if e.status() == "http_429") {
             self.metrics.rate_limited.inc();
         }
-        self.budget
-            .settle(
-                reservation,
-                result
-                    .as_ref()
-                    .map(|a| (a.usage.input.saturating_add(a.usage.output), a.limits)),
-            )
-            .await;
+        if let Some(reservation) = reservation {
+            let outcome = result
+                .as_ref()
+                .map(|a| (a.usage.input.saturating_add(a.usage.output), a.limits));
+            Box::pin(self.budget.settle(reservation, outcome)).await;
+        }
         self.metrics
             .llm_request_duration
             .with_label_values(&[provider, model])

@@ -77,6 +77,11 @@ impl Budget {
         }
     }
 
+    /// Whether a limit is set (otherwise every call goes at once and nothing is written).
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
     /// Reserves one request and `tokens` for a call, and waits until the budget has room. A
     /// `bulk` call waits *before* it reserves, until the budget is not backlogged: reservations
     /// queue in the order they are made, so only interactive calls ever wait in that queue, and
