@@ -36,6 +36,50 @@ pub enum Command {
     Status(Box<StatusArgs>),
     /// Ask the fleet to stop a job at its next batch (as its user), and wait for the answer.
     Cancel(CancelArgs),
+    /// Work with the dead-letter queue: list, show, replay, purge.
+    Dlq(DlqArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+    #[command(subcommand)]
+    pub action: DlqAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqAction {
+    /// Count the dead letters by reason and list each one's job, age and reason.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one dead letter: headers, properties and body (the first without a selector).
+    Show {
+        /// Its number in `dlq list`.
+        index: Option<usize>,
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Republish matching dead letters to the work queue with their original properties; one
+    /// still broken comes back with its reason.
+    Replay {
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        /// Replace the content type (for a backend that labelled its messages wrongly).
+        #[arg(long)]
+        content_type: Option<String>,
+    },
+    /// Delete the dead letters with `--reason` for good; `--yes` confirms.
+    Purge {
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,5 +1,6 @@
 //! What each subcommand does; `main` only parses and dispatches here.
 
+pub mod dlq;
 pub mod status;
 
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => demo(*args).await,
         Command::Status(args) => status::status(*args).await,
         Command::Cancel(args) => cancel(args).await,
+        Command::Dlq(args) => dlq::dlq(args).await,
     }
 }
 

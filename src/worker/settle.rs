@@ -293,6 +293,11 @@ pub(super) async fn copy_to_dead_letters(
         "x-reject-message".into(),
         AMQPValue::LongString(LongString::from(message)),
     );
+    // For `dlq list`: how long it has waited there.
+    headers.insert(
+        "x-dead-lettered-at".into(),
+        AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+    );
     let props = delivery.properties.clone().with_headers(headers);
     let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
     publisher

@@ -12,6 +12,7 @@ mod budget;
 mod cancel;
 mod contracts;
 mod decoder_props;
+mod dlq;
 mod duplicates;
 mod e2e;
 mod fairness;
