@@ -171,9 +171,13 @@ pub struct EnqueueArgs {
     /// Publish this file's bytes as the message body instead of a job built from the flags.
     #[arg(long)]
     pub raw: Option<PathBuf>,
-    /// Wait for the job's completed or failed event and print it.
+    /// Wait for the job's completed or failed event, with a progress bar on a terminal, and
+    /// print a summary (or with --json the whole event).
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: print the final event as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
     /// Seconds to wait with --wait.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,

@@ -6,7 +6,13 @@ use roadmap_worker::{cli::Cli, commands, telemetry};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // Tools that talk to a person keep the terminal for their own output: warnings only,
+    // unless RUST_LOG asks for more. The worker keeps its structured info lines.
+    let quiet = !matches!(
+        cli.command,
+        roadmap_worker::cli::Command::Run(_) | roadmap_worker::cli::Command::MockLlm(_)
+    );
+    telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
     match commands::dispatch(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

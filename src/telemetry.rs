@@ -8,14 +8,15 @@ use crate::config::LogFormat;
 /// whole body; the relay reports those itself, once, without the payload.
 pub const QUIET_RETURNS: &str = "lapin::returned_messages=error";
 
-/// Installs the global subscriber; later calls (tests) are no-ops.
-pub fn init(format: LogFormat) {
-    // Without RUST_LOG: our own info lines, but not the database server's NOTICEs or the
-    // migration runner's chatter.
+/// Installs the global subscriber at `level` (`info`, `warn`) unless RUST_LOG says otherwise;
+/// later calls (tests) are no-ops.
+pub fn init(format: LogFormat, level: &str) {
+    // Without RUST_LOG: our own lines, but not the database server's NOTICEs or the migration
+    // runner's chatter.
     let spec = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "info,tokio_postgres=warn,refinery_core=warn".to_owned());
+        .unwrap_or_else(|| format!("{level},tokio_postgres=warn,refinery_core=warn"));
     let spec = if spec.contains("lapin::returned_messages") {
         spec
     } else {

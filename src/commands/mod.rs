@@ -1,6 +1,7 @@
 //! What each subcommand does; `main` only parses and dispatches here.
 
 pub mod dlq;
+mod progress;
 pub mod status;
 
 use std::time::{Duration, Instant};
@@ -113,15 +114,25 @@ async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
         println!("published job {job_id} to {}", topology.jobs_exchange);
     }
     if let Some(watcher) = watcher.as_mut() {
+        let bar = progress::Bar::new();
         let event = watcher
             .wait_for_end(job_id, Duration::from_secs(args.timeout_secs), |p| {
-                println!(
-                    "progress: {}/{} batches",
-                    p.body["batches_done"], p.body["batches_total"]
-                );
+                bar.progress(p)
             })
-            .await?;
-        println!("{}", serde_json::to_string_pretty(&event.body)?);
+            .await;
+        let completed = event.as_ref().is_ok_and(|e| e.routing_key == "roadmap.completed");
+        bar.finish(completed, if completed { "done" } else { "ended" });
+        let event = event?;
+        match serde_json::from_value::<Completed>(event.body.clone()) {
+            // The summary on the terminal; the whole event with --json.
+            Ok(completed) if !args.json => {
+                let wall = (completed.completed_at - completed.started_at)
+                    .to_std()
+                    .unwrap_or_default();
+                print!("{}", summary(&completed, wall));
+            }
+            _ => println!("{}", serde_json::to_string_pretty(&event.body)?),
+        }
     }
     Ok(())
 }
@@ -181,14 +192,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "published job {job_id}: {} weeks of \"{}\"",
         args.job.weeks, args.job.role
     );
+    let bar = progress::Bar::new();
     let event = watcher
-        .wait_for_end(job_id, Duration::from_secs(600), |p| {
-            eprintln!(
-                "  batch {}/{} stored",
-                p.body["batches_done"], p.body["batches_total"]
-            );
-        })
+        .wait_for_end(job_id, Duration::from_secs(600), |p| bar.progress(p))
         .await;
+    let completed = event.as_ref().is_ok_and(|e| e.routing_key == "roadmap.completed");
+    bar.finish(completed, if completed { "done" } else { "ended" });
     shutdown.cancel();
     worker.await??;
     let event = event?;

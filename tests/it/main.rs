@@ -30,6 +30,7 @@ mod outline;
 mod ownership;
 mod poison;
 mod priority;
+mod progress;
 mod prompt_cache;
 mod prompt_injection;
 mod reconnect;
