@@ -20,9 +20,12 @@ async fn same_job_published_twice_yields_one_roadmap_and_one_event() {
         .unwrap();
     assert_eq!(end.routing_key, "roadmap.completed");
 
-    // A third copy after completion does no new work: the stored completion event is sent
-    // again, with its original event id, for a backend that lost the result.
-    env.publish(&body).await;
+    // Copies after completion do no new work: the stored completion event is sent again, with
+    // its original event id, for a backend that lost the result; a burst of copies, once.
+    tokio::time::sleep(roadmap_worker::store::outbox::REANNOUNCE_AFTER + Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        env.publish(&body).await;
+    }
     let mut later = Vec::new();
     while let Some(event) = events.next(Duration::from_secs(4)).await.unwrap() {
         if event.body["job_id"] == job_id.to_string() && event.routing_key != "roadmap.progress" {
