@@ -16,7 +16,7 @@
 //!    pool and its TLS (`sslmode`), migrations, one module per table family, database retries;
 //!    [`amqp`]: topology and publishing with confirms; `http`: /metrics, /healthz, /readyz.
 //! 5. [`template`]: deterministic template content (phase outline, the mock's weeks, fallback);
-//!    [`metrics`]: every metric; [`telemetry`]: logging (human or JSON lines).
+//!    [`metrics`]: every metric; [`telemetry`]: logging (human or JSON lines) and OTLP traces.
 //! 6. [`domain`]: the job message and its refusals, the roadmap and its checks, the plan and its
 //!    batches, the batch brief, the events; [`config`]: typed settings, secrets in redacting
 //!    types; `json_scan`: bracket scanning outside JSON strings.

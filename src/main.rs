@@ -12,7 +12,7 @@ async fn main() -> std::process::ExitCode {
         cli.command,
         roadmap_worker::cli::Command::Run(_) | roadmap_worker::cli::Command::MockLlm(_)
     );
-    telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
+    let _telemetry = telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
     match commands::dispatch(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

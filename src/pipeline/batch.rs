@@ -7,7 +7,7 @@ use std::{
 };
 
 use backon::{ExponentialBuilder, Retryable};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::{
     budget::Budget,
@@ -367,7 +367,13 @@ impl Generator {
             false => None,
         };
         let started = Instant::now();
-        let result = self.provider.complete(request).await;
+        let call = tracing::info_span!(
+            "llm call",
+            provider,
+            model,
+            max_output_tokens = request.max_output_tokens
+        );
+        let result = self.provider.complete(request).instrument(call).await;
         if matches!(&result, Err(e) if e.status() == "http_429") {
             self.metrics.rate_limited.inc();
         }

@@ -21,6 +21,8 @@ pub struct Express {
     pub body: Vec<u8>,
     pub job_id: Uuid,
     pub user_id: Option<String>,
+    /// The job's W3C trace, when traces are exported, for the event's headers.
+    pub traceparent: Option<String>,
 }
 
 /// Where committed events go to be published from memory; without a receiver every event goes
@@ -56,6 +58,7 @@ impl ExpressLane {
                     body,
                     job_id,
                     user_id: user_id.map(str::to_owned),
+                    traceparent: crate::telemetry::traceparent(),
                 });
             }
             Err(e) => {

@@ -245,6 +245,13 @@ async fn handle(ctx: &Context, delivery: Delivery, lane: Lane) {
         Err(rejection) => return Box::pin(settle(ctx, delivery, Outcome::Rejected(rejection), false)).await,
     };
     let span = info_span!("job", job_id = %job.job_id, weeks = job.duration_weeks);
+    // The web backend's trace goes on through the job, when its message carries one.
+    let headers = delivery.properties.headers().as_ref();
+    let text = |name: &str| match headers.and_then(|h| h.inner().get(name)) {
+        Some(lapin::types::AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+        _ => None,
+    };
+    crate::telemetry::continue_trace(&span, text("traceparent"), text("tracestate"));
     // A bulk job published with the interactive routing key (or back from the retry queue,
     // which returns every job there) moves to the bulk queue; if it cannot, it runs here.
     if lane == Lane::Interactive

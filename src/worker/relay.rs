@@ -170,11 +170,18 @@ async fn send_express(bg: &Background, exchange: &str, batch: Vec<Express>) {
         Some(publisher) => {
             let ids: Vec<String> = batch.iter().map(|e| e.event_id.to_string()).collect();
             let confirms = batch.iter().zip(&ids).map(|(event, id)| {
-                let headers = event_headers(
+                let mut headers = event_headers(
                     event.routing_key,
                     &event.job_id.to_string(),
                     event.user_id.as_deref(),
                 );
+                // The job's trace goes on to whoever consumes its events.
+                if let Some(traceparent) = &event.traceparent {
+                    headers.insert(
+                        "traceparent".into(),
+                        AMQPValue::LongString(traceparent.as_str().into()),
+                    );
+                }
                 let publish = publisher.publish_json(
                     exchange,
                     event.routing_key,

@@ -39,4 +39,5 @@ mod secrets;
 mod settings;
 mod shutdown;
 mod status;
+mod traces;
 mod unbound_events;
