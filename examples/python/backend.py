@@ -49,9 +49,20 @@ async def main() -> int:
 
     connection = await aio_pika.connect_robust(url)
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        events = await channel.get_exchange(f"{ns}.events", ensure=True)
-        jobs_exchange = await channel.get_exchange(f"{ns}.jobs", ensure=True)
+        # The worker declares the exchanges at its start; a backend that comes up first waits.
+        for attempt in range(60):
+            channel = await connection.channel(publisher_confirms=True)
+            try:
+                events = await channel.get_exchange(f"{ns}.events", ensure=True)
+                jobs_exchange = await channel.get_exchange(f"{ns}.jobs", ensure=True)
+                break
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                if attempt == 0:
+                    print("waiting for a worker to declare the exchanges")
+                await asyncio.sleep(1)
+        else:
+            print("no worker declared the exchanges within 60 s", file=sys.stderr)
+            return 1
         # Our own durable queue, bound before the first job. Quorum queues survive a broker
         # node's loss; any queue type works.
         queue = await channel.declare_queue(
