@@ -95,6 +95,9 @@ pub fn describe(job: &JobStatus, now: DateTime<Utc>) -> String {
     if let Some(reason) = &job.failure_reason {
         out += &format!("  failure    {reason}\n");
     }
+    if let Some(problem) = &job.last_problem {
+        out += &format!("  last issue {problem} (batch outcomes other than ok)\n");
+    }
     if let Some(id) = job.roadmap_id {
         out += &format!("  roadmap    {id} (status --json JOB_ID prints it)\n");
     }

@@ -28,6 +28,9 @@ pub struct JobStatus {
     pub claims: i32,
     pub abandoned: i32,
     pub failure_reason: Option<String>,
+    /// The latest batch that needed more than one clean call (`batch 3: fallback`), if any:
+    /// the last trouble the job had with the provider.
+    pub last_problem: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -44,12 +47,14 @@ const COLUMNS: &str = "j.job_id, j.user_id, j.status, j.batches_done, j.batches_
     coalesce(b.cached, 0) + coalesce((j.plan->'outline'->'usage'->>'cached_input_tokens')::bigint, 0),
     (coalesce(b.cost, 0) / 1e9)::float8 + coalesce((j.plan->'outline'->'usage'->>'cost')::float8, 0),
     j.owner, j.lease_until, j.claims, j.abandoned, j.failure_reason, j.created_at, j.updated_at,
-    j.completed_at, j.roadmap_id";
+    j.completed_at, j.roadmap_id, b.last_problem";
 
 const FROM: &str = "FROM jobs j LEFT JOIN LATERAL (
         SELECT count(*) FILTER (WHERE fallback_weeks > 0) AS fallback, sum(llm_calls)::bigint AS calls,
                sum(input_tokens)::bigint AS input, sum(output_tokens)::bigint AS output,
-               sum(cached_input_tokens)::bigint AS cached, sum(cost_nanos)::numeric AS cost
+               sum(cached_input_tokens)::bigint AS cached, sum(cost_nanos)::numeric AS cost,
+               (array_agg('batch ' || batch_index || ': ' || outcome ORDER BY batch_index DESC)
+                    FILTER (WHERE outcome <> 'ok'))[1] AS last_problem
         FROM batches WHERE job_id = j.job_id) b ON true";
 
 fn row_to_status(row: &tokio_postgres::Row) -> JobStatus {
@@ -74,6 +79,7 @@ fn row_to_status(row: &tokio_postgres::Row) -> JobStatus {
         updated_at: row.get(17),
         completed_at: row.get(18),
         roadmap_id: row.get(19),
+        last_problem: row.get(20),
         roadmap: None,
     }
 }
