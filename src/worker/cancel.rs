@@ -7,13 +7,7 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
-use lapin::{
-    Channel,
-    message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions},
-    types::FieldTable,
-};
+use lapin::{Channel, message::Delivery, options::BasicAckOptions};
 use serde_json::Value;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -35,26 +29,10 @@ pub(super) async fn run(channel: Channel, ctx: Arc<Context>) {
 }
 
 async fn consume(channel: &Channel, ctx: &Context) -> lapin::Result<()> {
-    let tag = format!("{}-cancel-{}", ctx.runner.owner(), Uuid::new_v4().simple());
-    let mut consumer = channel
-        .basic_consume(
-            ctx.topology.cancel_queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    loop {
-        let delivery = tokio::select! {
-            next = consumer.next() => next,
-            () = ctx.shutdown.cancelled() => return Ok(()),
-        };
-        match delivery {
-            Some(Ok(delivery)) => handle(ctx, delivery).await,
-            Some(Err(e)) => return Err(e),
-            None => return Ok(()),
-        }
-    }
+    super::consume_each(channel, ctx, &ctx.topology.cancel_queue, "cancel", |d| {
+        handle(ctx, d)
+    })
+    .await
 }
 
 /// A cancel message: the job and the user it must belong to.

@@ -137,6 +137,42 @@ impl Context {
     }
 }
 
+/// Consumes `queue` on `channel` (consumer tag `<replica>-<role>-<id>`), one delivery at a time
+/// through `handle`, until shutdown (`Ok`) or the channel fails.
+async fn consume_each<F, Fut>(
+    channel: &Channel,
+    ctx: &Context,
+    queue: &str,
+    role: &str,
+    mut handle: F,
+) -> lapin::Result<()>
+where
+    F: FnMut(lapin::message::Delivery) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures_util::StreamExt as _;
+    let tag = format!("{}-{role}-{}", ctx.runner.owner(), uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            next = consumer.next() => next,
+            () = ctx.shutdown.cancelled() => return Ok(()),
+        };
+        match delivery {
+            Some(Ok(delivery)) => handle(delivery).await,
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// How long a job over its user's `USER_MAX_IN_FLIGHT` waits in the retry queue before it is
 /// tried again: short, so that a freed turn is taken soon; each try is one claim statement.
 const USER_TURN_DELAY: Duration = Duration::from_secs(2);

@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable, ShortString},
+    options::{BasicAckOptions, BasicQosOptions},
+    types::{AMQPValue, ShortString},
 };
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -45,26 +44,10 @@ pub(super) async fn run(channel: Channel, ctx: Arc<Context>) {
 
 async fn consume(channel: &Channel, ctx: &Context) -> lapin::Result<()> {
     channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-    let tag = format!("{}-recover-{}", ctx.runner.owner(), Uuid::new_v4().simple());
-    let mut consumer = channel
-        .basic_consume(
-            ctx.topology.recover_queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    loop {
-        let delivery = tokio::select! {
-            next = consumer.next() => next,
-            () = ctx.shutdown.cancelled() => return Ok(()),
-        };
-        match delivery {
-            Some(Ok(delivery)) => recover(ctx, delivery).await,
-            Some(Err(e)) => return Err(e),
-            None => return Ok(()),
-        }
-    }
+    super::consume_each(channel, ctx, &ctx.topology.recover_queue, "recover", |d| {
+        recover(ctx, d)
+    })
+    .await
 }
 
 async fn recover(ctx: &Context, delivery: Delivery) {
