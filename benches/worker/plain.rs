@@ -75,8 +75,11 @@ async fn plain_job(pool: &Pool, fx: &Fixture) -> WriteTimes {
             pool,
             job.job_id,
             owned.token,
-            stage.range.index,
-            total,
+            store::batches::Position {
+                index: stage.range.index,
+                total,
+                ..Default::default()
+            },
             &stage.result,
             None,
         )

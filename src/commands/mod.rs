@@ -114,7 +114,7 @@ async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
         println!("published job {job_id} to {}", topology.jobs_exchange);
     }
     if let Some(watcher) = watcher.as_mut() {
-        let bar = progress::Bar::new();
+        let mut bar = progress::Bar::new();
         let event = watcher
             .wait_for_end(job_id, Duration::from_secs(args.timeout_secs), |p| {
                 bar.progress(p)
@@ -192,7 +192,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "published job {job_id}: {} weeks of \"{}\"",
         args.job.weeks, args.job.role
     );
-    let bar = progress::Bar::new();
+    let mut bar = progress::Bar::new();
     let event = watcher
         .wait_for_end(job_id, Duration::from_secs(600), |p| bar.progress(p))
         .await;

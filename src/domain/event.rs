@@ -209,6 +209,11 @@ pub struct Progress {
     pub job_id: Uuid,
     pub batches_done: u32,
     pub batches_total: u32,
+    /// The job's LLM tokens so far, as the replica writing this batch counts them.
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
 }
 
 impl Failed {
@@ -234,6 +239,8 @@ impl Progress {
             job_id,
             batches_done,
             batches_total,
+            input_tokens: 0,
+            output_tokens: 0,
         }
     }
 }

@@ -18,7 +18,12 @@ use crate::{
         event::{PROGRESS, Usage},
     },
     llm::LlmError,
-    store::{self, StoreError, batches::StoredBatch, outbox::ExpressLane, with_retries},
+    store::{
+        self, StoreError,
+        batches::{Position, StoredBatch},
+        outbox::ExpressLane,
+        with_retries,
+    },
 };
 
 /// One finished batch, stored or written by this run.
@@ -61,6 +66,8 @@ struct Shared {
     span_hint: AtomicU32,
     /// Output tokens of the job so far, against `JOB_MAX_OUTPUT_TOKENS`.
     spent: AtomicU64,
+    /// Input tokens of the job so far, for the progress events.
+    input: AtomicU64,
     /// A checkpoint said the job's user cancelled it.
     cancelled: AtomicBool,
 }
@@ -134,6 +141,10 @@ impl Chains<'_> {
             spent: AtomicU64::new(
                 self.plan.outline.as_ref().map_or(0, |o| o.usage.output_tokens)
                     + done.values().map(|w| w.usage.output_tokens).sum::<u64>(),
+            ),
+            input: AtomicU64::new(
+                self.plan.outline.as_ref().map_or(0, |o| o.usage.input_tokens)
+                    + done.values().map(|w| w.usage.input_tokens).sum::<u64>(),
             ),
             cancelled: AtomicBool::new(false),
         };
@@ -247,11 +258,20 @@ impl Chains<'_> {
                 () = stop.cancelled() => return Ok(ChainEnd::Stopped),
             };
             shared.span_hint.fetch_min(hint, Ordering::Relaxed);
-            if let Ok((result, _)) = &generated {
-                shared
-                    .spent
-                    .fetch_add(result.usage.output_tokens, Ordering::Relaxed);
-            }
+            // The job's tokens so far, this batch's included, for its progress event.
+            let (input_tokens, output_tokens) = match &generated {
+                Ok((result, _)) => (
+                    shared
+                        .input
+                        .fetch_add(result.usage.input_tokens, Ordering::Relaxed)
+                        + result.usage.input_tokens,
+                    shared
+                        .spent
+                        .fetch_add(result.usage.output_tokens, Ordering::Relaxed)
+                        + result.usage.output_tokens,
+                ),
+                Err(_) => (0, 0),
+            };
             // The admission is held until the checkpoint below is written.
             let (result, _admission) = match generated {
                 Ok(answered) => answered,
@@ -262,15 +282,13 @@ impl Chains<'_> {
             };
             let lease = self.express.lease();
             let stored = with_retries(|| {
-                store::batches::checkpoint(
-                    self.pool,
-                    self.job_id,
-                    self.token,
-                    range.index,
+                let at = Position {
+                    index: range.index,
                     total,
-                    &result,
-                    lease,
-                )
+                    input_tokens,
+                    output_tokens,
+                };
+                store::batches::checkpoint(self.pool, self.job_id, self.token, at, &result, lease)
             })
             .await;
             let (fresh, cancelled) = match stored {

@@ -60,6 +60,16 @@ pub struct Checkpoint {
     pub cancelled: bool,
 }
 
+/// Where a checkpoint stands in its job, for its progress event: the batch, the job's batch
+/// count, and the job's tokens so far, this batch's included.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Position {
+    pub index: u32,
+    pub total: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
 /// Stores batch `index` and the job's progress with a `roadmap.progress` event, its outbox row
 /// leased for `express` when given. One statement, so one round trip and its own transaction:
 /// the job row is locked first (`FOR UPDATE`), so a takeover waits for it or it sees the
@@ -69,8 +79,7 @@ pub async fn checkpoint(
     pool: &Pool,
     job_id: Uuid,
     token: i64,
-    index: u32,
-    batches_total: u32,
+    at: Position,
     batch: &BatchResult,
     express: Option<Duration>,
 ) -> Result<Checkpoint, StoreError> {
@@ -93,12 +102,13 @@ pub async fn checkpoint(
                 WHERE job_id = $1 AND EXISTS (SELECT 1 FROM fence)
                 RETURNING batches_done),
              ob AS (
-                INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts)
+                INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts, traceparent)
                 SELECT $13, $1, $14,
                        jsonb_build_object('event', $14::text, 'version', 1, 'event_id', $13::uuid,
                                           'job_id', $1::uuid, 'batches_done', upd.batches_done,
-                                          'batches_total', $15::integer),
-                       now() + make_interval(secs => $16), CASE WHEN $16 IS NULL THEN 0 ELSE 1 END
+                                          'batches_total', $15::integer, 'input_tokens', $18::bigint,
+                                          'output_tokens', $19::bigint),
+                       now() + make_interval(secs => $16), CASE WHEN $16 IS NULL THEN 0 ELSE 1 END, $20
                 FROM upd
                 ON CONFLICT (event_id) DO NOTHING
                 RETURNING 1)
@@ -111,6 +121,7 @@ pub async fn checkpoint(
         batch.weeks.last().map_or(0, |w| w.number as i32),
     );
     // One progress event per batch, whatever happens to the delivery.
+    let (index, batches_total) = (at.index, at.total);
     let event_id = Uuid::new_v5(&job_id, format!("progress:{index}").as_bytes());
     let lease_secs = express.map(|l| l.as_secs_f64());
     let row = client
@@ -135,6 +146,9 @@ pub async fn checkpoint(
                 &(batches_total as i32),
                 &lease_secs,
                 &i64::try_from(batch.usage.cost_nanos).unwrap_or(i64::MAX),
+                &i64::try_from(at.input_tokens).unwrap_or(i64::MAX),
+                &i64::try_from(at.output_tokens).unwrap_or(i64::MAX),
+                &crate::telemetry::traceparent(),
             ],
         )
         .await?;
@@ -144,6 +158,7 @@ pub async fn checkpoint(
     let done: i32 = row.get(2);
     let mut event = Progress::new(job_id, done as u32, batches_total);
     event.event_id = event_id;
+    (event.input_tokens, event.output_tokens) = (at.input_tokens, at.output_tokens);
     Ok(Checkpoint {
         fresh: row.get::<_, i64>(1) == 1,
         progress: (row.get::<_, i64>(3) == 1).then_some(event),

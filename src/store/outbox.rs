@@ -187,6 +187,8 @@ pub struct Pending {
     pub payload: serde_json::Value,
     /// Publish attempts, this one included.
     pub attempts: i32,
+    /// The job's W3C trace, when traces are exported.
+    pub traceparent: Option<String>,
 }
 
 /// Leases up to `limit` unsent events that are due, oldest first, for `lease`; other relays
@@ -209,8 +211,8 @@ pub async fn lease_unsent(
              leased AS (
                 UPDATE outbox o SET relay_until = now() + make_interval(secs => $2), attempts = attempts + 1
                 FROM due WHERE o.id = due.id
-                RETURNING o.id, o.event_id, o.routing_key, o.payload, o.attempts)
-             SELECT l.id, l.event_id, l.routing_key, l.payload, l.attempts, r.roadmap
+                RETURNING o.id, o.event_id, o.routing_key, o.payload, o.attempts, o.traceparent)
+             SELECT l.id, l.event_id, l.routing_key, l.payload, l.attempts, r.roadmap, l.traceparent
              FROM leased l
              LEFT JOIN roadmaps r
                ON l.routing_key = 'roadmap.completed' AND r.roadmap_id = (l.payload->>'roadmap_id')::uuid
@@ -232,6 +234,7 @@ pub async fn lease_unsent(
                 routing_key: r.get(2),
                 payload,
                 attempts: r.get(4),
+                traceparent: r.get(6),
             }
         })
         .collect())

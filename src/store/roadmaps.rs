@@ -30,8 +30,8 @@ pub async fn complete(
                 SELECT $3, $1, $5, $6 FROM upd
                 RETURNING 1),
              ob AS (
-                INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts)
-                SELECT $7, $1, $8, $9, now() + make_interval(secs => $10), CASE WHEN $10 IS NULL THEN 0 ELSE 1 END
+                INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts, traceparent)
+                SELECT $7, $1, $8, $9, now() + make_interval(secs => $10), CASE WHEN $10 IS NULL THEN 0 ELSE 1 END, $11
                 FROM upd
                 ON CONFLICT (event_id) DO NOTHING
                 RETURNING 1)
@@ -55,6 +55,7 @@ pub async fn complete(
                 &COMPLETED,
                 &Json(&event.head()),
                 &lease_secs,
+                &crate::telemetry::traceparent(),
             ],
         )
         .await?;

@@ -245,11 +245,17 @@ async fn publish_pending(
         let body = serde_json::to_vec(&event.payload)?;
         let id = event.event_id.to_string();
         let text = |field: &str| event.payload.get(field).and_then(serde_json::Value::as_str);
-        let headers = event_headers(
+        let mut headers = event_headers(
             &event.routing_key,
             text("job_id").unwrap_or_default(),
             text("user_id"),
         );
+        if let Some(traceparent) = &event.traceparent {
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(traceparent.as_str().into()),
+            );
+        }
         let publish = publisher.publish_json(
             exchange,
             &event.routing_key,

@@ -65,8 +65,15 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     );
 
     // a wakes up: every write it tries is refused.
-    let stale =
-        store::batches::checkpoint(&a, job.job_id, first.token, 0, 2, &batch(&job, &plan, 0), None).await;
+    let stale = store::batches::checkpoint(
+        &a,
+        job.job_id,
+        first.token,
+        at(0, 2),
+        &batch(&job, &plan, 0),
+        None,
+    )
+    .await;
     assert!(matches!(stale, Err(StoreError::Fenced)), "{stale:?}");
     assert!(matches!(
         store::jobs::renew(&a, job.job_id, first.token, short).await,
@@ -78,8 +85,7 @@ async fn stale_owner_is_fenced_out_after_takeover() {
             &b,
             job.job_id,
             second.token,
-            index as u32,
-            2,
+            at(index as u32, 2),
             &batch(&job, &plan, index),
             None,
         )
@@ -181,4 +187,13 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
         .await
         .expect("the renewer tells the task its job was taken over");
     env.cleanup().await;
+}
+
+/// Batch `index` of `total`, with no tokens counted.
+fn at(index: u32, total: u32) -> store::batches::Position {
+    store::batches::Position {
+        index,
+        total,
+        ..Default::default()
+    }
 }
