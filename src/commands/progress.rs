@@ -17,9 +17,11 @@ impl Bar {
     pub fn new() -> Self {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} batches {msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:32} {percent:>3}% {pos}/{len} batches {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
         );
         bar.set_message("waiting for the first batch");
         bar.enable_steady_tick(Duration::from_millis(120));

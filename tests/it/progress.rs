@@ -40,7 +40,7 @@ async fn enqueue_wait_draws_a_bar_to_the_total_on_a_terminal_and_lines_elsewhere
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        drawn.contains("3/3 batches"),
+        drawn.contains("100% 3/3 batches") && drawn.contains(" tokens"),
         "the bar reaches the total: {drawn:?}"
     );
     assert!(drawn.contains("done"), "{drawn:?}");
