@@ -132,7 +132,7 @@ impl Context {
             Deferral::Shutdown => Duration::ZERO,
             Deferral::Provider => self.probe_interval,
             Deferral::Database => self.retry_delay,
-            Deferral::User => USER_TURN_DELAY,
+            Deferral::User => user_turn_delay(0),
         }
     }
 }
@@ -174,8 +174,12 @@ where
 }
 
 /// How long a job over its user's `USER_MAX_IN_FLIGHT` waits in the retry queue before it is
-/// tried again: short, so that a freed turn is taken soon; each try is one claim statement.
-const USER_TURN_DELAY: Duration = Duration::from_secs(2);
+/// tried again, after `waits` earlier waits: 2 s, 4 s, 8 s, then 10 s. Short at first, so that
+/// a freed turn is taken soon; longer for a long backlog, whose every try is a claim statement
+/// and a re-publish.
+fn user_turn_delay(waits: u32) -> Duration {
+    (Duration::from_secs(2) * 2u32.saturating_pow(waits.min(3))).min(Duration::from_secs(10))
+}
 
 /// What the background tasks (relay, sweeper) share. They stop on `stop`, which fires after the
 /// drain, so that the relay's last pass still has the broker.

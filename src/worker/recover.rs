@@ -55,7 +55,7 @@ async fn recover(ctx: &Context, delivery: Delivery) {
         Ok(job) => job,
         Err(rejection) => return refuse(ctx, delivery, &rejection).await,
     };
-    let recoveries = header_count(&delivery, RECOVERIES);
+    let recoveries = settle::header_count(&delivery, RECOVERIES);
     let result = if recoveries < ctx.recover_limit {
         requeue(ctx, &delivery, recoveries + 1)
             .await
@@ -142,20 +142,5 @@ async fn refuse(ctx: &Context, delivery: Delivery, rejection: &Rejection) {
             }
         }
         Err(e) => warn!(error = %e, reason = code, "could not file a refused message; it stays queued"),
-    }
-}
-
-/// A whole-number header, 0 when absent or of another type.
-fn header_count(delivery: &Delivery, name: &str) -> u32 {
-    let Some(headers) = delivery.properties.headers() else {
-        return 0;
-    };
-    match headers.inner().get(name) {
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
-        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
-        _ => 0,
     }
 }

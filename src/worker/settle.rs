@@ -162,6 +162,24 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
     }
 }
 
+/// The header that counts how often a job waited for its user's turn (`USER_MAX_IN_FLIGHT`).
+const USER_WAITS: &str = "x-roadmap-user-waits";
+
+/// A whole-number header of `delivery`, 0 when absent or of another type.
+pub(super) fn header_count(delivery: &Delivery, name: &str) -> u32 {
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
+        _ => 0,
+    }
+}
+
 /// Re-publishes the message (delayed for a dependency outage), then acks the delivery.
 pub(super) async fn hand_back(
     ctx: &Context,
@@ -169,8 +187,20 @@ pub(super) async fn hand_back(
     reason: Deferral,
     acked_early: bool,
 ) -> lapin::Result<()> {
-    let delay = ctx.hand_back_delay(reason);
-    match republish(ctx, delivery, delay).await {
+    let mut props = delivery.properties.clone();
+    let delay = match reason {
+        // A job waiting for its user's turn waits longer each time (2, 4, 8, then 10 s), so a
+        // long backlog of one user is not spun through the queue every 2 s.
+        Deferral::User => {
+            let waits = header_count(delivery, USER_WAITS);
+            let mut headers = props.headers().clone().unwrap_or_default();
+            headers.insert(USER_WAITS.into(), AMQPValue::LongUInt(waits.saturating_add(1)));
+            props = props.with_headers(headers);
+            super::user_turn_delay(waits)
+        }
+        _ => ctx.hand_back_delay(reason),
+    };
+    match republish(ctx, delivery, props, delay).await {
         Ok(()) => {
             ctx.metrics
                 .deliveries_deferred
@@ -200,8 +230,12 @@ pub(super) async fn hand_back(
 
 /// Puts the message back to work: at once on the jobs exchange, or after `delay` through the
 /// retry queue (by the default exchange), with its original properties.
-async fn republish(ctx: &Context, delivery: &Delivery, delay: Duration) -> Result<(), PublishError> {
-    let props = delivery.properties.clone();
+async fn republish(
+    ctx: &Context,
+    delivery: &Delivery,
+    props: BasicProperties,
+    delay: Duration,
+) -> Result<(), PublishError> {
     if delay.is_zero() {
         // Back to the queue it came from (a bulk job to the bulk queue).
         let key = match delivery.routing_key.as_str() {
@@ -316,6 +350,15 @@ pub(super) async fn copy_to_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_backlog_waits_longer_each_turn_up_to_ten_seconds() {
+        let waits: Vec<u64> = (0..6)
+            .map(|n| super::super::user_turn_delay(n).as_secs())
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 10, 10, 10]);
+        assert_eq!(super::super::user_turn_delay(u32::MAX).as_secs(), 10);
+    }
 
     #[test]
     fn outcomes_map_to_dispositions() {
