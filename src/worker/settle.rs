@@ -354,10 +354,10 @@ mod tests {
     #[test]
     fn a_user_backlog_waits_longer_each_turn_up_to_ten_seconds() {
         let waits: Vec<u64> = (0..6)
-            .map(|n| super::super::user_turn_delay(n).as_secs())
+            .map(|n| crate::worker::user_turn_delay(n).as_secs())
             .collect();
         assert_eq!(waits, [2, 4, 8, 10, 10, 10]);
-        assert_eq!(super::super::user_turn_delay(u32::MAX).as_secs(), 10);
+        assert_eq!(crate::worker::user_turn_delay(u32::MAX).as_secs(), 10);
     }
 
     #[test]
