@@ -170,18 +170,12 @@ async fn send_express(bg: &Background, exchange: &str, batch: Vec<Express>) {
         Some(publisher) => {
             let ids: Vec<String> = batch.iter().map(|e| e.event_id.to_string()).collect();
             let confirms = batch.iter().zip(&ids).map(|(event, id)| {
-                let mut headers = event_headers(
+                let headers = event_headers(
                     event.routing_key,
                     &event.job_id.to_string(),
                     event.user_id.as_deref(),
+                    event.traceparent.as_deref(),
                 );
-                // The job's trace goes on to whoever consumes its events.
-                if let Some(traceparent) = &event.traceparent {
-                    headers.insert(
-                        "traceparent".into(),
-                        AMQPValue::LongString(traceparent.as_str().into()),
-                    );
-                }
                 let publish = publisher.publish_json(
                     exchange,
                     event.routing_key,
@@ -245,17 +239,12 @@ async fn publish_pending(
         let body = serde_json::to_vec(&event.payload)?;
         let id = event.event_id.to_string();
         let text = |field: &str| event.payload.get(field).and_then(serde_json::Value::as_str);
-        let mut headers = event_headers(
+        let headers = event_headers(
             &event.routing_key,
             text("job_id").unwrap_or_default(),
             text("user_id"),
+            event.traceparent.as_deref(),
         );
-        if let Some(traceparent) = &event.traceparent {
-            headers.insert(
-                "traceparent".into(),
-                AMQPValue::LongString(traceparent.as_str().into()),
-            );
-        }
         let publish = publisher.publish_json(
             exchange,
             &event.routing_key,
@@ -305,13 +294,16 @@ async fn publish_pending(
 
 /// The AMQP headers of an event: its type, `job_id` and, where known, `user_id`, so that a
 /// router or consumer can tell whose event it is without parsing the body (a 52-week
-/// completion is about 320 KB).
-fn event_headers(kind: &str, job_id: &str, user_id: Option<&str>) -> FieldTable {
+/// completion is about 320 KB); and the job's `traceparent`, so that its trace goes on to
+/// whoever consumes the event.
+fn event_headers(kind: &str, job_id: &str, user_id: Option<&str>, traceparent: Option<&str>) -> FieldTable {
     let mut headers = FieldTable::default();
     headers.insert("event".into(), AMQPValue::LongString(kind.into()));
     headers.insert("job_id".into(), AMQPValue::LongString(job_id.into()));
-    if let Some(user) = user_id {
-        headers.insert("user_id".into(), AMQPValue::LongString(user.into()));
+    for (name, value) in [("user_id", user_id), ("traceparent", traceparent)] {
+        if let Some(value) = value {
+            headers.insert(name.into(), AMQPValue::LongString(value.into()));
+        }
     }
     headers
 }
