@@ -54,6 +54,8 @@ pub struct Metrics {
     pub budget_tokens: IntCounterVec,
     /// 429 answers from the provider.
     pub rate_limited: IntCounter,
+    /// Answers let through the answer gate without a place, its wait having run out.
+    pub answers_unadmitted: IntCounter,
     /// What the calls cost at the configured prices, in the price's currency unit.
     pub llm_cost: Counter,
     /// 1, labelled with the worker's version.
@@ -270,6 +272,10 @@ impl Metrics {
             rate_limited: counter(
                 "roadmap_llm_rate_limited_total",
                 "Answers of HTTP 429 (rate limited) from the provider.",
+            ),
+            answers_unadmitted: counter(
+                "roadmap_llm_answers_unadmitted_total",
+                "Answers read without a place at the answer gate, its wait having run out (checkpoints slow).",
             ),
             llm_cost,
             build_info: gauge_vec(

@@ -7,8 +7,9 @@
 //! `/proc/<pid>/status`. A separate
 //! process is used so that the figure is one replica's memory alone: in this process the
 //! mock server (which holds every pending request) and the allocator's leftovers from the
-//! other parts would be counted too. Run twice: over HTTP/1.1 (a connection per call in flight,
-//! answers read through the gate) and with `LLM_HTTP2=true` (one connection for all).
+//! other parts would be counted too. Run twice, answers read through the gate both times: over
+//! HTTP/1.1 (a connection per call in flight) and with `LLM_HTTP2=true` (one connection for all;
+//! `-- inflight-h1` or `-- inflight-h2` runs one of them).
 
 use std::time::{Duration, Instant};
 

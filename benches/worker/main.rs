@@ -79,8 +79,11 @@ async fn main() {
     if run("throughput") || run("process") {
         process::process_over_http().await;
     }
-    if run("inflight") {
+    // `inflight-h1` / `inflight-h2` run one of the two, e.g. under a profiler.
+    if run("inflight") || run("inflight-h1") {
         inflight::in_flight(false).await;
+    }
+    if run("inflight") || run("inflight-h2") {
         inflight::in_flight(true).await;
     }
     if run("tokens") {

@@ -246,8 +246,9 @@ pub struct LlmSettings {
     pub prompt_cache_key: bool,
     /// Multiplex calls over HTTP/2: negotiated over TLS, spoken from the start (h2c) with an
     /// `http://` base URL. One connection carries every call, where HTTP/1.1 keeps one
-    /// connection (about 25 KiB of buffers) per call in flight; but the server's stream limit
-    /// (often 100 to 256) then caps the calls in flight per replica.
+    /// connection (about 25 KiB of buffers) per call in flight, and a call's answer waiting at
+    /// the answer gate holds at most its 8 KiB flow-control window; but the server's stream
+    /// limit (often 100 to 256) then caps the calls in flight per replica.
     #[arg(
         long = "llm-http2",
         id = "llm_http2",

@@ -106,8 +106,7 @@ impl Gemini {
             ));
         }
         let limits = wire::rate_limits(response.headers());
-        let admission = self.gate.enter(deadline).await;
-        let parsed: GenerateResponse = wire::read_json(response).await?;
+        let (admission, parsed): (_, GenerateResponse) = self.gate.read(response, deadline).await?;
         let candidate = parsed.candidates.into_iter().next();
         let (text, reason) = candidate.map_or((String::new(), None), |c| {
             let text = c

@@ -232,6 +232,14 @@ impl Provider {
 /// would hold hundreds of MiB. Busy connections are reused back to back either way.
 const MAX_IDLE_CONNECTIONS: usize = 64;
 
+/// Bytes of one answer an HTTP/2 server may send ahead of its reading. A batch's answer is a
+/// few times this size, so a call read at once takes a few more round trips (tens of ms against
+/// calls of seconds), and an answer left unread at the gate holds only this much.
+const HTTP2_STREAM_WINDOW: u32 = 8 * 1024;
+
+/// The largest flow-control window HTTP/2 allows (2^31 - 1), for the connection as a whole.
+const HTTP2_MAX_WINDOW: u32 = (1 << 31) - 1;
+
 /// The HTTP client of the remote providers: the call timeout from settings, a short connect
 /// timeout so that an unreachable endpoint fails fast.
 pub(crate) fn http_client(settings: &LlmSettings) -> anyhow::Result<reqwest::Client> {
@@ -244,6 +252,15 @@ pub(crate) fn http_client(settings: &LlmSettings) -> anyhow::Result<reqwest::Cli
         .base_url
         .as_deref()
         .is_some_and(|url| url.starts_with("http://"));
+    let builder = if settings.http2 {
+        // A small window per call and none worth the name per connection: an answer waiting at
+        // the gate, unread, then holds at most one window in memory and no other call's share.
+        builder
+            .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(HTTP2_MAX_WINDOW)
+    } else {
+        builder
+    };
     let builder = match (settings.http2, cleartext) {
         (false, _) => builder.http1_only(),
         (true, true) => builder.http2_prior_knowledge(),

@@ -112,8 +112,7 @@ impl OpenAi {
             ));
         }
         let limits = wire::rate_limits(response.headers());
-        let admission = self.gate.enter(deadline).await;
-        let parsed: ChatResponse = wire::read_json(response).await?;
+        let (admission, parsed): (_, ChatResponse) = self.gate.read(response, deadline).await?;
         let choice = parsed
             .choices
             .into_iter()

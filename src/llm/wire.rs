@@ -61,7 +61,12 @@ async fn read_capped(
     response: &mut reqwest::Response,
     cap: usize,
 ) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let mut body = Vec::new();
+    // Sized from the declared length where there is one: a body may wait in memory for its
+    // place at the gate, and growth by doubling would leave up to half of it empty.
+    let declared = response
+        .content_length()
+        .map_or(0, |n| n.min(cap as u64) as usize);
+    let mut body = Vec::with_capacity(declared);
     while let Some(chunk) = response.chunk().await? {
         let room = cap - body.len();
         if chunk.len() > room {
@@ -70,6 +75,7 @@ async fn read_capped(
         }
         body.extend_from_slice(&chunk);
     }
+    body.shrink_to_fit();
     Ok((body, false))
 }
 
@@ -81,8 +87,8 @@ fn too_large(detail: &str) -> LlmError {
     }
 }
 
-/// Reads a successful response's body, at most [`MAX_BODY_BYTES`], and decodes it as JSON.
-pub(crate) async fn read_json<T: DeserializeOwned>(mut response: reqwest::Response) -> Result<T, LlmError> {
+/// Reads a successful response's body, at most [`MAX_BODY_BYTES`].
+pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, LlmError> {
     // A declared length over the cap fails before a byte is read.
     if let Some(len) = response.content_length().filter(|n| *n > MAX_BODY_BYTES as u64) {
         return Err(too_large(&format!("declared as {len} bytes")));
@@ -93,7 +99,12 @@ pub(crate) async fn read_json<T: DeserializeOwned>(mut response: reqwest::Respon
     if more {
         return Err(too_large("streamed"));
     }
-    serde_json::from_slice(&body).map_err(|e| LlmError::Transient {
+    Ok(body)
+}
+
+/// Decodes a successful response's body as JSON.
+pub(crate) fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, LlmError> {
+    serde_json::from_slice(body).map_err(|e| LlmError::Transient {
         status: "decode",
         // serde's message can quote a whole string value from the body.
         message: short(&format!("response is not the expected JSON: {e}")),

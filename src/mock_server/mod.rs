@@ -60,6 +60,8 @@ struct Shared {
     log: Vec<Recorded>,
     /// The last prompt seen per cache key, for the prompt-cache simulation.
     prompts: std::collections::HashMap<String, String>,
+    /// Requests that came over HTTP/2.
+    http2_requests: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +117,7 @@ impl MockLlmServer {
             faults: Draws::new(plan),
             log: Vec::new(),
             prompts: std::collections::HashMap::new(),
+            http2_requests: 0,
         }));
         let (stall_tx, stall_rx) = watch::channel(u32::MAX);
         let state = AppState {
@@ -160,6 +163,11 @@ impl MockLlmServer {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().expect("mock state").log.clone()
+    }
+
+    /// How many requests came over HTTP/2.
+    pub fn http2_requests(&self) -> usize {
+        self.shared.lock().expect("mock state").http2_requests
     }
 
     pub fn set_plan(&self, plan: FaultPlan) {
@@ -377,7 +385,18 @@ fn respond(envelope: Value, filler: Option<Filler>) -> Response {
     }
 }
 
-async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Response {
+fn count_version(state: &AppState, version: axum::http::Version) {
+    if version == axum::http::Version::HTTP_2 {
+        state.shared.lock().expect("mock state").http2_requests += 1;
+    }
+}
+
+async fn openai(
+    State(state): State<AppState>,
+    version: axum::http::Version,
+    Json(body): Json<Value>,
+) -> Response {
+    count_version(&state, version);
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let content = |role: &str| {
         messages
@@ -440,7 +459,12 @@ async fn openai(State(state): State<AppState>, Json(body): Json<Value>) -> Respo
     settle(&state, ticket, used, response)
 }
 
-async fn gemini(State(state): State<AppState>, Json(body): Json<Value>) -> Response {
+async fn gemini(
+    State(state): State<AppState>,
+    version: axum::http::Version,
+    Json(body): Json<Value>,
+) -> Response {
+    count_version(&state, version);
     let texts = |v: &Value| {
         v["parts"]
             .as_array()

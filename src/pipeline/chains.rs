@@ -281,7 +281,9 @@ impl Chains<'_> {
                 }
             };
             let lease = self.express.lease();
-            let stored = with_retries(|| {
+            // Boxed: a chain waits on its LLM call far longer than on its checkpoint, and the
+            // store's futures would otherwise add their size to every chain in flight.
+            let stored = Box::pin(with_retries(|| {
                 let at = Position {
                     index: range.index,
                     total,
@@ -289,7 +291,7 @@ impl Chains<'_> {
                     output_tokens,
                 };
                 store::batches::checkpoint(self.pool, self.job_id, self.token, at, &result, lease)
-            })
+            }))
             .await;
             let (fresh, cancelled) = match stored {
                 Ok(stored) => {

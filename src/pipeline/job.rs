@@ -459,7 +459,10 @@ impl JobRunner {
     }
 
     async fn hand_back(&self, job_id: Uuid, token: i64) -> JobEnd {
-        if let Err(e) = store::jobs::release(&self.pool, job_id, token).await {
+        // Boxed: `work` awaits this at several points, and each would otherwise give every job
+        // in flight room for the release's database future.
+        let released = Box::pin(store::jobs::release(&self.pool, job_id, token)).await;
+        if let Err(e) = released {
             warn!(error = %e, "could not release the lease; it will expire");
         }
         JobEnd::HandedBack

@@ -87,6 +87,9 @@ pub fn render(
         }
     }
     push_feedback(&mut out, feedback);
+    // The prompt is kept for the whole call (and its retries); grown by doubling, up to half of
+    // it would be empty room.
+    out.shrink_to_fit();
     out
 }
 
@@ -121,6 +124,7 @@ pub fn render_outline(brief: &OutlineBrief, feedback: Option<&[String]>, format:
         );
     }
     push_feedback(&mut out, feedback);
+    out.shrink_to_fit();
     out
 }
 

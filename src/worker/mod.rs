@@ -294,14 +294,11 @@ fn job_runner(
     metrics: Metrics,
     owner: String,
 ) -> anyhow::Result<JobRunner> {
-    // Two answers per database connection: one being stored, one read and ready for the next.
-    // Not over HTTP/2: its server spreads each connection's flow-control window over every
-    // answer at once, so unread answers would hold the window the admitted ones wait for.
-    let gate = if settings.llm.http2 {
-        AnswerGate::open()
-    } else {
-        AnswerGate::new(2 * settings.db.pool_size as usize)
-    };
+    // Two answers per database connection: one being stored, one parsed and ready for the next.
+    let gate = AnswerGate::new(
+        2 * settings.db.pool_size as usize,
+        metrics.answers_unadmitted.clone(),
+    );
     let provider = Provider::from_settings(&settings.llm, gate)?;
     metrics.provider_ready.set(1);
     info!(

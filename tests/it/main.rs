@@ -19,6 +19,7 @@ mod fairness;
 mod fault_mix;
 mod hostile_input;
 mod hostile_provider;
+mod http2;
 mod idempotency;
 mod ladder;
 mod layers;
