@@ -160,17 +160,21 @@ impl Generator {
                     .and_then(|n| plan.outline_week(n))
                     .map_or(Context::Start, Context::Outline),
             };
-            let brief = Brief {
-                profile: profile.clone(),
-                duration_weeks: plan.duration_weeks,
-                first_week: next,
-                last_week: last,
-                phases: plan.phases.clone(),
+            // The brief and the outline only render the prompt: dropped before the call, so that
+            // a batch waiting on the model holds the prompt alone.
+            let request = {
+                let brief = Brief {
+                    profile: profile.clone(),
+                    duration_weeks: plan.duration_weeks,
+                    first_week: next,
+                    last_week: last,
+                    phases: plan.phases.clone(),
+                };
+                let outline: Vec<WeekOutline> = (next..=last)
+                    .filter_map(|n| plan.outline_week(n).cloned())
+                    .collect();
+                self.request(&brief, context, &outline, feedback.as_deref(), caller)
             };
-            let outline: Vec<WeekOutline> = (next..=last)
-                .filter_map(|n| plan.outline_week(n).cloned())
-                .collect();
-            let request = self.request(&brief, context, &outline, feedback.as_deref(), caller);
             // A place is for an answer waiting to be stored, not for one being asked again.
             admission = Admission::default();
             let mut answer = match self.call(&request, &mut usage, &mut rungs).await {

@@ -171,6 +171,8 @@ impl TestEnv {
     pub fn worker_command(&self, extra_env: &[(&str, &str)]) -> tokio::process::Command {
         let bin = env!("CARGO_BIN_EXE_roadmap-worker");
         // A profiler around the worker, for a bench run by hand: `WORKER_WRAPPER=heaptrack`.
+        // Stopping the child then stops the wrapper, not the worker under it: end that by hand
+        // (`pkill -f 'roadmap-worker run'`), and delete the run's queues if its bench was cut.
         let mut cmd = match std::env::var("WORKER_WRAPPER") {
             Ok(wrapper) if !wrapper.is_empty() => {
                 let mut words = wrapper.split_whitespace();
