@@ -52,8 +52,7 @@ impl AnswerGate {
         deadline: Instant,
     ) -> Result<(Admission, T), LlmError> {
         let admission = self.enter(deadline).await;
-        let parsed = wire::decode_json(&wire::read_body(response).await?)?;
-        Ok((admission, parsed))
+        Ok((admission, wire::read_json(response).await?))
     }
 
     /// Waits for a place for an answer whose call must end by `deadline`: at most half the

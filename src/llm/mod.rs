@@ -252,20 +252,21 @@ pub(crate) fn http_client(settings: &LlmSettings) -> anyhow::Result<reqwest::Cli
         .base_url
         .as_deref()
         .is_some_and(|url| url.starts_with("http://"));
-    let builder = if settings.http2 {
-        // A small window per call and none worth the name per connection: an answer waiting at
-        // the gate, unread, then holds at most one window in memory and no other call's share.
-        builder
-            .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
-            .http2_initial_connection_window_size(HTTP2_MAX_WINDOW)
-    } else {
-        builder
-    };
     let builder = match (settings.http2, cleartext) {
         (false, _) => builder.http1_only(),
-        (true, true) => builder.http2_prior_knowledge(),
-        // Offered next to HTTP/1.1 in the TLS handshake; the server picks.
-        (true, false) => builder,
+        (true, cleartext) => {
+            // A small window per call and none worth the name per connection: an answer waiting
+            // at the gate, unread, then holds at most one window and no other call's share.
+            let builder = builder
+                .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
+                .http2_initial_connection_window_size(HTTP2_MAX_WINDOW);
+            // Over TLS, offered next to HTTP/1.1 in the handshake; the server picks.
+            if cleartext {
+                builder.http2_prior_knowledge()
+            } else {
+                builder
+            }
+        }
     };
     builder
         .build()

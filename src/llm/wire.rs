@@ -87,8 +87,8 @@ fn too_large(detail: &str) -> LlmError {
     }
 }
 
-/// Reads a successful response's body, at most [`MAX_BODY_BYTES`].
-pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, LlmError> {
+/// Reads a successful response's body, at most [`MAX_BODY_BYTES`], and decodes it as JSON.
+pub(crate) async fn read_json<T: DeserializeOwned>(mut response: reqwest::Response) -> Result<T, LlmError> {
     // A declared length over the cap fails before a byte is read.
     if let Some(len) = response.content_length().filter(|n| *n > MAX_BODY_BYTES as u64) {
         return Err(too_large(&format!("declared as {len} bytes")));
@@ -99,12 +99,7 @@ pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>
     if more {
         return Err(too_large("streamed"));
     }
-    Ok(body)
-}
-
-/// Decodes a successful response's body as JSON.
-pub(crate) fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, LlmError> {
-    serde_json::from_slice(body).map_err(|e| LlmError::Transient {
+    serde_json::from_slice(&body).map_err(|e| LlmError::Transient {
         status: "decode",
         // serde's message can quote a whole string value from the body.
         message: short(&format!("response is not the expected JSON: {e}")),
