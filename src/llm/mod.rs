@@ -253,7 +253,12 @@ pub(crate) fn http_client(settings: &LlmSettings) -> anyhow::Result<reqwest::Cli
         .as_deref()
         .is_some_and(|url| url.starts_with("http://"));
     let builder = match (settings.http2, cleartext) {
-        (false, _) => builder.http1_only(),
+        // reqwest's own retry layer replays only HTTP/2 refusals, yet it keeps a copy of every
+        // request's headers while the call is in flight: off where it can never fire. Retries
+        // are the ladder's anyway.
+        (false, _) => builder
+            .http1_only()
+            .retry(reqwest::retry::never().max_retries_per_request(0)),
         (true, cleartext) => {
             // A small window per call and none worth the name per connection: an answer waiting
             // at the gate, unread, then holds at most one window and no other call's share.

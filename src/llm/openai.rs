@@ -48,7 +48,11 @@ impl OpenAi {
     }
 
     pub async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
-        let call = self.http.post(&self.endpoint).json(&self.body(request));
+        let call = self
+            .http
+            .post(&self.endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(wire::json_body(&self.body(request)));
         let call = match &self.api_key {
             Some(key) => call.bearer_auth(key.expose()),
             None => call,

@@ -56,6 +56,17 @@ pub(crate) fn rate_limits(headers: &reqwest::header::HeaderMap) -> super::RateLi
     }
 }
 
+/// A request's JSON body, to send with `Content-Type: application/json`. In place of reqwest's
+/// `json()`, whose buffer grows by doubling and is sent as it is: the body waits in memory for
+/// as long as its call (reqwest keeps it for a redirect), so up to half of it would be empty
+/// room in every call in flight.
+pub(crate) fn json_body(body: &Value) -> Vec<u8> {
+    // A `Value` always serialises.
+    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes.shrink_to_fit();
+    bytes
+}
+
 /// Reads up to `cap` bytes of the body; `true` if there was more (left unread).
 async fn read_capped(
     response: &mut reqwest::Response,
@@ -190,6 +201,14 @@ pub(crate) fn parse_go_duration(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_body_holds_no_spare_room() {
+        let body = serde_json::json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]});
+        let bytes = json_body(&body);
+        assert_eq!(bytes.len(), bytes.capacity());
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), body);
+    }
 
     #[test]
     fn retry_hints_parse() {

@@ -241,20 +241,19 @@ impl Chains<'_> {
             let span =
                 info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
             let mut hint = shared.span_hint.load(Ordering::Relaxed);
-            let batch = self.generator.batch(
-                self.profile,
-                self.plan,
-                range,
-                // The last week written in this chain, else the stored week before it.
-                written
-                    .last()
-                    .and_then(|(_, w): &(u32, Written)| w.weeks.last())
-                    .or(stored_previous.as_ref()),
-                &mut hint,
-                &caller,
-            );
+            // The last week written in this chain, else the stored week before it.
+            let previous = written
+                .last()
+                .and_then(|(_, w): &(u32, Written)| w.weeks.last())
+                .or(stored_previous.as_ref());
+            // Built in the select: a future bound to a name first is kept twice in the chain's
+            // state (the name's slot and the select's) by today's compiler, and a chain lives as
+            // long as its job.
             let generated = tokio::select! {
-                result = batch.instrument(span) => result,
+                result = self
+                    .generator
+                    .batch(self.profile, self.plan, range, previous, &mut hint, &caller)
+                    .instrument(span) => result,
                 () = stop.cancelled() => return Ok(ChainEnd::Stopped),
             };
             shared.span_hint.fetch_min(hint, Ordering::Relaxed);
