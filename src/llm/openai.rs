@@ -48,11 +48,7 @@ impl OpenAi {
     }
 
     pub async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
-        let call = self
-            .http
-            .post(&self.endpoint)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(wire::json_body(&self.body(request)));
+        let call = wire::post_json(&self.http, &self.endpoint, &self.body(request));
         let call = match &self.api_key {
             Some(key) => call.bearer_auth(key.expose()),
             None => call,

@@ -60,11 +60,18 @@ pub(crate) fn rate_limits(headers: &reqwest::header::HeaderMap) -> super::RateLi
 /// `json()`, whose buffer grows by doubling and is sent as it is: the body waits in memory for
 /// as long as its call (reqwest keeps it for a redirect), so up to half of it would be empty
 /// room in every call in flight.
-pub(crate) fn json_body(body: &Value) -> Vec<u8> {
+fn json_body(body: &Value) -> Vec<u8> {
     // A `Value` always serialises.
     let mut bytes = serde_json::to_vec(body).unwrap_or_default();
     bytes.shrink_to_fit();
     bytes
+}
+
+/// A provider call: `body` POSTed as JSON to `endpoint` (see [`json_body`]).
+pub(crate) fn post_json(http: &reqwest::Client, endpoint: &str, body: &Value) -> reqwest::RequestBuilder {
+    http.post(endpoint)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(json_body(body))
 }
 
 /// Reads up to `cap` bytes of the body; `true` if there was more (left unread).
