@@ -1,6 +1,6 @@
 //! The command line: subcommands and their flags, each flag backed by an environment variable.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -26,8 +26,6 @@ pub enum Command {
     Run(Box<WorkerSettings>),
     /// Create the database if missing and apply migrations, then exit.
     Migrate(DbSettings),
-    /// Serve the mock LLM over HTTP (OpenAI-compatible and Gemini shapes), with fault injection.
-    MockLlm(MockLlmArgs),
     /// Publish a job exactly as a web backend would.
     Enqueue(EnqueueArgs),
     /// Migrate, start a worker on the embedded mock, run one 12-week job end to end, summarise it.
@@ -114,25 +112,6 @@ pub struct StatusArgs {
     /// Only jobs updated within this long: 90s, 30m, 1h, 2d.
     #[arg(long, conflicts_with = "job_id", value_parser = parse_since)]
     pub since: Option<std::time::Duration>,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct MockLlmArgs {
-    #[arg(long, env = "MOCK_LLM_ADDR", default_value = "127.0.0.1:8080")]
-    pub addr: SocketAddr,
-    /// Delay before every answer, in milliseconds.
-    #[arg(long, env = "MOCK_LLM_LATENCY_MS", default_value_t = 0)]
-    pub latency_ms: u64,
-    /// Fault plan as JSON (see README, "Fault injection"), or @path to a file holding it.
-    #[arg(long, env = "MOCK_LLM_FAULTS")]
-    pub faults: Option<String>,
-    /// Requests per minute the mock admits; past it, 429 with Retry-After and x-ratelimit-*.
-    #[arg(long, env = "MOCK_LLM_RPM", value_parser = clap::value_parser!(u32).range(1..))]
-    pub rpm: Option<u32>,
-    /// Tokens per minute the mock admits (a request counts its prompt plus max_tokens until it
-    /// answers, then the tokens it used).
-    #[arg(long, env = "MOCK_LLM_TPM", value_parser = clap::value_parser!(u64).range(1..))]
-    pub tpm: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,8 +7,7 @@
 //! checks it, `docs/architecture.md` draws it):
 //!
 //! 1. [`commands`], [`cli`]: what each subcommand does, and the command line; [`client`]: the
-//!    web backend's side (publish a job, watch events); [`mock_server`]: the mock LLM over HTTP
-//!    with fault injection.
+//!    web backend's side (publish a job, watch events).
 //! 2. [`worker`]: broker sessions, intake, the one place where outcomes become ack / hand-back /
 //!    dead-letter, the outbox relay and the sweeper.
 //! 3. [`pipeline`]: prompt → batch (the robustness ladder) → job (claim, checkpoints, assemble).
@@ -31,7 +30,6 @@ pub(crate) mod http;
 pub(crate) mod json_scan;
 pub mod llm;
 pub mod metrics;
-pub mod mock_server;
 pub mod pipeline;
 pub mod store;
 pub mod telemetry;

@@ -8,10 +8,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Tools that talk to a person keep the terminal for their own output: warnings only,
     // unless RUST_LOG asks for more. The worker keeps its structured info lines.
-    let quiet = !matches!(
-        cli.command,
-        roadmap_worker::cli::Command::Run(_) | roadmap_worker::cli::Command::MockLlm(_)
-    );
+    let quiet = !matches!(cli.command, roadmap_worker::cli::Command::Run(_));
     let _telemetry = telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
     match commands::dispatch(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,19 +3,14 @@
 //! Postgres restarted once each; then the invariants are checked from the database and the mock's
 //! request log. Run: `cargo test --test chaos -- --nocapture`.
 
-// The chaos run shares the integration tests' harness and uses only part of it.
-#[allow(dead_code)]
-#[path = "it/common/mod.rs"]
-mod common;
-
 use std::{
     collections::HashMap,
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{TestEnv, job};
-use roadmap_worker::mock_server::FaultPlan;
+use mock_llm::FaultPlan;
+use testkit::{TestEnv, job};
 use uuid::Uuid;
 
 const REPLICAS: usize = 3;
@@ -235,7 +230,7 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
     assert_eq!(contiguous, JOBS as i64);
     assert_eq!(regenerated, 0, "no finished batch was asked of the LLM again");
     // The first connection died with the broker's restart.
-    let connection = roadmap_worker::amqp::connect(&common::amqp_settings(&env.name), "chaos-cleanup")
+    let connection = roadmap_worker::amqp::connect(&testkit::amqp_settings(&env.name), "chaos-cleanup")
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();

@@ -8,18 +8,13 @@
 //!   during 52-week jobs: every job completes, none fails, none is left running, and no
 //!   restart is counted against a job.
 
-// The integration tests' harness; these runs use only part of it.
-#[allow(dead_code)]
-#[path = "it/common/mod.rs"]
-mod common;
-
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{TestEnv, job, sigterm};
-use roadmap_worker::mock_server::FaultPlan;
+use mock_llm::FaultPlan;
+use testkit::{TestEnv, job, sigterm};
 use uuid::Uuid;
 
 fn pg_ctl(action: &str) {

@@ -11,13 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use roadmap_worker::mock_server::{FaultPlan, QuotaSettings};
+use mock_llm::{FaultPlan, QuotaSettings};
 
 use crate::{
-    common::{self, TestEnv},
     fixture::ROLE,
     util::{scrape, spawn_replica},
 };
+use testkit::TestEnv;
 
 const JOBS: usize = 60;
 const WEEKS: u32 = 12;
@@ -56,7 +56,7 @@ async fn run(budgeted: bool) {
     }
     let start = Instant::now();
     for _ in 0..JOBS {
-        env.publish(&common::job(WEEKS, ROLE).1).await;
+        env.publish(&testkit::job(WEEKS, ROLE).1).await;
     }
     // The mock's counts every second, for the tokens used after the first minute.
     let mut at_minute = None;

@@ -16,9 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use roadmap_worker::{config::BatchSettings, domain::event::Completed, mock_server::FaultPlan};
+use mock_llm::FaultPlan;
+use roadmap_worker::{config::BatchSettings, domain::event::Completed};
 
-use crate::common::{self, TestEnv, db_when_ready};
+use testkit::{TestEnv, db_when_ready};
 
 const WEEKS: u32 = 52;
 const ROLE: &str = "Machine Learning Engineer";
@@ -36,7 +37,7 @@ pub async fn critical_path() {
             .start_worker(&["--job-parallelism", &parallelism.to_string()])
             .await;
         let mut events = env.watcher().await;
-        let (job_id, body) = common::job(WEEKS, ROLE);
+        let (job_id, body) = testkit::job(WEEKS, ROLE);
         let started = Instant::now();
         env.publish(&body).await;
         let end = events
@@ -78,12 +79,12 @@ async fn kill_mid_job() {
     let env = TestEnv::with_mock(FaultPlan::default(), SLOW_LLM).await;
     let mut first = env.spawn_worker_process(&[]);
     let mut events = env.watcher().await;
-    let (job_id, body) = common::job(WEEKS, ROLE);
+    let (job_id, body) = testkit::job(WEEKS, ROLE);
     let started = Instant::now();
     env.publish(&body).await;
     let db = db_when_ready(&env).await;
     let stored_at_kill: BTreeSet<i32> =
-        common::eventually(Duration::from_secs(120), "half of the batches stored", || async {
+        testkit::eventually(Duration::from_secs(120), "half of the batches stored", || async {
             let rows = db
                 .query("SELECT first_week FROM batches WHERE job_id = $1", &[&job_id])
                 .await

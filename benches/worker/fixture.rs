@@ -1,7 +1,6 @@
 //! The job the parts send, and its batches exactly as the worker produces them on the mock LLM:
 //! the prompts it renders, the answers the mock gives, the weeks it checkpoints.
 
-use crate::common;
 use chrono::{DateTime, Utc};
 use roadmap_worker::{
     config::{BatchSettings, ResponseFormat},
@@ -46,7 +45,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(weeks: u32) -> Self {
-        let (_, body) = common::job(weeks, ROLE);
+        let (_, body) = testkit::job(weeks, ROLE);
         let job = JobRequest::decode(body.to_string().as_bytes(), Some("application/json"))
             .expect("the harness's job message is valid");
         let profile = job.profile();

@@ -13,13 +13,14 @@
 
 use std::time::{Duration, Instant};
 
-use roadmap_worker::{config::BatchSettings, mock_server::FaultPlan};
+use mock_llm::FaultPlan;
+use roadmap_worker::config::BatchSettings;
 
 use crate::{
-    common::{self, TestEnv},
     fixture::ROLE,
     util::{proc_field, scrape, spawn_replica},
 };
+use testkit::TestEnv;
 
 const IN_FLIGHT_JOBS: usize = 5000;
 const IN_FLIGHT_WEEKS: u32 = 3;
@@ -48,7 +49,7 @@ pub async fn in_flight(http2: bool) {
     let idle_rss = proc_field(&status, "VmRSS:").unwrap_or(0);
 
     let bodies: Vec<_> = (0..IN_FLIGHT_JOBS)
-        .map(|_| common::job(IN_FLIGHT_WEEKS, ROLE).1)
+        .map(|_| testkit::job(IN_FLIGHT_WEEKS, ROLE).1)
         .collect();
     let start = Instant::now();
     // Published as a busy backend does, many at once with their confirms awaited together.

@@ -8,7 +8,7 @@
 //!
 //! Needs the same Postgres and RabbitMQ as the integration tests (127.0.0.1, or `TEST_PG_URL` /
 //! `TEST_AMQP_URL`); every part works in its own database and AMQP namespace through the test
-//! harness (`tests/it/common`) and drops them at the end. `RUST_LOG` sets the log filter (default
+//! harness (the `testkit` crate) and drops them at the end. `RUST_LOG` sets the log filter (default
 //! `warn`, so the per-batch `info` lines of production are not part of the figures). The first
 //! line says how busy the cores were just before the run: on a small machine another build or
 //! test run shifts every figure.
@@ -30,11 +30,7 @@
 //! They share [`fixture`] (one job's batches as the worker produces them on the mock LLM),
 //! [`plain`] (the plain loop of the worker's writes) and [`util`].
 
-// The integration tests' harness; the benchmark uses only part of it.
 mod budget;
-#[allow(dead_code)]
-#[path = "../../tests/it/common/mod.rs"]
-mod common;
 mod critical;
 mod fixture;
 mod inflight;
@@ -144,7 +140,7 @@ async fn machine_facts() {
             }
             println!("postgres: {}", facts.join(", "));
         }
-        Err(e) => println!("postgres: unreachable ({e}); {}", common::PG_HINT),
+        Err(e) => println!("postgres: unreachable ({e}); {}", testkit::PG_HINT),
     }
     println!();
 }

@@ -18,13 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mock_llm::FaultPlan;
 use prometheus::core::Collector as _;
 use roadmap_worker::{
     config::BatchSettings,
     domain::roadmap::check_weeks,
     llm::schema,
     metrics::Metrics,
-    mock_server::FaultPlan,
     pipeline::{
         parse,
         prompt::{self, Context},
@@ -32,11 +32,11 @@ use roadmap_worker::{
 };
 
 use crate::{
-    common::{self, TestEnv},
     fixture::{FORMAT, Fixture, ROLE, WEEKS},
     plain::{plain_loop, plain_pool},
     util::{ms, wait_completed},
 };
+use testkit::TestEnv;
 
 const OVERHEAD_JOBS: usize = 40;
 const OVERHEAD_PLAIN_JOBS: usize = 10;
@@ -50,7 +50,7 @@ pub async fn overhead() -> f64 {
     // Events are routed to a backend, as in production (an unbound event is kept and retried).
     let _sink = env.event_sink().await;
     for _ in 0..OVERHEAD_JOBS {
-        env.publish(&common::job(WEEKS, ROLE).1).await;
+        env.publish(&testkit::job(WEEKS, ROLE).1).await;
     }
     // One call at a time, so that the gaps between the mock's requests are the worker's own.
     let worker = env

@@ -17,7 +17,8 @@ use roadmap_worker::{
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::{common::TestEnv, fixture::Fixture, util::ms};
+use crate::{fixture::Fixture, util::ms};
+use testkit::TestEnv;
 
 /// Time spent in each store call, summed.
 #[derive(Debug, Default, Clone, Copy)]

@@ -11,13 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use roadmap_worker::mock_server::FaultPlan;
+use mock_llm::FaultPlan;
 
 use crate::{
-    common::{self, TestEnv},
     fixture::{ROLE, WEEKS},
     util::{Cpu, proc_field, scrape, spawn_replica},
 };
+use testkit::TestEnv;
 
 const JOBS: usize = 300;
 const CONCURRENCY: &str = "64";
@@ -30,9 +30,9 @@ pub async fn process_over_http() {
     let cpu = Cpu::with(Some(pid));
     let start = Instant::now();
     for _ in 0..JOBS {
-        env.publish(&common::job(WEEKS, ROLE).1).await;
+        env.publish(&testkit::job(WEEKS, ROLE).1).await;
     }
-    common::eventually(Duration::from_secs(300), "every job completed", || async {
+    testkit::eventually(Duration::from_secs(300), "every job completed", || async {
         let done = scrape(&http, &addr, "roadmap_jobs_completed_total").await?;
         (done as usize >= JOBS).then_some(())
     })

@@ -20,11 +20,11 @@ use std::{
 use roadmap_worker::llm::mock;
 
 use crate::{
-    common::{self, TestEnv},
     fixture::{Fixture, ROLE, WEEKS},
     plain::{plain_loop, plain_pool},
     util::{Cpu, ms, wait_completed},
 };
+use testkit::TestEnv;
 
 const THROUGHPUT_JOBS: usize = 400;
 const PLAIN_SEQUENTIAL_JOBS: usize = 150;
@@ -49,7 +49,7 @@ pub async fn throughput() {
     // Events are routed to a backend, as in production (an unbound event is kept and retried).
     let _sink = env.event_sink().await;
     for _ in 0..THROUGHPUT_JOBS {
-        env.publish(&common::job(WEEKS, ROLE).1).await;
+        env.publish(&testkit::job(WEEKS, ROLE).1).await;
     }
     let (concurrency, pool_size) = (CONCURRENCY.to_string(), POOL.to_string());
     let worker = env

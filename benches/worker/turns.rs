@@ -10,13 +10,13 @@
 
 use std::time::{Duration, Instant};
 
-use roadmap_worker::mock_server::FaultPlan;
+use mock_llm::FaultPlan;
 
 use crate::{
-    common::{self, TestEnv},
     fixture::ROLE,
     util::{scrape, spawn_replica},
 };
+use testkit::TestEnv;
 
 const LLM: Duration = Duration::from_millis(500);
 
@@ -37,11 +37,11 @@ async fn fairness() {
         spawn_replica(&env, &[("WORKER_CONCURRENCY", "8"), ("USER_MAX_IN_FLIGHT", "4")]).await;
     let mut events = env.watcher().await;
     for _ in 0..200 {
-        let (_, mut body) = common::job(3, ROLE);
+        let (_, mut body) = testkit::job(3, ROLE);
         body["user_id"] = "busy-user".into();
         env.publish(&body).await;
     }
-    let (other, mut body) = common::job(3, ROLE);
+    let (other, mut body) = testkit::job(3, ROLE);
     body["user_id"] = "other-user".into();
     let published = Instant::now();
     env.publish(&body).await;
@@ -81,17 +81,17 @@ async fn priority() {
     let _sink = env.event_sink().await;
     let (mut child, _addr, _http) = spawn_replica(&env, &[("WORKER_CONCURRENCY", "8")]).await;
     for _ in 0..100 {
-        let (_, mut body) = common::job(12, ROLE);
+        let (_, mut body) = testkit::job(12, ROLE);
         body["priority"] = "bulk".into();
         env.publish(&body).await;
     }
     // Every slot busy with bulk work before the interactive job arrives.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let db = env.db().await;
-    let (job_id, body) = common::job(3, ROLE);
+    let (job_id, body) = testkit::job(3, ROLE);
     let before: chrono::DateTime<chrono::Utc> = db.query_one("SELECT now()", &[]).await.expect("now").get(0);
     env.publish(&body).await;
-    let claimed = common::eventually(Duration::from_secs(60), "the interactive job's claim", || async {
+    let claimed = testkit::eventually(Duration::from_secs(60), "the interactive job's claim", || async {
         let row = db
             .query_opt("SELECT created_at FROM jobs WHERE job_id = $1", &[&job_id])
             .await

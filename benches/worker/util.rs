@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use roadmap_worker::metrics::Metrics;
 
-use crate::common::{self, TestEnv};
+use testkit::TestEnv;
 
 /// The worker binary as a child process with `extra` settings and /metrics on a free port,
 /// once it answers /readyz: the child, its metrics address and a client for it.
@@ -21,7 +21,7 @@ pub async fn spawn_replica(
     settings.push(("METRICS_ADDR", &addr));
     let child = env.spawn_worker_process(&settings);
     let http = reqwest::Client::new();
-    common::eventually(Duration::from_secs(60), "the replica to be ready", || async {
+    testkit::eventually(Duration::from_secs(60), "the replica to be ready", || async {
         let response = http.get(format!("http://{addr}/readyz")).send().await.ok()?;
         response.status().is_success().then_some(())
     })

@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use crate::{
     amqp::{self, Publisher, Topology},
-    cli::{CancelArgs, Command, DemoArgs, EnqueueArgs, JobArgs, MockLlmArgs},
+    cli::{CancelArgs, Command, DemoArgs, EnqueueArgs, JobArgs},
     client::{self, EventWatcher},
+    config::ProviderKind,
     domain::{Roadmap, event::Completed},
-    mock_server::{self, FaultPlan},
     store, worker,
 };
 
@@ -24,9 +24,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(settings) => worker::run(*settings, shutdown_on_signal(), None).await,
         Command::Migrate(db) => store::migrate_only(&db).await,
-        Command::MockLlm(args) => mock_llm(args).await,
         Command::Enqueue(args) => enqueue(args).await,
-        Command::Demo(args) => demo(*args).await,
+        Command::Demo(mut args) => {
+            // The demo runs offline unless told otherwise.
+            args.worker.llm.provider.get_or_insert(ProviderKind::Mock);
+            demo(*args).await
+        }
         Command::Status(args) => status::status(*args).await,
         Command::Cancel(args) => cancel(args).await,
         Command::Dlq(args) => dlq::dlq(args).await,
@@ -54,24 +57,6 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-async fn mock_llm(args: MockLlmArgs) -> anyhow::Result<()> {
-    let plan = match args.faults.as_deref() {
-        None => FaultPlan::default(),
-        Some(spec) => {
-            let text = match spec.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
-                None => spec.to_owned(),
-            };
-            serde_json::from_str(&text).context("MOCK_LLM_FAULTS is not a valid fault plan")?
-        }
-    };
-    let quota = mock_server::QuotaSettings {
-        rpm: args.rpm,
-        tpm: args.tpm,
-    };
-    mock_server::serve_forever(args.addr, plan, Duration::from_millis(args.latency_ms), quota).await
 }
 
 fn job_body(job: &JobArgs) -> (Uuid, Vec<u8>) {

@@ -24,6 +24,14 @@ pub enum ProviderKind {
     Gemini,
 }
 
+/// `run` without a provider: the embedded mock answers only when asked for by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "LLM_PROVIDER is not set (nor --llm-provider): set it to openai (any OpenAI-compatible server), \
+     gemini, or mock (the embedded offline mock, which writes template roadmaps)"
+)]
+pub struct MissingProvider;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ResponseFormat {
     /// response_format json_schema with the batch's schema (strict): OpenAI, vLLM, Ollama 0.5+,
@@ -129,15 +137,16 @@ pub struct AmqpSettings {
 
 #[derive(Debug, Clone, Args)]
 pub struct LlmSettings {
+    /// Which LLM answers: required for `run`, so that a deployment that forgets it stops at
+    /// start instead of storing the embedded mock's template roadmaps; `demo` takes the mock.
     #[arg(
         long = "llm-provider",
         id = "llm_provider",
         env = "LLM_PROVIDER",
         value_name = "LLM_PROVIDER",
-        value_enum,
-        default_value = "mock"
+        value_enum
     )]
-    pub provider: ProviderKind,
+    pub provider: Option<ProviderKind>,
     /// Base URL of the provider's API; defaults to the provider's public endpoint.
     #[arg(
         long = "llm-base-url",
@@ -271,10 +280,15 @@ pub struct LlmSettings {
 }
 
 impl LlmSettings {
+    /// The chosen provider, or the refusal that names the variable to set.
+    pub fn provider_kind(&self) -> Result<ProviderKind, MissingProvider> {
+        self.provider.ok_or(MissingProvider)
+    }
+
     pub fn api_key(&self) -> Option<Secret> {
         let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         self.api_key.clone().or_else(|| {
-            match self.provider {
+            match self.provider? {
                 ProviderKind::Openai => from_env("OPENAI_API_KEY"),
                 ProviderKind::Gemini => from_env("GEMINI_API_KEY"),
                 ProviderKind::Mock => None,

@@ -174,7 +174,7 @@ pub enum Provider {
 impl Provider {
     /// The configured provider; a remote one reads its answers through `gate`.
     pub fn from_settings(settings: &LlmSettings, gate: AnswerGate) -> anyhow::Result<Self> {
-        Ok(match settings.provider {
+        Ok(match settings.provider_kind()? {
             ProviderKind::Mock => Self::Mock(mock::MockLlm {
                 latency: settings.mock_latency(),
             }),

@@ -209,6 +209,8 @@ pub async fn run(
     shutdown: CancellationToken,
     started: Option<oneshot::Sender<Running>>,
 ) -> anyhow::Result<()> {
+    // Refused before anything connects: a worker without a provider must not take jobs.
+    settings.llm.provider_kind()?;
     let owner = replica_id();
     let metrics = Metrics::new();
     let pool = store::connect(&settings.db, &format!("{APP_PREFIX}{owner}")).await?;

@@ -14,7 +14,7 @@ use lapin::{
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::common::{TestEnv, eventually, hostile::wait_for_dead_letters, job};
+use testkit::{TestEnv, eventually, hostile::wait_for_dead_letters, job};
 
 /// Plays a consumer that crashes on every delivery: nacks each back until the quorum queue's
 /// delivery limit dead-letters the message (nothing arrives for a while).

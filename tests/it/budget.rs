@@ -5,13 +5,10 @@
 
 use std::time::Duration;
 
-use roadmap_worker::{
-    domain::event::Completed,
-    mock_server::{FaultPlan, QuotaSettings},
-    store,
-};
+use mock_llm::{FaultPlan, QuotaSettings};
+use roadmap_worker::{domain::event::Completed, store};
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 /// The mock's quota, and the limit the replicas are told: tokens per minute.
 const TPM: u64 = 20_000;

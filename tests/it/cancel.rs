@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use roadmap_worker::{mock_server::FaultPlan, store};
+use mock_llm::FaultPlan;
+use roadmap_worker::store;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_stops_the_job_at_its_next_batch_and_only_its_user_may_cancel() {

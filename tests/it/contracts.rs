@@ -6,15 +6,13 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use lapin::options::BasicGetOptions;
-use roadmap_worker::{
-    domain::{JobRequest, RejectReason},
-    mock_server::{Fault, FaultPlan, RatedFault},
-};
+use mock_llm::{Fault, FaultPlan, RatedFault};
+use roadmap_worker::domain::{JobRequest, RejectReason};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::contract_cases::invalid_messages;
-use crate::common::{TestEnv, job};
+use testkit::contract_cases::invalid_messages;
+use testkit::{TestEnv, job};
 
 const SCHEMAS: [&str; 4] = [
     "job.v1",
@@ -292,7 +290,7 @@ fn job_messages_built_by_the_code_match_the_job_schema() {
         json!({"job_id": id.to_string().to_uppercase(), "user_id": "u", "target_role": "r",
                "duration_weeks": 3, "experience_level": "intermediate", "hours_per_week": 1,
                "focus_areas": ["😀".repeat(100)], "language": "es-419"}),
-        crate::common::job(5, "Mobile Developer").1,
+        testkit::job(5, "Mobile Developer").1,
     ];
     for input in inputs {
         assert_valid(&schema, &input, "a valid job message");

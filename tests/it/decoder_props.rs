@@ -13,7 +13,7 @@ use roadmap_worker::domain::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::job_strategies::{
+use testkit::job_strategies::{
     FIELDS, content_type, json_value, jsonish_bytes, mutated_message, valid_message,
 };
 

@@ -8,7 +8,7 @@ use std::{process::Output, time::Duration};
 use lapin::{BasicProperties, types::ShortString};
 use serde_json::Value;
 
-use crate::common::{TestEnv, amqp_url, eventually, job};
+use testkit::{TestEnv, amqp_url, eventually, job};
 
 fn dlq(env: &TestEnv, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_roadmap-worker"))

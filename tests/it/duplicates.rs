@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use roadmap_worker::mock_server::FaultPlan;
+use mock_llm::FaultPlan;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 /// Wall time until five one-batch jobs of other users have all completed.
 async fn five_short_jobs(env: &TestEnv) -> Duration {

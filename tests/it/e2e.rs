@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use roadmap_worker::domain::event::Completed;
 
-use crate::common::{TestEnv, eventually, job};
+use testkit::{TestEnv, eventually, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_week_job_publishes_one_completed_event() {

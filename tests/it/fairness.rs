@@ -4,8 +4,8 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use crate::common::{TestEnv, job};
-use roadmap_worker::mock_server::FaultPlan;
+use mock_llm::FaultPlan;
+use testkit::{TestEnv, job};
 
 const LIMIT: i64 = 2;
 const BACKLOG: usize = 16;

@@ -3,13 +3,11 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use roadmap_worker::{
-    domain::event::Completed,
-    mock_server::{Fault, FaultPlan, RatedFault},
-};
+use mock_llm::{Fault, FaultPlan, RatedFault};
+use roadmap_worker::domain::event::Completed;
 use uuid::Uuid;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 const JOBS: usize = 50;
 

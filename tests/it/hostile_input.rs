@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{
+use testkit::{
     DeadLetter, TestEnv, eventually,
     hostile::{Case, collect_events, corpus, wait_for_dead_letters},
     job,

@@ -8,12 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use roadmap_worker::{
-    domain::{WeekSource, event::Completed},
-    mock_server::{Fault, FaultPlan},
-};
+use mock_llm::{Fault, FaultPlan};
+use roadmap_worker::domain::{WeekSource, event::Completed};
 
-use crate::common::{
+use testkit::{
     TestEnv, job,
     runs::{PROVIDERS, run_job},
     sigterm,

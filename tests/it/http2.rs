@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use roadmap_worker::{domain::event::Completed, mock_server::FaultPlan};
+use mock_llm::FaultPlan;
+use roadmap_worker::domain::event::Completed;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 const JOBS: usize = 24;
 

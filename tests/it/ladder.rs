@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
+use mock_llm::{Fault, FaultPlan};
 use roadmap_worker::{
     config::ResponseFormat,
     domain::{JobRequest, WeekSource, brief::Brief},
     llm::{estimate_tokens, mock},
-    mock_server::{Fault, FaultPlan},
     pipeline::{self, prompt},
 };
 
-use crate::common::{
+use testkit::{
     TestEnv, eventually, job,
     runs::{PROVIDERS, run_job},
 };

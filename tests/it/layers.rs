@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// Each top-level module with its layer; a module may import only from lower layers.
-const LAYERS: [(&str, u8); 16] = [
+const LAYERS: [(&str, u8); 15] = [
     ("json_scan", 0),
     ("config", 0),
     ("domain", 1),
@@ -20,7 +20,6 @@ const LAYERS: [(&str, u8); 16] = [
     ("worker", 5),
     ("cli", 6),
     ("client", 6),
-    ("mock_server", 6),
     ("commands", 7),
 ];
 

@@ -13,7 +13,7 @@ use roadmap_worker::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 fn batch(job: &JobRequest, plan: &Plan, index: usize) -> BatchResult {
     let range = plan.batches[index];

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{TestEnv, db_when_ready, job, job_row};
+use testkit::{TestEnv, db_when_ready, job, job_row};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_job_whose_replica_died_is_swept_and_resumed() {

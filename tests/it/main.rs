@@ -1,10 +1,9 @@
 //! The integration tests: one binary, one module per promise of the contract. Every test talks
 //! to the real Postgres and RabbitMQ, in its own database and under its own exchange and queue
-//! names, with the project's mock LLM server over real HTTP, so the tests run in parallel.
+//! names, with the project's mock LLM server over real HTTP, so the tests run in parallel. The
+//! harness is the `testkit` crate (crates/testkit), the mock server the `mock-llm` crate.
 //!
 //! The chaos run (`tests/chaos.rs`) is a separate target: it restarts the machine's services.
-
-mod common;
 
 mod accounting;
 mod bad_input;

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use roadmap_worker::mock_server::{Fault, FaultPlan};
+use mock_llm::{Fault, FaultPlan};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::common::{TestEnv, eventually, job};
+use testkit::{TestEnv, eventually, job};
 
 /// Where the capture goes; `.ci/run` passes it to `deploy/check.sh`.
 pub const CAPTURE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/metrics.txt");

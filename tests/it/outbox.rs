@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use roadmap_worker::store;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_events_are_trimmed_and_unsent_ones_kept() {

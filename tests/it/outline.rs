@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use roadmap_worker::{
-    domain::{WeekSource, event::Completed},
-    mock_server::{Fault, FaultPlan},
-};
+use mock_llm::{Fault, FaultPlan};
+use roadmap_worker::domain::{WeekSource, event::Completed};
 
-use crate::common::{TestEnv, eventually, job};
+use testkit::{TestEnv, eventually, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phases_are_written_side_by_side_after_the_outline() {

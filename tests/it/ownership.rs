@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::{TestEnv, eventually, hostile::wait_for_dead_letters};
+use testkit::{TestEnv, eventually, hostile::wait_for_dead_letters};
 
 /// A row as JSON text, to compare before and after.
 async fn row_json(db: &tokio_postgres::Client, sql: &str, job_id: Uuid) -> Vec<String> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{TestEnv, db_when_ready, eventually, job, job_row};
+use testkit::{TestEnv, db_when_ready, eventually, job, job_row};
 
 /// How many times the job's first batch was asked for: once per claim.
 fn first_batch_asks(env: &TestEnv) -> usize {

@@ -5,9 +5,9 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use roadmap_worker::mock_server::FaultPlan;
+use mock_llm::FaultPlan;
 
-use crate::common::{TestEnv, eventually, job};
+use testkit::{TestEnv, eventually, job};
 
 const BULK: usize = 8;
 

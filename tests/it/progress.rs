@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use crate::common::{TestEnv, amqp_url};
+use testkit::{TestEnv, amqp_url};
 
 fn enqueue(env: &TestEnv, under_pty: bool) -> Output {
     let bin = env!("CARGO_BIN_EXE_roadmap-worker");

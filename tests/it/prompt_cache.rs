@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use roadmap_worker::domain::event::Completed;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_input_tokens_are_recorded_from_both_providers() {

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, time::Duration};
 use roadmap_worker::client::ReceivedEvent;
 use uuid::Uuid;
 
-use crate::common::{TestEnv, hostile::collect_events, job};
+use testkit::{TestEnv, hostile::collect_events, job};
 
 /// The completed or failed event of `job_id` among `events`.
 fn end_of<'a>(events: &'a [ReceivedEvent], job_id: &Uuid) -> Option<&'a ReceivedEvent> {

@@ -3,7 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use crate::common::{TestEnv, eventually, job};
+use testkit::{TestEnv, eventually, job};
 
 /// Closes the broker connection named `name` (what a broker restart or a network cut does to it).
 fn close_connection(name: &str) {
@@ -68,19 +68,19 @@ async fn worker_reconnects_after_losing_the_broker() {
 /// buffer per connection, so RabbitMQ's 128 KiB default would cost 8 MiB a replica).
 #[tokio::test]
 async fn the_amqp_frame_is_32_kib_unless_the_url_names_one() {
-    let mut settings = crate::common::amqp_settings("rwtest_frame");
+    let mut settings = testkit::amqp_settings("rwtest_frame");
     let connection = roadmap_worker::amqp::connect(&settings, "rwtest-frame")
         .await
-        .expect(crate::common::AMQP_HINT);
+        .expect(testkit::AMQP_HINT);
     assert_eq!(connection.configuration().frame_max(), 32 * 1024);
     let _ = connection.close(200, "done".into()).await;
 
-    let url = crate::common::amqp_url();
+    let url = testkit::amqp_url();
     let separator = if url.contains('?') { '&' } else { '?' };
     settings.url = format!("{url}{separator}frame_max=65536").parse().unwrap();
     let connection = roadmap_worker::amqp::connect(&settings, "rwtest-frame")
         .await
-        .expect(crate::common::AMQP_HINT);
+        .expect(testkit::AMQP_HINT);
     assert_eq!(connection.configuration().frame_max(), 64 * 1024);
     let _ = connection.close(200, "done".into()).await;
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{TestEnv, db_when_ready, eventually, job};
+use testkit::{TestEnv, db_when_ready, eventually, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_resumes_from_checkpoints_without_regenerating() {

@@ -7,7 +7,7 @@ use std::{process::Stdio, time::Duration};
 use tokio::io::AsyncReadExt as _;
 use uuid::Uuid;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())

@@ -3,7 +3,8 @@
 
 use std::process::{Command, Stdio};
 
-/// Runs `roadmap-worker run` with one variable set to `value` and returns (success, stderr).
+/// Runs `roadmap-worker run` with one variable set to `value` (the provider the embedded mock,
+/// unless that is the variable) and returns (success, stderr).
 fn run_with(variable: &str, value: &str) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_roadmap-worker"))
         .arg("run")
@@ -11,6 +12,7 @@ fn run_with(variable: &str, value: &str) -> (bool, String) {
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
         .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
         .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("LLM_PROVIDER", "mock")
         .env(variable, value)
         .stdin(Stdio::null())
         .output()
@@ -94,6 +96,45 @@ fn values_at_the_edges_of_their_ranges_are_accepted() {
         assert!(
             stderr.contains("connecting to Postgres"),
             "{variable}={value} was not accepted:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_without_a_provider_is_refused_naming_llm_provider() {
+    // Unset and set empty alike: a deployment that forgets the variable must not store the
+    // embedded mock's template roadmaps.
+    for value in [None, Some("")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_roadmap-worker"));
+        command
+            .arg("run")
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env_remove("LLM_PROVIDER")
+            .stdin(Stdio::null());
+        if let Some(value) = value {
+            command.env("LLM_PROVIDER", value);
+        }
+        let output = command.output().expect("running the worker binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "LLM_PROVIDER={value:?}: the worker started"
+        );
+        // Unset: the worker's own refusal; empty: clap's "a value is required for
+        // '--llm-provider <LLM_PROVIDER>'". Either names the variable.
+        let named = match value {
+            None => stderr.contains("LLM_PROVIDER is not set"),
+            Some(_) => stderr.contains("<LLM_PROVIDER>"),
+        };
+        assert!(
+            named,
+            "LLM_PROVIDER={value:?}: the refusal does not name the variable:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("connecting to"),
+            "LLM_PROVIDER={value:?}: refused only after connecting:\n{stderr}"
         );
     }
 }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use roadmap_worker::mock_server::FaultPlan;
+use mock_llm::FaultPlan;
 
-use crate::common::{TestEnv, db_when_ready, job, job_row, sigterm};
+use testkit::{TestEnv, db_when_ready, job, job_row, sigterm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_batch_in_flight_and_hands_the_job_back() {

@@ -6,7 +6,7 @@ use std::{process::Output, time::Duration};
 
 use serde_json::Value;
 
-use crate::common::{TestEnv, job};
+use testkit::{TestEnv, job};
 
 fn status(env: &TestEnv, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_roadmap-worker"))

@@ -14,7 +14,7 @@ use lapin::{
 };
 use serde_json::Value;
 
-use crate::common::{TestEnv, eventually, job, sigterm};
+use testkit::{TestEnv, eventually, job, sigterm};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{TestEnv, eventually, job};
+use testkit::{TestEnv, eventually, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_event_waits_for_a_queue_bound_later() {

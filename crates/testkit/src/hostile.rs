@@ -47,6 +47,7 @@ pub async fn collect_events(
 }
 
 /// One hostile message and what must come of it.
+#[derive(Debug)]
 pub struct Case {
     pub name: &'static str,
     pub body: Vec<u8>,

@@ -1,5 +1,8 @@
 //! Test harness: each test gets its own database and its own exchange/queue names, a real mock
 //! LLM server over HTTP, and workers in-process or as child processes.
+//!
+//! A crate of its own, used as a dev-dependency by `tests/` and `benches/`, so that none of it
+//! reaches the shipped binary.
 
 use std::{
     future::Future,
@@ -9,13 +12,13 @@ use std::{
 
 use clap::Parser as _;
 use lapin::{Connection, options::BasicGetOptions};
+use mock_llm::{FaultPlan, MockLlmServer, QuotaSettings};
 use roadmap_worker::{
     amqp::{self, Publisher, Topology},
     cli::{Cli, Command},
     client::{self, EventWatcher},
     config::{AmqpSettings, WorkerSettings},
     domain::Plan,
-    mock_server::{FaultPlan, MockLlmServer, QuotaSettings},
     worker::{self, Running},
 };
 use serde_json::{Value, json};
@@ -37,6 +40,7 @@ pub fn amqp_url() -> String {
 }
 
 /// One test's private world.
+#[derive(Debug)]
 pub struct TestEnv {
     pub name: String,
     pub database_url: String,
@@ -169,7 +173,7 @@ impl TestEnv {
     /// The worker binary's `run` with this test's settings (OpenAI provider on the mock, a free
     /// metrics port, warnings only); `extra_env` overrides.
     pub fn worker_command(&self, extra_env: &[(&str, &str)]) -> tokio::process::Command {
-        let bin = env!("CARGO_BIN_EXE_roadmap-worker");
+        let bin = worker_binary();
         // A profiler around the worker, for a bench run by hand: `WORKER_WRAPPER=heaptrack`.
         // Stopping the child then stops the wrapper, not the worker under it: end that by hand
         // (`pkill -f 'roadmap-worker run'`), and delete the run's queues if its bench was cut.
@@ -386,12 +390,14 @@ pub fn amqp_settings(namespace: &str) -> AmqpSettings {
 }
 
 /// A dead letter as the broker holds it.
+#[derive(Debug)]
 pub struct DeadLetter {
     pub reason: Option<String>,
     pub headers: lapin::types::FieldTable,
     pub body: Vec<u8>,
 }
 
+#[derive(Debug)]
 pub struct WorkerHandle {
     pub shutdown: CancellationToken,
     pub join: JoinHandle<anyhow::Result<()>>,
@@ -437,6 +443,27 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The `roadmap-worker` binary of the build that runs this test or bench: cargo builds it beside
+/// the test executable (`target/<profile>/deps/it-…` → `target/<profile>/roadmap-worker`).
+/// `ROADMAP_WORKER_BIN` names another.
+pub fn worker_binary() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("ROADMAP_WORKER_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable sits in target/<profile>/deps");
+    let bin = profile_dir.join("roadmap-worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build`; `cargo test` and `cargo bench` do it)",
+        bin.display()
+    );
+    bin
 }
 
 /// Sends SIGTERM to a child process (the orchestrator's polite stop).

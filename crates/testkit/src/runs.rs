@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use roadmap_worker::{
-    domain::event::Completed,
-    mock_server::{Fault, FaultPlan},
-};
+use mock_llm::{Fault, FaultPlan};
+use roadmap_worker::domain::event::Completed;
 
 use super::{TestEnv, job};
 
 pub const PROVIDERS: [&str; 2] = ["openai", "gemini"];
 
+#[derive(Debug)]
 pub struct Run {
     pub completed: Completed,
     /// The week ranges of the batch requests the mock received, in order.

@@ -1,6 +1,10 @@
 //! The mock LLM over HTTP: OpenAI-compatible `/v1/chat/completions` and Gemini
 //! `/v1beta/models/{model}:generateContent`, answering with the embedded mock's weeks, with
 //! scripted or random faults so tests exercise the real HTTP path and every rung of the ladder.
+//!
+//! A crate of its own, so that the shipped `roadmap-worker` binary carries no test double: the
+//! tests and benches use it as a dev-dependency, and its `mock-llm` binary serves it for
+//! docker-compose and for trying the worker's real providers by hand.
 
 use std::{
     net::SocketAddr,
@@ -24,7 +28,7 @@ pub use self::{
     faults::{Fault, FaultPlan, RatedFault},
     quota::{QuotaCounts, QuotaSettings},
 };
-use crate::{
+use roadmap_worker::{
     domain::brief::{Brief, OutlineBrief},
     llm::{estimate_tokens, mock},
 };
@@ -184,7 +188,7 @@ impl MockLlmServer {
     }
 }
 
-/// Serves until the process ends (the `mock-llm` subcommand).
+/// Serves until the process ends (the `mock-llm` binary).
 pub async fn serve_forever(
     addr: SocketAddr,
     plan: FaultPlan,
