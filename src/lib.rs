@@ -31,6 +31,7 @@ pub(crate) mod json_scan;
 pub mod llm;
 pub mod metrics;
 pub mod pipeline;
+pub mod retry;
 pub mod store;
 pub mod telemetry;
 pub mod template;

@@ -1,7 +1,9 @@
 //! The provider-neutral LLM interface: one request in, text plus finish reason and usage out.
 //!
 //! Providers are an enum rather than a trait object: the set is closed (mock, OpenAI-compatible,
-//! Gemini), and an enum keeps `async fn` without boxing.
+//! Gemini), and an enum keeps `async fn` without boxing. The pipeline sees them through the
+//! [`Llm`] trait, with static dispatch, so that its tests can script the model's answers
+//! in-process without any of them.
 
 pub mod gate;
 pub(crate) mod gemini;
@@ -163,6 +165,41 @@ fn status_label(code: u16) -> &'static str {
         })
 }
 
+/// What the pipeline needs of a model: one call, and names for metrics and spans. Static
+/// dispatch only (the pipeline is generic over it): a `dyn` call would box every call's future,
+/// and thousands are in flight.
+pub trait Llm: std::fmt::Debug + Send + Sync {
+    /// One call; transient failures are the caller's to retry.
+    fn complete(&self, request: &LlmRequest) -> impl Future<Output = Result<LlmResponse, LlmError>> + Send;
+
+    /// The provider's name, a bounded metric label (`mock`, `openai`, `gemini`).
+    fn name(&self) -> &'static str;
+
+    /// The model's name.
+    fn model(&self) -> &str;
+
+    /// A minimal request that tells whether the provider accepts our key and model at all.
+    /// A refusal of the request itself still proves both, so only configuration faults and
+    /// transient failures count as "not usable".
+    fn probe(&self) -> impl Future<Output = Result<(), LlmError>> + Send {
+        async move {
+            let request = LlmRequest {
+                system: "Health check.".into(),
+                prompt: "Answer with the word ok.".into(),
+                schema: Arc::new(Value::Null),
+                max_output_tokens: 1,
+                temperature: 0.0,
+                cache_key: None,
+                bulk: false,
+            };
+            match self.complete(&request).await {
+                Ok(_) | Err(LlmError::Refused { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
 /// The configured provider.
 #[derive(Debug, Clone)]
 pub enum Provider {
@@ -182,8 +219,10 @@ impl Provider {
             ProviderKind::Gemini => Self::Gemini(gemini::Gemini::new(settings, gate)?),
         })
     }
+}
 
-    pub async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+impl Llm for Provider {
+    async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
         match self {
             Self::Mock(p) => p.complete(request).await,
             Self::OpenAi(p) => p.complete(request).await,
@@ -191,26 +230,7 @@ impl Provider {
         }
     }
 
-    /// A minimal request that tells whether the provider accepts our key and model at all.
-    /// A refusal of the request itself still proves both, so only configuration faults and
-    /// transient failures count as "not usable".
-    pub async fn probe(&self) -> Result<(), LlmError> {
-        let request = LlmRequest {
-            system: "Health check.".into(),
-            prompt: "Answer with the word ok.".into(),
-            schema: Arc::new(Value::Null),
-            max_output_tokens: 1,
-            temperature: 0.0,
-            cache_key: None,
-            bulk: false,
-        };
-        match self.complete(&request).await {
-            Ok(_) | Err(LlmError::Refused { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
+    fn name(&self) -> &'static str {
         match self {
             Self::Mock(_) => "mock",
             Self::OpenAi(_) => "openai",
@@ -218,7 +238,7 @@ impl Provider {
         }
     }
 
-    pub fn model(&self) -> &str {
+    fn model(&self) -> &str {
         match self {
             Self::Mock(_) => "mock",
             Self::OpenAi(p) => p.model(),

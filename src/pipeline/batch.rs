@@ -2,41 +2,44 @@
 //! truncation, re-ask once on invalid output, then fall back to template weeks.
 
 use std::{
-    sync::Mutex,
+    ops::RangeInclusive,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use tracing::{Instrument, debug, info, warn};
 
 use super::{
     budget::Budget,
+    ladder::{Ladder, LadderPolicy, Move, Verdict},
     parse::{self, AnswerError},
     prompt::{self, Context},
 };
 use crate::{
     config::{LlmSettings, Prices, ResponseFormat},
     domain::{
-        AnswerFault, BatchOutcome, BatchRange, BatchResult, JobProfile, Plan, Week, WeekOutline,
+        AnswerFault, BatchRange, BatchResult, JobProfile, Plan, Week, WeekOutline,
         brief::Brief,
         event::Usage,
         roadmap::{WeekProblem, check_weeks},
     },
-    llm::{Admission, FinishReason, LlmError, LlmRequest, LlmResponse, Provider, estimate_tokens, schema},
+    llm::{
+        Admission, FinishReason, Llm, LlmError, LlmRequest, LlmResponse, Provider, estimate_tokens, schema,
+    },
     metrics::Metrics,
     template,
 };
 
-/// How the ladder behaves; from [`LlmSettings`], shortened in tests.
+/// How the generator asks: the request's settings and the ladder's policy; from
+/// [`LlmSettings`], shortened in tests.
 #[derive(Debug, Clone)]
 pub struct LadderSettings {
     pub max_output_tokens: u32,
     pub temperature: f32,
     pub format: ResponseFormat,
     pub context_days: u32,
-    pub max_retries: usize,
-    pub min_retry_delay: Duration,
-    pub max_retry_delay: Duration,
+    pub policy: LadderPolicy,
     /// Prices of the provider's tokens, for the cost of each batch.
     pub prices: Prices,
 }
@@ -48,23 +51,25 @@ impl LadderSettings {
             temperature: llm.temperature,
             format: llm.response_format,
             context_days,
-            max_retries: llm.max_retries as usize,
-            min_retry_delay: Duration::from_millis(500),
-            max_retry_delay: Duration::from_millis(llm.max_retry_delay_ms),
+            policy: LadderPolicy::new(
+                llm.max_retries as usize,
+                Duration::from_millis(llm.max_retry_delay_ms),
+            ),
             prices: Prices::default(),
         }
     }
 }
 
-/// Generates batches; one per worker, shared by its jobs.
+/// Generates batches and outlines through the ladder; one per worker, shared by its jobs.
+/// Generic over the model ([`Llm`]), so that tests drive it with scripted answers in-process.
 #[derive(Debug, Clone)]
-pub struct Generator {
-    pub provider: Provider,
-    pub settings: LadderSettings,
-    pub metrics: Metrics,
-    pub schemas: schema::SchemaCache,
+pub struct Generator<L = Provider> {
+    llm: L,
+    settings: LadderSettings,
+    metrics: Metrics,
+    schemas: schema::SchemaCache,
     /// The fleet's shared provider budget, drawn on by every call.
-    pub budget: Budget,
+    budget: Budget,
 }
 
 /// Whom a job's calls are for: its id (the prompt cache key) and whether it is a bulk job.
@@ -93,45 +98,52 @@ impl Invalid {
         }
     }
 
-    fn feedback(&self) -> Vec<String> {
+    fn feedback(&self) -> String {
         match self {
-            Self::Answer(e) => vec![e.to_string()],
-            Self::Weeks(problems) => problems.iter().map(ToString::to_string).collect(),
+            Self::Answer(e) => e.to_string(),
+            Self::Weeks(problems) => problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 }
 
-/// The rungs a batch (or the outline) has climbed; the highest is its outcome.
-#[derive(Default)]
-pub(super) struct Rungs {
-    pub retried: bool,
-    pub truncated: bool,
-    pub reasked: bool,
-    pub fallback: bool,
-}
-
-impl Rungs {
-    pub fn outcome(&self) -> BatchOutcome {
-        match self {
-            Self { fallback: true, .. } => BatchOutcome::Fallback,
-            Self { reasked: true, .. } => BatchOutcome::Reasked,
-            Self { truncated: true, .. } => BatchOutcome::Truncated,
-            Self { retried: true, .. } => BatchOutcome::Retried,
-            _ => BatchOutcome::Ok,
+impl<L: Llm> Generator<L> {
+    /// A generator asking `llm`, drawing on `budget` (off: [`Budget::default`]).
+    pub fn new(llm: L, settings: LadderSettings, metrics: Metrics, budget: Budget) -> Self {
+        Self {
+            llm,
+            settings,
+            metrics,
+            schemas: Default::default(),
+            budget,
         }
     }
-}
 
-impl Generator {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub(super) fn settings(&self) -> &LadderSettings {
+        &self.settings
+    }
+
     /// Whether the provider accepts our key and model (after a configuration fault).
     pub async fn probe(&self) -> Result<(), LlmError> {
-        self.provider.probe().await
+        self.llm.probe().await
     }
 
     /// Generates the weeks of `range`. `previous` is the week before it, when written; without
-    /// it the plan's outline of that week stands in. `cache_key` (the job id) keeps a job's
-    /// calls on one prompt cache; `bulk` says whose turn the calls take. The last answer's [`Admission`] comes back with the weeks,
-    /// to be dropped once they are stored.
+    /// it the plan's outline of that week stands in. `span_hint` is how many weeks the job's
+    /// answers were found to hold (a cut here lowers it for the batches after). `caller` keeps a
+    /// job's calls on one prompt cache and says whose turn they take. The last answer's
+    /// [`Admission`] comes back with the weeks, to be dropped once they are stored.
     pub async fn batch(
         &self,
         profile: &JobProfile,
@@ -145,17 +157,12 @@ impl Generator {
         let mut admission = Admission::default();
         let mut weeks: Vec<Week> = Vec::with_capacity(range.week_count() as usize);
         let mut usage = Usage::default();
-        let mut rungs = Rungs::default();
-        let mut next = range.first;
-        // How many weeks one answer can hold; shrinks when answers are cut off, and the job's
-        // later batches start from what this one learned instead of repeating the same cut.
-        let mut span = range.week_count().min((*span_hint).max(1));
-        let mut feedback: Option<Vec<String>> = None;
-        while next <= range.last {
-            let last = (next + span - 1).min(range.last);
+        let mut ladder = Ladder::new(range.weeks(), *span_hint, &self.settings.policy);
+        while let Some(ask) = ladder.ask() {
+            let (first, last) = (ask.first, ask.last);
             let context = match weeks.last().or(previous) {
                 Some(week) => Context::Days(week),
-                None => next
+                None => first
                     .checked_sub(1)
                     .and_then(|n| plan.outline_week(n))
                     .map_or(Context::Start, Context::Outline),
@@ -166,101 +173,57 @@ impl Generator {
                 let brief = Brief {
                     profile: profile.clone(),
                     duration_weeks: plan.duration_weeks,
-                    first_week: next,
+                    first_week: first,
                     last_week: last,
                     phases: plan.phases.clone(),
                 };
-                let outline: Vec<WeekOutline> = (next..=last)
+                let outline: Vec<WeekOutline> = (first..=last)
                     .filter_map(|n| plan.outline_week(n).cloned())
                     .collect();
-                self.request(&brief, context, &outline, feedback.as_deref(), caller)
+                let prompt = prompt::render(
+                    &brief,
+                    context,
+                    &outline,
+                    self.settings.context_days,
+                    ask.feedback,
+                    self.settings.format,
+                );
+                self.request(prompt, self.schemas.batch(first, last), caller)
             };
             // A place is for an answer waiting to be stored, not for one being asked again.
             admission = Admission::default();
-            let mut answer = match self.call(&request, &mut usage, &mut rungs).await {
-                Ok(answer) => answer,
+            let verdict = match self.call(&request, &mut usage, &mut ladder).await {
+                Ok(mut answer) => {
+                    admission = std::mem::take(&mut answer.admission);
+                    self.judge(&answer, first..=last, plan, &mut weeks)
+                }
                 Err(err @ LlmError::Config { .. }) => return Err(ProviderFault(err)),
                 Err(err) => {
-                    warn!(weeks = %format!("{next}-{}", range.last), error = %err, "LLM gave up; template weeks");
-                    self.fallback(profile, plan, next..=range.last, &mut weeks, &mut rungs);
-                    break;
+                    warn!(first, last, error = %err, "LLM gave up");
+                    Verdict::GaveUp
                 }
             };
-            admission = std::mem::take(&mut answer.admission);
-            if answer.finish == FinishReason::Length {
-                rungs.truncated = true;
-                self.metrics
-                    .batch_failures
-                    .with_label_values(&[AnswerFault::Truncated.as_str()])
-                    .inc();
-                let mut salvaged = parse::salvage_weeks(&answer.text).unwrap_or_else(|refused| {
-                    // Nothing is kept from an oversized cut: the span halves as for any
-                    // cut with no complete week.
-                    self.metrics
-                        .batch_failures
-                        .with_label_values(&[refused.fault().as_str()])
-                        .inc();
-                    warn!(first = next, last, error = %refused, "truncated answer refused");
-                    Vec::new()
-                });
-                // Only a clean prefix of the requested weeks is kept; anything odd is dropped.
-                let complete = (salvaged.len() as u32).min(last - next + 1);
-                salvaged.truncate(complete as usize);
-                let good = match complete {
-                    0 => Vec::new(),
-                    n => check_weeks(salvaged, next..=next + n - 1, |w| plan.phase_of(w)).unwrap_or_default(),
-                };
-                let kept = good.len() as u32;
-                // The model fits about `kept` weeks in its budget: never send the same cut again.
-                let requested = last - next + 1;
-                span = if kept > 0 {
-                    kept.min(requested)
-                } else {
-                    requested / 2
-                };
-                info!(first = next, last, kept, next_span = span, "answer truncated");
-                next += kept;
-                weeks.extend(good);
-                if span == 0 {
-                    // A single week does not fit the output limit: no smaller request exists.
-                    self.fallback(profile, plan, next..=last, &mut weeks, &mut rungs);
-                    next = last + 1;
-                    span = 1;
+            let cut = matches!(verdict, Verdict::CutOff { .. });
+            let problem = match &verdict {
+                Verdict::Invalid { problem } => Some(problem.clone()),
+                _ => None,
+            };
+            match ladder.step(last, verdict) {
+                Move::Reask => info!(first, last, problem, "answer invalid; re-asking once"),
+                Move::Fallback(template) => {
+                    warn!(weeks = %format!("{}-{}", template.start(), template.end()), problem, "template weeks");
+                    weeks.extend(
+                        template.map(|n| template::week(profile, &plan.phases, n, plan.duration_weeks)),
+                    );
                 }
-                continue;
-            }
-            let checked = parse::parse_answer(&answer.text)
-                .map_err(Invalid::Answer)
-                .and_then(|ws| check_weeks(ws, next..=last, |w| plan.phase_of(w)).map_err(Invalid::Weeks));
-            match checked {
-                Ok(good) => {
-                    next = last + 1;
-                    weeks.extend(good);
-                    feedback = None;
-                }
-                Err(invalid) => {
-                    self.metrics
-                        .batch_failures
-                        .with_label_values(&[invalid.fault().as_str()])
-                        .inc();
-                    let problem = invalid.feedback().join("; ");
-                    if rungs.reasked {
-                        warn!(first = next, last, %problem, "answer still invalid after a re-ask; template weeks");
-                        self.fallback(profile, plan, next..=last, &mut weeks, &mut rungs);
-                        next = last + 1;
-                    } else {
-                        info!(first = next, last, %problem, "answer invalid; re-asking once");
-                        rungs.reasked = true;
-                        feedback = Some(vec![problem]);
-                    }
-                }
+                Move::Next if cut => info!(first, last, next_span = ladder.span(), "answer truncated"),
+                Move::Next => {}
             }
         }
-        if rungs.truncated {
-            // Only a cut says how much fits; a short batch says nothing about longer ones.
+        if let Some(span) = ladder.learned_span() {
             *span_hint = span;
         }
-        let outcome = rungs.outcome();
+        let outcome = ladder.rungs().outcome();
         self.metrics.batches.with_label_values(&[outcome.as_str()]).inc();
         self.metrics
             .batch_duration
@@ -274,6 +237,61 @@ impl Generator {
         Ok((result, admission))
     }
 
+    /// The verdict on an answer to `asked`; its valid weeks are added to `weeks`.
+    fn judge(
+        &self,
+        answer: &LlmResponse,
+        asked: RangeInclusive<u32>,
+        plan: &Plan,
+        weeks: &mut Vec<Week>,
+    ) -> Verdict {
+        let (first, last) = (*asked.start(), *asked.end());
+        if answer.finish == FinishReason::Length {
+            self.metrics
+                .batch_failures
+                .with_label_values(&[AnswerFault::Truncated.as_str()])
+                .inc();
+            let mut salvaged = parse::salvage_weeks(&answer.text).unwrap_or_else(|refused| {
+                // Nothing is kept from an oversized cut: the span halves as for any cut with
+                // no complete week.
+                self.metrics
+                    .batch_failures
+                    .with_label_values(&[refused.fault().as_str()])
+                    .inc();
+                warn!(first, last, error = %refused, "truncated answer refused");
+                Vec::new()
+            });
+            // Only a clean prefix of the requested weeks is kept; anything odd is dropped.
+            let complete = (salvaged.len() as u32).min(last - first + 1);
+            salvaged.truncate(complete as usize);
+            let good = match complete {
+                0 => Vec::new(),
+                n => check_weeks(salvaged, first..=first + n - 1, |w| plan.phase_of(w)).unwrap_or_default(),
+            };
+            let kept = good.len() as u32;
+            weeks.extend(good);
+            return Verdict::CutOff { kept };
+        }
+        let checked = parse::parse_answer(&answer.text)
+            .map_err(Invalid::Answer)
+            .and_then(|ws| check_weeks(ws, asked, |w| plan.phase_of(w)).map_err(Invalid::Weeks));
+        match checked {
+            Ok(good) => {
+                weeks.extend(good);
+                Verdict::Complete
+            }
+            Err(invalid) => {
+                self.metrics
+                    .batch_failures
+                    .with_label_values(&[invalid.fault().as_str()])
+                    .inc();
+                Verdict::Invalid {
+                    problem: invalid.feedback(),
+                }
+            }
+        }
+    }
+
     /// Prices `usage` at the configured prices and counts it in the cost metric.
     pub(super) fn price(&self, usage: &mut Usage) {
         usage.cost_nanos = self.settings.prices.cost_nanos(
@@ -284,25 +302,17 @@ impl Generator {
         self.metrics.llm_cost.inc_by(usage.cost_nanos as f64 / 1e9);
     }
 
-    fn request(
+    /// A request with this prompt and answer schema, under the settings and for `caller`.
+    pub(super) fn request(
         &self,
-        brief: &Brief,
-        context: Context<'_>,
-        outline: &[WeekOutline],
-        feedback: Option<&[String]>,
+        prompt: String,
+        schema: Arc<serde_json::Value>,
         caller: &Caller,
     ) -> LlmRequest {
         LlmRequest {
             system: prompt::SYSTEM_PROMPT.to_owned(),
-            prompt: prompt::render(
-                brief,
-                context,
-                outline,
-                self.settings.context_days,
-                feedback,
-                self.settings.format,
-            ),
-            schema: self.schemas.batch(brief.first_week, brief.last_week),
+            prompt,
+            schema,
             max_output_tokens: self.settings.max_output_tokens,
             temperature: self.settings.temperature,
             cache_key: Some(caller.cache_key.clone()),
@@ -316,14 +326,11 @@ impl Generator {
         &self,
         request: &LlmRequest,
         usage: &mut Usage,
-        rungs: &mut Rungs,
+        ladder: &mut Ladder,
     ) -> Result<LlmResponse, LlmError> {
-        let cap = self.settings.max_retry_delay;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.settings.min_retry_delay)
-            .with_max_delay(cap)
-            .with_max_times(self.settings.max_retries)
-            .with_jitter();
+        let retry = self.settings.policy.retry;
+        let cap = retry.max_delay;
+        let backoff = retry.backoff();
         let attempts = Mutex::new(Usage::default());
         let result = (|| self.attempt(request, &attempts))
             .retry(backoff)
@@ -345,7 +352,9 @@ impl Generator {
             })
             .await;
         let spent = *attempts.lock().expect("usage lock");
-        rungs.retried |= spent.llm_calls > 1;
+        if spent.llm_calls > 1 {
+            ladder.retried();
+        }
         *usage += spent;
         if let Err(err) = &result {
             self.metrics
@@ -357,7 +366,7 @@ impl Generator {
     }
 
     async fn attempt(&self, request: &LlmRequest, usage: &Mutex<Usage>) -> Result<LlmResponse, LlmError> {
-        let (provider, model) = (self.provider.name(), self.provider.model());
+        let (provider, model) = (self.llm.name(), self.llm.model());
         // Boxed, and only with a budget: every call in flight would otherwise carry room for
         // the budget's database futures.
         let reservation = match self.budget.is_on() {
@@ -377,7 +386,7 @@ impl Generator {
             model,
             max_output_tokens = request.max_output_tokens
         );
-        let result = self.provider.complete(request).instrument(call).await;
+        let result = self.llm.complete(request).instrument(call).await;
         if matches!(&result, Err(e) if e.status() == "http_429") {
             self.metrics.rate_limited.inc();
         }
@@ -428,17 +437,5 @@ impl Generator {
                 .inc_by(answer.usage.output);
         }
         result
-    }
-
-    fn fallback(
-        &self,
-        profile: &JobProfile,
-        plan: &Plan,
-        range: std::ops::RangeInclusive<u32>,
-        weeks: &mut Vec<Week>,
-        rungs: &mut Rungs,
-    ) {
-        rungs.fallback = true;
-        weeks.extend(range.map(|n| template::week(profile, &plan.phases, n, plan.duration_weeks)));
     }
 }

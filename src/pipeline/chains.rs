@@ -310,7 +310,7 @@ impl Chains<'_> {
                 }
             };
             if !fresh {
-                self.generator.metrics.batches_regenerated.inc();
+                self.generator.metrics().batches_regenerated.inc();
             }
             info!(
                 batch = range.index,

@@ -136,7 +136,7 @@ impl JobRunner {
     }
 
     fn metrics(&self) -> &Metrics {
-        &self.generator.metrics
+        self.generator.metrics()
     }
 
     /// Whether the provider accepts our key and model again (after a configuration fault).
@@ -325,10 +325,10 @@ impl JobRunner {
         }
         let lost = CancellationToken::new();
         let _lease = self.renewer.hold(job.job_id, token, lost.clone());
-        if owned.batches.is_empty() && self.generator.budget.is_on() {
+        if owned.batches.is_empty() && self.generator.budget().is_on() {
             // A new job waits while the provider budget is backlogged; started ones go first.
             tokio::select! {
-                () = Box::pin(self.generator.budget.intake()) => {}
+                () = Box::pin(self.generator.budget().intake()) => {}
                 () = shutdown.cancelled() => return Ok(self.hand_back(job.job_id, token).await),
             }
         }

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod budget;
 pub mod chains;
 pub mod job;
+pub mod ladder;
 pub mod leases;
 pub mod outline;
 pub mod parse;

@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Instant};
 use tracing::{info, warn};
 
 use super::{
-    batch::{Caller, Generator, ProviderFault, Rungs},
+    batch::{Caller, Generator, ProviderFault},
+    ladder::{Ladder, Move, Verdict},
     parse, prompt,
 };
 use crate::{
@@ -16,14 +17,16 @@ use crate::{
         event::Usage,
         outline::{MAX_PHASES, check_outline},
     },
-    llm::{FinishReason, LlmError, LlmRequest, schema},
+    llm::{FinishReason, Llm, LlmError, schema},
     template,
 };
 
-impl Generator {
+impl<L: Llm> Generator<L> {
     /// The outline of a `duration_weeks`-week roadmap for `profile`: its phases, and the
     /// outline the plan keeps. Falls back to the template's when the provider fails or the
-    /// answer stays invalid; only a provider that refuses every request is an error.
+    /// answer stays invalid; only a provider that refuses every request is an error. The same
+    /// ladder as a batch's, over one indivisible answer: a cut-off outline is re-asked, never
+    /// split.
     pub async fn outline(
         &self,
         profile: &JobProfile,
@@ -37,30 +40,29 @@ impl Generator {
             max_phases: MAX_PHASES.min(duration_weeks as usize).max(1) as u32,
         };
         let mut usage = Usage::default();
-        let mut rungs = Rungs::default();
-        let mut feedback: Option<Vec<String>> = None;
-        let written = loop {
-            let request = LlmRequest {
-                system: prompt::SYSTEM_PROMPT.to_owned(),
-                prompt: prompt::render_outline(&brief, feedback.as_deref(), self.settings.format),
-                schema: Arc::new(schema::outline_schema(duration_weeks, brief.max_phases)),
-                max_output_tokens: self.settings.max_output_tokens,
-                temperature: self.settings.temperature,
-                cache_key: Some(caller.cache_key.clone()),
-                bulk: caller.bulk,
-            };
-            let (fault, problem) = match self.call(&request, &mut usage, &mut rungs).await {
+        let mut ladder = Ladder::whole(&self.settings().policy);
+        let mut written = None;
+        while let Some(ask) = ladder.ask() {
+            let request = self.request(
+                prompt::render_outline(&brief, ask.feedback, self.settings().format),
+                Arc::new(schema::outline_schema(duration_weeks, brief.max_phases)),
+                caller,
+            );
+            let verdict = match self.call(&request, &mut usage, &mut ladder).await {
                 Ok(answer) if answer.finish == FinishReason::Length => {
-                    rungs.truncated = true;
-                    (
+                    ladder.truncated();
+                    self.invalid(
                         AnswerFault::Truncated,
                         "the answer was cut off at the output limit: keep titles and goals short".to_owned(),
                     )
                 }
                 Ok(answer) => match parse::parse_outline(&answer.text) {
                     Ok(output) => match check_outline(output, duration_weeks) {
-                        Ok(checked) => break Some(checked),
-                        Err(problems) => (
+                        Ok(checked) => {
+                            written = Some(checked);
+                            Verdict::Complete
+                        }
+                        Err(problems) => self.invalid(
                             AnswerFault::InvalidSchema,
                             problems
                                 .iter()
@@ -69,36 +71,37 @@ impl Generator {
                                 .join("; "),
                         ),
                     },
-                    Err(e) => (e.fault(), e.to_string()),
+                    Err(e) => self.invalid(e.fault(), e.to_string()),
                 },
                 Err(err @ LlmError::Config { .. }) => return Err(ProviderFault(err)),
                 Err(err) => {
-                    warn!(error = %err, "LLM gave up on the outline; template outline");
-                    break None;
+                    warn!(error = %err, "LLM gave up on the outline");
+                    Verdict::GaveUp
                 }
             };
-            self.metrics
-                .batch_failures
-                .with_label_values(&[fault.as_str()])
-                .inc();
-            if rungs.reasked {
-                warn!(%problem, "outline still invalid after a re-ask; template outline");
-                break None;
+            let problem = match &verdict {
+                Verdict::Invalid { problem } => Some(problem.clone()),
+                _ => None,
+            };
+            // The outline's ladder asks for the single unit 0.
+            match ladder.step(0, verdict) {
+                Move::Reask => info!(problem, "outline invalid; re-asking once"),
+                Move::Fallback(_) => warn!(problem, "template outline"),
+                Move::Next => {}
             }
-            info!(%problem, "outline invalid; re-asking once");
-            rungs.reasked = true;
-            feedback = Some(vec![problem]);
-        };
+        }
         let (phases, weeks, source) = match written {
             Some((phases, weeks)) => (phases, weeks, WeekSource::Llm),
             None => {
-                rungs.fallback = true;
                 let (phases, weeks) = template::outline(profile, duration_weeks);
                 (phases, weeks, WeekSource::Fallback)
             }
         };
-        let outcome = rungs.outcome();
-        self.metrics.outlines.with_label_values(&[outcome.as_str()]).inc();
+        let outcome = ladder.rungs().outcome();
+        self.metrics()
+            .outlines
+            .with_label_values(&[outcome.as_str()])
+            .inc();
         info!(
             phases = phases.len(),
             outcome = outcome.as_str(),
@@ -107,5 +110,14 @@ impl Generator {
         );
         self.price(&mut usage);
         Ok((phases, Outline { weeks, source, usage }))
+    }
+
+    /// An invalid outline, counted by its fault.
+    fn invalid(&self, fault: AnswerFault, problem: String) -> Verdict {
+        self.metrics()
+            .batch_failures
+            .with_label_values(&[fault.as_str()])
+            .inc();
+        Verdict::Invalid { problem }
     }
 }

@@ -34,7 +34,7 @@ use crate::{
     amqp::{self, Publisher, Topology},
     config::{Prices, WorkerSettings},
     http::{self, Health},
-    llm::{AnswerGate, Provider},
+    llm::{AnswerGate, Llm as _, Provider},
     metrics::{Deferral, Dependency, Metrics},
     pipeline::{
         batch::{Generator, LadderSettings},
@@ -317,16 +317,11 @@ fn job_runner(
         provider.model(),
         metrics.clone(),
     );
-    let generator = Generator {
-        budget,
-        provider,
-        settings: LadderSettings {
-            prices: Prices::from_settings(&settings.budget),
-            ..LadderSettings::from_settings(&settings.llm, settings.batch.context_days)
-        },
-        metrics,
-        schemas: Default::default(),
+    let ladder = LadderSettings {
+        prices: Prices::from_settings(&settings.budget),
+        ..LadderSettings::from_settings(&settings.llm, settings.batch.context_days)
     };
+    let generator = Generator::new(provider, ladder, metrics, budget);
     Ok(JobRunner::new(settings, pool, generator, owner))
 }
 
