@@ -515,3 +515,4 @@ pub mod contract_cases;
 pub mod hostile;
 pub mod job_strategies;
 pub mod runs;
+pub mod scripted;
