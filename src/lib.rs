@@ -10,15 +10,21 @@
 //!    web backend's side (publish a job, watch events).
 //! 2. [`worker`]: broker sessions, intake, the one place where outcomes become ack / hand-back /
 //!    dead-letter, the outbox relay and the sweeper.
-//! 3. [`pipeline`]: prompt → batch (the robustness ladder) → job (claim, checkpoints, assemble).
-//! 4. [`llm`]: the embedded mock, OpenAI-compatible and Gemini providers; [`store`]: the Postgres
+//! 3. [`pipeline`]: prompt → batch (the robustness ladder, a state machine in `ladder`) → job
+//!    (claim, checkpoints, assemble).
+//! 4. [`llm`]: the [`llm::Llm`] seam and the embedded mock, OpenAI-compatible and Gemini
+//!    providers behind it; [`store`]: the Postgres
 //!    pool and its TLS (`sslmode`), migrations, one module per table family, database retries;
 //!    [`amqp`]: topology and publishing with confirms; `http`: /metrics, /healthz, /readyz.
 //! 5. [`template`]: deterministic template content (phase outline, the mock's weeks, fallback);
 //!    [`metrics`]: every metric; [`telemetry`]: logging (human or JSON lines) and OTLP traces.
 //! 6. [`domain`]: the job message and its refusals, the roadmap and its checks, the plan and its
 //!    batches, the batch brief, the events; [`config`]: typed settings, secrets in redacting
-//!    types; `json_scan`: bracket scanning outside JSON strings.
+//!    types; [`retry`]: the one retry-policy value every backoff is written with; `json_scan`:
+//!    bracket scanning outside JSON strings.
+//!
+//! The test doubles are not here: the mock LLM server is the workspace crate `mock-llm`, the
+//! test harness (with a scripted [`llm::Llm`] for the in-process tier) the crate `testkit`.
 
 pub mod amqp;
 pub mod cli;

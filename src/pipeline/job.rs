@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ use crate::{
     },
     llm::LlmError,
     metrics::Metrics,
+    retry::RetryPolicy,
     store::{
         self, StoreError,
         jobs::{Claim, OwnedJob},
@@ -62,6 +63,12 @@ pub enum JobEnd {
     /// The user has `USER_MAX_IN_FLIGHT` jobs running elsewhere: not claimed, to wait its turn.
     UserBusy,
 }
+
+/// How long a lease left behind by a database outage is tried to be released: about ten
+/// minutes, after which it has expired anyway.
+const RELEASE_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(5))
+    .with_max_retries(120)
+    .without_jitter();
 
 /// The placeholder token of a job whose claim is under way (real tokens start at 1).
 const CLAIMING: i64 = 0;
@@ -260,12 +267,7 @@ impl JobRunner {
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let released = (|| store::jobs::release(&pool, job_id, token))
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(500))
-                        .with_max_delay(Duration::from_secs(5))
-                        .with_max_times(120),
-                )
+                .retry(RELEASE_RETRY.backoff())
                 .when(StoreError::is_transient)
                 .await;
             if let Err(e) = released {

@@ -12,13 +12,13 @@ mod tls;
 use std::{future::Future, time::Duration};
 
 use anyhow::Context as _;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{Config, error::SqlState};
 use tracing::{info, warn};
 
 use self::tls::Tls;
-use crate::config::DbSettings;
+use crate::{config::DbSettings, retry::RetryPolicy};
 
 refinery::embed_migrations!("migrations");
 
@@ -64,19 +64,19 @@ impl StoreError {
     }
 }
 
-/// Retries a store operation through short database outages; `Fenced` and corrupt data are final.
+/// How a store operation rides out a short database outage (a restart, a failover): about 20 s
+/// of retries before the caller hands its job back and pauses intake.
+pub const RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5)).with_max_retries(8);
+
+/// Retries a store operation through short database outages ([`RETRY`]); `Fenced` and corrupt
+/// data are final.
 pub async fn with_retries<T, F, Fut>(op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    op.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .with_max_times(8)
-            .with_jitter(),
-    )
+    op.retry(RETRY.backoff())
     .when(StoreError::is_transient)
     .notify(
         |e, delay| warn!(error = %e, delay_ms = delay.as_millis() as u64, "database call failed; retrying"),

@@ -19,7 +19,7 @@ mod sweeper;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use deadpool_postgres::Pool;
 use lapin::{Channel, Connection, options::BasicQosOptions};
 use tokio::{
@@ -41,6 +41,7 @@ use crate::{
         budget::Budget,
         job::JobRunner,
     },
+    retry::RetryPolicy,
     store::{self, jobs::APP_PREFIX, outbox::ExpressLane},
 };
 
@@ -178,8 +179,10 @@ where
 /// a freed turn is taken soon; longer for a long backlog, whose every try is a claim statement
 /// and a re-publish.
 fn user_turn_delay(waits: u32) -> Duration {
-    (Duration::from_secs(2) * 2u32.saturating_pow(waits.min(3))).min(Duration::from_secs(10))
+    USER_TURN_WAIT.nth_delay(waits)
 }
+
+const USER_TURN_WAIT: RetryPolicy = RetryPolicy::new(Duration::from_secs(2), Duration::from_secs(10));
 
 /// What the background tasks (relay, sweeper) share. They stop on `stop`, which fires after the
 /// drain, so that the relay's last pass still has the broker.
@@ -415,13 +418,11 @@ async fn open_session(
     Ok((connection, publisher, channel, recover))
 }
 
+/// A broker session that failed is opened again after 0.25 s, doubling to 15 s, for good.
+const RECONNECT: RetryPolicy = RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(15));
+
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(15))
-        .without_max_times()
-        .with_jitter()
-        .build()
+    RECONNECT.backoff().build()
 }
 
 /// How long jobs get, after the grace period, to stop their batch in flight and hand back.

@@ -5,8 +5,9 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// Each top-level module with its layer; a module may import only from lower layers.
-const LAYERS: [(&str, u8); 15] = [
+const LAYERS: [(&str, u8); 16] = [
     ("json_scan", 0),
+    ("retry", 0),
     ("config", 0),
     ("domain", 1),
     ("metrics", 2),
