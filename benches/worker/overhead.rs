@@ -7,8 +7,8 @@
 //! (which covers the HTTP round trip, the client's JSON encoding and decoding, and the mock's
 //! own work). It is split with the other histogram, `roadmap_batch_duration_seconds`
 //! (batch − LLM = the ladder's own work: prompt, schema, parse, checks), and with the store
-//! calls timed alone on the same database (`store::batches::checkpoint`,
-//! `store::jobs::claim`, `store::roadmaps::complete`, 10 jobs in a plain loop); what is left
+//! calls timed alone on the same database (`Claimant::claim`, `Lease::checkpoint`,
+//! `Lease::complete`, 10 jobs in a plain loop); what is left
 //! is AMQP delivery and ack, task start, assembly and the relay. The CPU-only pieces are also
 //! timed offline on the same batches.
 
@@ -109,7 +109,7 @@ pub async fn overhead() -> f64 {
          schema, parse, checks)"
     );
     println!(
-        "      checkpoint tx      {checkpoint_b:8.3} ms/batch  (store::batches::checkpoint timed alone, \
+        "      checkpoint tx      {checkpoint_b:8.3} ms/batch  (Lease::checkpoint timed alone, \
          {} calls)",
         writes.checkpoints
     );

@@ -12,7 +12,10 @@ use std::{
 use deadpool_postgres::Pool;
 use roadmap_worker::{
     config::DbSettings,
-    store::{self, jobs::Claim},
+    store::{
+        self,
+        jobs::{Claim, Claimant},
+    },
 };
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -62,9 +65,13 @@ async fn plain_job(pool: &Pool, fx: &Fixture) -> WriteTimes {
         ..Default::default()
     };
     let start = Instant::now();
-    let claim = store::jobs::claim(pool, &job, &fx.plan, "bench-plain-loop", lease, true, None)
-        .await
-        .expect("claim");
+    let claimant = Claimant {
+        pool: pool.clone(),
+        owner: "bench-plain-loop".into(),
+        lease,
+        user_limit: None,
+    };
+    let claim = claimant.claim(&job, &fx.plan, true).await.expect("claim");
     let Claim::Owned(owned) = claim else {
         panic!("a fresh job_id is always owned, got {claim:?}");
     };
@@ -72,28 +79,25 @@ async fn plain_job(pool: &Pool, fx: &Fixture) -> WriteTimes {
     let total = fx.stages.len() as u32;
     for stage in &fx.stages {
         let start = Instant::now();
-        store::batches::checkpoint(
-            pool,
-            job.job_id,
-            owned.token,
-            store::batches::Position {
-                index: stage.range.index,
-                total,
-                ..Default::default()
-            },
-            &stage.result,
-            None,
-        )
-        .await
-        .expect("checkpoint");
+        owned
+            .lease
+            .checkpoint(
+                store::batches::Position {
+                    index: stage.range.index,
+                    total,
+                    ..Default::default()
+                },
+                &stage.result,
+                None,
+            )
+            .await
+            .expect("checkpoint");
         times.checkpoint += start.elapsed();
         times.checkpoints += 1;
     }
     let start = Instant::now();
     let event = fx.completed(&job, owned.started_at);
-    store::roadmaps::complete(pool, owned.token, &event, None)
-        .await
-        .expect("complete");
+    owned.lease.complete(&event, None).await.expect("complete");
     times.complete = start.elapsed();
     times
 }

@@ -6,21 +6,21 @@ use std::{
     sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
 };
 
-use deadpool_postgres::Pool;
 use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
-use super::batch::{Caller, Generator};
+use super::{
+    batch::{Caller, Generator},
+    ports::{Checkpoints, EventSink},
+};
 use crate::{
-    domain::{
-        BatchRange, JobProfile, Plan, Week,
-        event::{PROGRESS, Usage},
-    },
-    llm::LlmError,
+    domain::{BatchRange, JobProfile, Plan, Week, event::Usage},
+    llm::{Llm, LlmError, Provider},
     store::{
-        self, StoreError,
+        StoreError,
         batches::{Position, StoredBatch},
+        lease::Lease,
         outbox::ExpressLane,
         with_retries,
     },
@@ -97,15 +97,17 @@ impl ChainEnd {
     }
 }
 
-/// The writing of one job's missing batches under its lease.
+/// The writing of one job's missing batches under its lease. Generic over the model, the
+/// checkpoints and the event sink (the worker's are the defaults), so that tests run it
+/// in-process.
 #[derive(Debug)]
-pub struct Chains<'a> {
-    pub generator: &'a Generator,
-    pub pool: &'a Pool,
+pub struct Chains<'a, L = Provider, C = Lease, E = ExpressLane> {
+    pub generator: &'a Generator<L>,
+    /// The job's checkpoints, fenced by its lease.
+    pub checkpoints: &'a C,
     pub job_id: uuid::Uuid,
     /// The job's owner, for the events' headers.
     pub user_id: &'a str,
-    pub token: i64,
     pub profile: &'a JobProfile,
     pub plan: &'a Plan,
     /// Weeks per batch: where each chain's guess of how many weeks fit one answer starts.
@@ -113,14 +115,14 @@ pub struct Chains<'a> {
     /// Chains written at once.
     pub parallelism: usize,
     /// Where progress events go once committed.
-    pub express: &'a ExpressLane,
+    pub events: &'a E,
     /// Output tokens the job may use, its outline's included (`JOB_MAX_OUTPUT_TOKENS`).
     pub output_cap: Option<u64>,
     /// A bulk job: its calls take only spare budget.
     pub bulk: bool,
 }
 
-impl Chains<'_> {
+impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
     /// Writes every batch of the plan that is not in `stored`. `shutdown` stops each chain
     /// before its next batch; `abort` (and a chain's fault) also stops the batches in flight;
     /// `lost` (the lease went to another replica) drops everything at once.
@@ -279,7 +281,7 @@ impl Chains<'_> {
                     return Ok(ChainEnd::Fault(fault.0));
                 }
             };
-            let lease = self.express.lease();
+            let lease = self.events.lease();
             // Boxed: a chain waits on its LLM call far longer than on its checkpoint, and the
             // store's futures would otherwise add their size to every chain in flight.
             let stored = Box::pin(with_retries(|| {
@@ -289,14 +291,13 @@ impl Chains<'_> {
                     input_tokens,
                     output_tokens,
                 };
-                store::batches::checkpoint(self.pool, self.job_id, self.token, at, &result, lease)
+                self.checkpoints.checkpoint(at, &result, lease)
             }))
             .await;
             let (fresh, cancelled) = match stored {
                 Ok(stored) => {
                     if let Some(event) = stored.progress {
-                        let ids = (self.job_id, Some(self.user_id));
-                        self.express.send(event.event_id, PROGRESS, ids, &event);
+                        self.events.progress(self.user_id, &event);
                     }
                     (stored.fresh, stored.cancelled)
                 }

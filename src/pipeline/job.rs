@@ -31,7 +31,8 @@ use crate::{
     retry::RetryPolicy,
     store::{
         self, StoreError,
-        jobs::{Claim, OwnedJob},
+        jobs::{Claim, Claimant, OwnedJob},
+        lease::Lease,
         outbox::ExpressLane,
         with_retries,
     },
@@ -70,34 +71,34 @@ const RELEASE_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(500), 
     .with_max_retries(120)
     .without_jitter();
 
-/// The placeholder token of a job whose claim is under way (real tokens start at 1).
-const CLAIMING: i64 = 0;
+/// A job this replica has taken up: its claim under way, or its lease.
+#[derive(Debug)]
+enum Held {
+    Claiming,
+    Leased(Lease),
+}
 
 /// Runs jobs; one per worker, shared by its job tasks.
 #[derive(Debug, Clone)]
 pub struct JobRunner {
-    pool: Pool,
+    /// This replica as it claims jobs: its pool, name, lease length and per-user limit.
+    claimant: Claimant,
     generator: Generator,
     batch_weeks: u32,
-    lease: Duration,
-    /// This replica's id: the owner of the leases it takes.
-    owner: String,
     /// Chains (phases) of one job written at once.
     parallelism: usize,
     /// Where committed events go to be published at once.
     express: ExpressLane,
     /// Renews the leases of the jobs in progress.
     renewer: Renewer,
-    /// Jobs of one user running at once across the fleet (`USER_MAX_IN_FLIGHT`).
-    user_max_in_flight: Option<u32>,
     /// Output tokens one job may use (`JOB_MAX_OUTPUT_TOKENS`).
     output_cap: Option<u64>,
     /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
-    /// The jobs this replica holds a lease on, with their fencing tokens: a lease in our name
-    /// that is not here is a leftover (a claim whose commit reply was lost), and a task that
-    /// panicked gives its job up through this.
-    held: Arc<Mutex<HashMap<Uuid, i64>>>,
+    /// The jobs this replica has taken up: a lease in our name that is not here is a leftover
+    /// (a claim whose commit reply was lost), and a task that panicked, or that the drain
+    /// aborted, gives its job up through this.
+    held: Arc<Mutex<HashMap<Uuid, Held>>>,
 }
 
 impl JobRunner {
@@ -105,15 +106,17 @@ impl JobRunner {
     pub fn new(settings: &WorkerSettings, pool: Pool, generator: Generator, owner: String) -> Self {
         Self {
             renewer: Renewer::start(pool.clone(), settings.lease()),
-            pool,
+            claimant: Claimant {
+                pool,
+                owner,
+                lease: settings.lease(),
+                user_limit: settings.budget.user_max_in_flight,
+            },
             generator,
             batch_weeks: settings.batch.batch_weeks,
             parallelism: settings.batch.job_parallelism as usize,
             express: ExpressLane::default(),
-            lease: settings.lease(),
-            owner,
             poison_after: settings.job_poison_after,
-            user_max_in_flight: settings.budget.user_max_in_flight,
             output_cap: settings.budget.job_max_output_tokens,
             held: Arc::default(),
         }
@@ -126,15 +129,15 @@ impl JobRunner {
     }
 
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        &self.claimant.pool
     }
 
     pub fn owner(&self) -> &str {
-        &self.owner
+        &self.claimant.owner
     }
 
     pub fn lease(&self) -> Duration {
-        self.lease
+        self.claimant.lease
     }
 
     /// Weeks per batch of the plans this runner makes.
@@ -154,15 +157,15 @@ impl JobRunner {
     /// Gives up the job of a task that panicked: its lease is released and the job counted as
     /// abandoned, so that a job that keeps crashing its task ends as poison.
     pub async fn abandon(&self, job_id: Uuid) {
-        let token = self.held().remove(&job_id);
-        if let Some(token) = token
-            && let Err(e) = store::jobs::abandon(&self.pool, job_id, token).await
+        let held = self.held().remove(&job_id);
+        if let Some(Held::Leased(lease)) = held
+            && let Err(e) = lease.abandon().await
         {
             warn!(error = %e, %job_id, "could not give up the job of a panicked task; its lease will expire");
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, i64>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Held>> {
         // A panic while holding this lock cannot leave the map inconsistent: take it anyway.
         self.held
             .lock()
@@ -187,24 +190,13 @@ impl JobRunner {
             let mut held = self.held();
             let absent = !held.contains_key(&job.job_id);
             if absent {
-                held.insert(job.job_id, CLAIMING);
+                held.insert(job.job_id, Held::Claiming);
             }
             absent
         };
         // The steps before and after the batches are boxed: a job spends its life in the
         // batches, and thousands in flight should not each carry room for these.
-        let claim = Box::pin(with_retries(|| {
-            store::jobs::claim(
-                &self.pool,
-                job,
-                &plan,
-                &self.owner,
-                self.lease,
-                first_here,
-                self.user_max_in_flight,
-            )
-        }))
-        .await;
+        let claim = Box::pin(with_retries(|| self.claimant.claim(job, &plan, first_here))).await;
         let owned = match claim {
             Ok(Claim::Owned(owned)) => owned,
             other => {
@@ -217,7 +209,7 @@ impl JobRunner {
                         // Published again after it completed: the backend may have lost the
                         // result, so the stored completion event goes out again, same event id.
                         let reannounced = Box::pin(with_retries(|| async {
-                            let client = self.pool.get().await?;
+                            let client = self.pool().get().await?;
                             store::outbox::reannounce_completion(&client, job.job_id).await
                         }))
                         .await?;
@@ -237,7 +229,7 @@ impl JobRunner {
                     Claim::Busy => {
                         debug!("job is being worked by a live replica; settling this duplicate");
                         Box::pin(with_retries(|| {
-                            store::jobs::mark_delivery_acked(&self.pool, job.job_id)
+                            store::jobs::mark_delivery_acked(self.pool(), job.job_id)
                         }))
                         .await?;
                         Ok(JobEnd::Duplicate)
@@ -245,43 +237,29 @@ impl JobRunner {
                 };
             }
         };
-        let token = owned.token;
-        self.held().insert(job.job_id, token);
+        let lease = owned.lease.clone();
+        self.held().insert(job.job_id, Held::Leased(lease.clone()));
         let end = self.work(job, &profile, owned, shutdown, abort).await;
         // An aborted task never gets here: its entry stays, and the drain releases it.
         let mut held = self.held();
-        if held.get(&job.job_id) == Some(&token) {
+        if matches!(held.get(&job.job_id), Some(Held::Leased(l)) if l.token() == lease.token()) {
             held.remove(&job.job_id);
         }
         drop(held);
         if end.is_err() {
-            self.release_when_back(job.job_id, token);
+            release_when_back(lease);
         }
         end
-    }
-
-    /// The database went away under a job: its lease could not be released, and while it stays
-    /// live another replica would take the handed-back job for a duplicate. Release it as soon
-    /// as the database answers again (tries for about ten minutes; the lease expires anyway).
-    fn release_when_back(&self, job_id: Uuid, token: i64) {
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let released = (|| store::jobs::release(&pool, job_id, token))
-                .retry(RELEASE_RETRY.backoff())
-                .when(StoreError::is_transient)
-                .await;
-            if let Err(e) = released {
-                warn!(error = %e, %job_id, "could not release the lease of a handed-back job; it will expire");
-            }
-        });
     }
 
     /// Releases every lease still held (tasks the drain had to abort), so that the next claim
     /// takes the jobs over at once and does not count them as abandoned.
     pub async fn release_held(&self) {
-        let held: Vec<(Uuid, i64)> = self.held().drain().collect();
-        for (job_id, token) in held {
-            if let Err(e) = store::jobs::release(&self.pool, job_id, token).await {
+        let held: Vec<(Uuid, Held)> = self.held().drain().collect();
+        for (job_id, held) in held {
+            if let Held::Leased(lease) = held
+                && let Err(e) = lease.release().await
+            {
                 warn!(error = %e, %job_id, "could not release a lease; it will expire");
             }
         }
@@ -292,11 +270,11 @@ impl JobRunner {
         &self,
         job: &JobRequest,
         profile: &JobProfile,
-        owned: OwnedJob,
+        owned: Box<OwnedJob>,
         shutdown: &CancellationToken,
         abort: &CancellationToken,
     ) -> Result<JobEnd, StoreError> {
-        let token = owned.token;
+        let lease = &owned.lease;
         let metrics = self.metrics();
         if owned.abandoned >= self.poison_after {
             let reason = JobFailure::PoisonJob.as_str();
@@ -306,10 +284,7 @@ impl JobRunner {
             );
             warn!(abandoned = owned.abandoned, "poison job; failing it");
             let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
-            Box::pin(with_retries(|| {
-                store::jobs::fail(&self.pool, job.job_id, token, reason, &event)
-            }))
-            .await?;
+            Box::pin(with_retries(|| lease.fail(reason, &event))).await?;
             metrics.jobs_failed.with_label_values(&[reason]).inc();
             return Ok(JobEnd::Poison {
                 abandoned: owned.abandoned,
@@ -326,18 +301,18 @@ impl JobRunner {
             );
         }
         let lost = CancellationToken::new();
-        let _lease = self.renewer.hold(job.job_id, token, lost.clone());
+        let _renewed = self.renewer.hold(job.job_id, lease.token(), lost.clone());
         if owned.batches.is_empty() && self.generator.budget().is_on() {
             // A new job waits while the provider budget is backlogged; started ones go first.
             tokio::select! {
                 () = Box::pin(self.generator.budget().intake()) => {}
-                () = shutdown.cancelled() => return Ok(self.hand_back(job.job_id, token).await),
+                () = shutdown.cancelled() => return Ok(self.hand_back(lease).await),
             }
         }
         let mut plan = owned.plan;
         if plan.wants_outline() && owned.batches.is_empty() {
             if shutdown.is_cancelled() {
-                return Ok(self.hand_back(job.job_id, token).await);
+                return Ok(self.hand_back(lease).await);
             }
             let caller = Caller {
                 cache_key: job.job_id.to_string(),
@@ -347,21 +322,17 @@ impl JobRunner {
             let generated = tokio::select! {
                 result = outline.instrument(info_span!("outline")) => result,
                 () = lost.cancelled() => return Ok(JobEnd::Fenced),
-                () = abort.cancelled() => return Ok(self.hand_back(job.job_id, token).await),
+                () = abort.cancelled() => return Ok(self.hand_back(lease).await),
             };
             let (phases, outline) = match generated {
                 Ok(written) => written,
                 Err(fault) => {
-                    self.hand_back(job.job_id, token).await;
+                    self.hand_back(lease).await;
                     return Ok(JobEnd::ProviderFault(fault.0));
                 }
             };
             plan = Plan::outlined(phases, outline, job.duration_weeks, self.batch_weeks);
-            match Box::pin(with_retries(|| {
-                store::jobs::set_plan(&self.pool, job.job_id, token, &plan)
-            }))
-            .await
-            {
+            match Box::pin(with_retries(|| lease.set_plan(&plan))).await {
                 Ok(()) => {}
                 Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
                 Err(e) => return Err(e),
@@ -369,25 +340,24 @@ impl JobRunner {
         }
         let chains = Chains {
             generator: &self.generator,
-            pool: &self.pool,
+            checkpoints: lease,
             job_id: job.job_id,
             user_id: &job.user_id,
-            token,
             profile,
             plan: &plan,
             batch_weeks: self.batch_weeks,
             parallelism: self.parallelism,
-            express: &self.express,
+            events: &self.express,
             output_cap: self.output_cap,
             bulk: job.priority == Priority::Bulk,
         };
         let written = match chains.run(owned.batches, shutdown, abort, &lost).await? {
             ChainsEnd::Done(written) => written,
             ChainsEnd::Fenced => return Ok(JobEnd::Fenced),
-            ChainsEnd::Stopped => return Ok(self.hand_back(job.job_id, token).await),
+            ChainsEnd::Stopped => return Ok(self.hand_back(lease).await),
             ChainsEnd::Fault(fault) => {
                 // Keep what is stored; the job goes back to the queue for a healthy provider.
-                self.hand_back(job.job_id, token).await;
+                self.hand_back(lease).await;
                 return Ok(JobEnd::ProviderFault(fault));
             }
             ChainsEnd::Capped(spent) => {
@@ -396,14 +366,14 @@ impl JobRunner {
                      next batch",
                     self.output_cap.unwrap_or_default()
                 );
-                return Box::pin(self.fail_running(job, token, JobFailure::OutputTokenCap, message)).await;
+                return Box::pin(self.fail_running(job, lease, JobFailure::OutputTokenCap, message)).await;
             }
             ChainsEnd::Cancelled(stored) => {
                 let message = format!(
                     "cancelled by its user after {stored} of {} batches; the batches written are kept",
                     plan.batches.len()
                 );
-                return Box::pin(self.fail_running(job, token, JobFailure::Cancelled, message)).await;
+                return Box::pin(self.fail_running(job, lease, JobFailure::Cancelled, message)).await;
             }
         };
         let mut usage = plan.outline.as_ref().map(|o| o.usage).unwrap_or_default();
@@ -415,12 +385,8 @@ impl JobRunner {
             fallback_batches += u32::from(batch.fallback);
         }
         let event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)?;
-        let lease = self.express.lease();
-        match Box::pin(with_retries(|| {
-            store::roadmaps::complete(&self.pool, token, &event, lease)
-        }))
-        .await
-        {
+        let express = self.express.lease();
+        match Box::pin(with_retries(|| lease.complete(&event, express))).await {
             Ok(()) => {
                 let ids = (event.job_id, Some(event.user_id.as_str()));
                 self.express.send(event.event_id, COMPLETED, ids, &event);
@@ -444,14 +410,14 @@ impl JobRunner {
     async fn fail_running(
         &self,
         job: &JobRequest,
-        token: i64,
+        lease: &Lease,
         failure: JobFailure,
         message: String,
     ) -> Result<JobEnd, StoreError> {
         let reason = failure.as_str();
         warn!(reason, %message, "job stopped");
         let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
-        match with_retries(|| store::jobs::fail(&self.pool, job.job_id, token, reason, &event)).await {
+        match with_retries(|| lease.fail(reason, &event)).await {
             Ok(()) => {}
             Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
             Err(e) => return Err(e),
@@ -460,15 +426,30 @@ impl JobRunner {
         Ok(JobEnd::AlreadyFailed)
     }
 
-    async fn hand_back(&self, job_id: Uuid, token: i64) -> JobEnd {
+    async fn hand_back(&self, lease: &Lease) -> JobEnd {
         // Boxed: `work` awaits this at several points, and each would otherwise give every job
         // in flight room for the release's database future.
-        let released = Box::pin(store::jobs::release(&self.pool, job_id, token)).await;
+        let released = Box::pin(lease.release()).await;
         if let Err(e) = released {
             warn!(error = %e, "could not release the lease; it will expire");
         }
         JobEnd::HandedBack
     }
+}
+
+/// The database went away under a job: its lease could not be released, and while it stays
+/// live another replica would take the handed-back job for a duplicate. Release it as soon as
+/// the database answers again (tries for about ten minutes; the lease expires anyway).
+fn release_when_back(lease: Lease) {
+    tokio::spawn(async move {
+        let released = (|| lease.release())
+            .retry(RELEASE_RETRY.backoff())
+            .when(StoreError::is_transient)
+            .await;
+        if let Err(e) = released {
+            warn!(error = %e, job_id = %lease.job_id(), "could not release the lease of a handed-back job; it will expire");
+        }
+    });
 }
 
 fn assemble(

@@ -9,6 +9,7 @@ pub mod ladder;
 pub mod leases;
 pub mod outline;
 pub mod parse;
+pub mod ports;
 pub mod prompt;
 
 use crate::{

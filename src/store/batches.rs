@@ -75,7 +75,7 @@ pub struct Position {
 /// the job row is locked first (`FOR UPDATE`), so a takeover waits for it or it sees the
 /// takeover's token and writes nothing; checkpoints of one job's parallel phases take turns on
 /// that lock and each counts the other's batch.
-pub async fn checkpoint(
+pub(super) async fn checkpoint(
     pool: &Pool,
     job_id: Uuid,
     token: i64,

@@ -7,7 +7,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::{StoreError, batches::StoredBatch};
+use super::{StoreError, batches::StoredBatch, lease::Lease};
 use crate::domain::{
     JobRequest, Plan,
     event::{FAILED, Failed},
@@ -19,8 +19,9 @@ pub const APP_PREFIX: &str = "roadmap-worker:";
 /// The result of trying to take a job.
 #[derive(Debug)]
 pub enum Claim {
-    /// This replica owns the job; `token` fences every write it makes.
-    Owned(OwnedJob),
+    /// This replica owns the job; its lease fences every write it makes. Boxed: a job holds it
+    /// for its whole life, the other answers are a word.
+    Owned(Box<OwnedJob>),
     /// Already completed: the completion event is in the outbox; nothing to do.
     Completed,
     /// Already ended as failed.
@@ -37,7 +38,8 @@ pub enum Claim {
 
 #[derive(Debug)]
 pub struct OwnedJob {
-    pub token: i64,
+    /// The job's lease: every write this replica makes to the job goes through it.
+    pub lease: Lease,
     pub plan: Plan,
     pub batches: Vec<StoredBatch>,
     pub started_at: DateTime<Utc>,
@@ -47,7 +49,26 @@ pub struct OwnedJob {
     pub abandoned: i32,
 }
 
-/// Claims `job` for `owner`. A new job is inserted with its plan; a known one is taken over when
+/// A replica as it claims jobs: the same for every claim it makes.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub pool: Pool,
+    /// The replica's id: the owner of the leases it takes.
+    pub owner: String,
+    /// How long a lease lasts unless renewed.
+    pub lease: Duration,
+    /// Jobs of one user running at once across the fleet (`USER_MAX_IN_FLIGHT`).
+    pub user_limit: Option<u32>,
+}
+
+impl Claimant {
+    /// Claims `job` (see [`claim`]); a new job is stored with `plan`.
+    pub async fn claim(&self, job: &JobRequest, plan: &Plan, reclaim_own: bool) -> Result<Claim, StoreError> {
+        claim(self, job, plan, reclaim_own).await
+    }
+}
+
+/// Claims `job` for the claimant's `owner`. A new job is inserted with its plan; a known one is taken over when
 /// its lease has expired or its owner's database session is gone (the replica died), which lets
 /// a redelivered job resume in seconds rather than after the lease timeout.
 ///
@@ -58,15 +79,19 @@ pub struct OwnedJob {
 /// gone: a replica that died while working the job. An expired lease of a live owner (a database
 /// outage, a pause), a released one, and an owner that has not written since the database
 /// server restarted (which dropped its sessions) are not counted.
-pub async fn claim(
-    pool: &Pool,
+async fn claim(
+    claimant: &Claimant,
     job: &JobRequest,
     plan: &Plan,
-    owner: &str,
-    lease: Duration,
     reclaim_own: bool,
-    user_limit: Option<u32>,
 ) -> Result<Claim, StoreError> {
+    let Claimant {
+        pool,
+        owner,
+        lease,
+        user_limit,
+    } = claimant;
+    let owner = owner.as_str();
     let mut client = pool.get().await?;
     let lease_secs = lease.as_secs_f64();
     let request = Json(job);
@@ -87,27 +112,28 @@ pub async fn claim(
             )
             .await?
             .get(0);
-        if running >= i64::from(limit) {
+        if running >= i64::from(*limit) {
             return Ok(Claim::UserBusy);
         }
-        if let Some(owned) = insert_new(&tx, job, plan, owner, lease_secs, &request).await? {
+        if let Some(owned) = insert_new(&tx, pool, job, plan, owner, lease_secs, &request).await? {
             tx.commit().await?;
-            return Ok(Claim::Owned(owned));
+            return Ok(Claim::Owned(Box::new(owned)));
         }
-        return reclaim(tx, job, owner, lease_secs, reclaim_own, &request).await;
+        return reclaim(tx, pool, job, owner, lease_secs, reclaim_own, &request).await;
     }
     // A new job is the common case: one statement in its own transaction. Only a job_id that
     // exists already needs the locked read of `reclaim`.
-    if let Some(owned) = insert_new(&client, job, plan, owner, lease_secs, &request).await? {
-        return Ok(Claim::Owned(owned));
+    if let Some(owned) = insert_new(&client, pool, job, plan, owner, lease_secs, &request).await? {
+        return Ok(Claim::Owned(Box::new(owned)));
     }
     let tx = client.transaction().await?;
-    reclaim(tx, job, owner, lease_secs, reclaim_own, &request).await
+    reclaim(tx, pool, job, owner, lease_secs, reclaim_own, &request).await
 }
 
 /// Inserts a job_id seen for the first time, owned by `owner`; `None` if it exists.
 async fn insert_new(
     db: &impl GenericClient,
+    pool: &Pool,
     job: &JobRequest,
     plan: &Plan,
     owner: &str,
@@ -137,7 +163,7 @@ async fn insert_new(
         )
         .await?;
     Ok(inserted.map(|row| OwnedJob {
-        token: row.get(0),
+        lease: Lease::new(pool.clone(), job.job_id, row.get(0)),
         plan: plan.clone(),
         batches: Vec::new(),
         started_at: row.get(1),
@@ -149,6 +175,7 @@ async fn insert_new(
 /// Claims a job_id that exists already, in `tx`: ended, another user's, busy, or taken over.
 async fn reclaim(
     tx: deadpool_postgres::Transaction<'_>,
+    pool: &Pool,
     job: &JobRequest,
     owner: &str,
     lease_secs: f64,
@@ -205,20 +232,20 @@ async fn reclaim(
     let plan: Plan = row.get::<_, Json<Plan>>(1).0;
     let batches = super::batches::load(&tx, job.job_id).await?;
     tx.commit().await?;
-    Ok(Claim::Owned(OwnedJob {
-        token,
+    Ok(Claim::Owned(Box::new(OwnedJob {
+        lease: Lease::new(pool.clone(), job.job_id, token),
         plan,
         batches,
         started_at: row.get(2),
         claims: row.get(3),
         abandoned: row.get(4),
-    }))
+    })))
 }
 
 /// Stores the outlined plan of a job that has no checkpoint yet, so that the outline is never
 /// asked for again and every replica resumes on its batches. `Fenced` if another replica has
 /// taken the job over, or the job has a checkpoint (then its stored plan stands).
-pub async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan) -> Result<(), StoreError> {
+pub(super) async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan) -> Result<(), StoreError> {
     let client = pool.get().await?;
     let n = client
         .execute(
@@ -255,7 +282,7 @@ pub async fn renew_many(
 }
 
 /// Extends the lease; `Fenced` if another replica has taken the job over.
-pub async fn renew(pool: &Pool, job_id: Uuid, token: i64, lease: Duration) -> Result<(), StoreError> {
+pub(super) async fn renew(pool: &Pool, job_id: Uuid, token: i64, lease: Duration) -> Result<(), StoreError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
@@ -270,7 +297,7 @@ pub async fn renew(pool: &Pool, job_id: Uuid, token: i64, lease: Duration) -> Re
 }
 
 /// Gives the lease up at once (graceful shutdown), so another replica need not wait for it.
-pub async fn release(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreError> {
+pub(super) async fn release(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreError> {
     let client = pool.get().await?;
     client
         .execute(
@@ -284,7 +311,7 @@ pub async fn release(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreE
 
 /// Gives up a job whose task panicked: the lease is released and the job counted as abandoned,
 /// so that a job that keeps crashing its task ends as poison.
-pub async fn abandon(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreError> {
+pub(super) async fn abandon(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreError> {
     let client = pool.get().await?;
     client
         .execute(
@@ -297,7 +324,7 @@ pub async fn abandon(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreE
 }
 
 /// Ends a running job as failed and queues its `roadmap.failed` event, in one transaction.
-pub async fn fail(
+pub(super) async fn fail(
     pool: &Pool,
     job_id: Uuid,
     token: i64,

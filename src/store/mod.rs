@@ -4,6 +4,7 @@ pub mod batches;
 pub mod budget;
 mod conninfo;
 pub mod jobs;
+pub mod lease;
 pub mod outbox;
 pub mod roadmaps;
 pub mod status;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::Json;
+use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::event::{COMPLETED, Completed};
@@ -11,12 +12,19 @@ use crate::domain::event::{COMPLETED, Completed};
 /// Completes the job: stores the roadmap, marks the job completed and queues `event`, its
 /// outbox row leased for `express` when given. Fenced by the lease token, so exactly one replica
 /// completes a job. One statement, so one round trip and its own transaction.
-pub async fn complete(
+pub(super) async fn complete(
     pool: &Pool,
+    job_id: Uuid,
     token: i64,
     event: &Completed,
     express: Option<Duration>,
 ) -> Result<(), StoreError> {
+    if event.job_id != job_id {
+        return Err(StoreError::Corrupt(format!(
+            "the completion event of job {} under the lease of job {job_id}",
+            event.job_id
+        )));
+    }
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(

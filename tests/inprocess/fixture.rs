@@ -59,3 +59,18 @@ pub fn caller() -> Caller {
 pub fn first_batch(plan: &Plan) -> BatchRange {
     plan.batches[0]
 }
+
+/// A `weeks`-week plan cut within the template outline's phases: one chain per phase.
+pub fn outlined_plan(weeks: u32) -> Plan {
+    use roadmap_worker::{
+        domain::{Outline, WeekSource},
+        template,
+    };
+    let (phases, outline) = template::outline(&profile(), weeks);
+    let outline = Outline {
+        weeks: outline,
+        source: WeekSource::Llm,
+        usage: Default::default(),
+    };
+    Plan::outlined(phases, outline, weeks, 3)
+}

@@ -3,6 +3,7 @@
 //! clock, so that backoff and slow answers cost no wall time. No Postgres, RabbitMQ or HTTP: what
 //! needs those (settle, relay, sweeper, recovery, fencing in SQL, TLS) stays in `tests/it`.
 
+mod chains;
 mod fixture;
 mod ladder;
 mod outline;

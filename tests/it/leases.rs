@@ -7,7 +7,10 @@ use chrono::Utc;
 use roadmap_worker::{
     domain::{BatchOutcome, BatchResult, JobRequest, Plan, event::Usage},
     pipeline::{self, job::completion_event, leases::Renewer},
-    store::{self, StoreError, jobs::Claim},
+    store::{
+        self, StoreError,
+        jobs::{Claim, Claimant},
+    },
     template,
 };
 
@@ -36,28 +39,30 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     let plan = pipeline::plan(&job.profile(), 6, 3);
     let short = Duration::from_millis(500);
 
-    let Claim::Owned(first) = store::jobs::claim(&a, &job, &plan, "replica-a", short, false, None)
+    let Claim::Owned(first) = claimant(&a, "replica-a", short)
+        .claim(&job, &plan, false)
         .await
         .unwrap()
     else {
         panic!("replica a should own a new job")
     };
     // While a's lease is live and a is connected, b may not take the job.
-    let busy = store::jobs::claim(&b, &job, &plan, "replica-b", short, false, None)
+    let busy = claimant(&b, "replica-b", short)
+        .claim(&job, &plan, false)
         .await
         .unwrap();
     assert!(matches!(busy, Claim::Busy), "{busy:?}");
 
     // a stalls past its lease; b takes over with a newer fencing token.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let Claim::Owned(second) =
-        store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false, None)
-            .await
-            .unwrap()
+    let Claim::Owned(second) = claimant(&b, "replica-b", Duration::from_secs(30))
+        .claim(&job, &plan, false)
+        .await
+        .unwrap()
     else {
         panic!("replica b should take over an expired lease")
     };
-    assert!(second.token > first.token);
+    assert!(second.lease.token() > first.lease.token());
     // a is alive (its sessions are present): a lapsed lease is not a death, so not poison.
     assert_eq!(
         second.abandoned, 0,
@@ -65,32 +70,19 @@ async fn stale_owner_is_fenced_out_after_takeover() {
     );
 
     // a wakes up: every write it tries is refused.
-    let stale = store::batches::checkpoint(
-        &a,
-        job.job_id,
-        first.token,
-        at(0, 2),
-        &batch(&job, &plan, 0),
-        None,
-    )
-    .await;
+    let stale = first
+        .lease
+        .checkpoint(at(0, 2), &batch(&job, &plan, 0), None)
+        .await;
     assert!(matches!(stale, Err(StoreError::Fenced)), "{stale:?}");
-    assert!(matches!(
-        store::jobs::renew(&a, job.job_id, first.token, short).await,
-        Err(StoreError::Fenced)
-    ));
+    assert!(matches!(first.lease.renew(short).await, Err(StoreError::Fenced)));
     // b's writes go through, and only b's.
     for index in 0..2 {
-        let fresh = store::batches::checkpoint(
-            &b,
-            job.job_id,
-            second.token,
-            at(index as u32, 2),
-            &batch(&job, &plan, index),
-            None,
-        )
-        .await
-        .unwrap();
+        let fresh = second
+            .lease
+            .checkpoint(at(index as u32, 2), &batch(&job, &plan, index), None)
+            .await
+            .unwrap();
         assert!(fresh.fresh && fresh.progress.is_some());
     }
     let db = env.db().await;
@@ -101,17 +93,15 @@ async fn stale_owner_is_fenced_out_after_takeover() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(tokens, vec![second.token, second.token]);
+    assert_eq!(tokens, vec![second.lease.token(), second.lease.token()]);
 
     let weeks = (0..2).flat_map(|i| batch(&job, &plan, i).weeks).collect();
     let completed = completion_event(&job, &plan, weeks, Usage::default(), 0, Utc::now());
     assert!(matches!(
-        store::roadmaps::complete(&a, first.token, &completed, None).await,
+        first.lease.complete(&completed, None).await,
         Err(StoreError::Fenced)
     ));
-    store::roadmaps::complete(&b, second.token, &completed, None)
-        .await
-        .unwrap();
+    second.lease.complete(&completed, None).await.unwrap();
     let roadmaps: i64 = db
         .query_one("SELECT count(*) FROM roadmaps", &[])
         .await
@@ -134,52 +124,46 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
         let (_, body) = job(6, "Security Engineer");
         let job = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
         let plan = pipeline::plan(&job.profile(), 6, 3);
-        let Claim::Owned(owned) = store::jobs::claim(&a, &job, &plan, "replica-a", lease, false, None)
+        let Claim::Owned(owned) = claimant(&a, "replica-a", lease)
+            .claim(&job, &plan, false)
             .await
             .unwrap()
         else {
             panic!("replica a should own a new job")
         };
         let lost = CancellationToken::new();
-        let guard = renewer.hold(job.job_id, owned.token, lost.clone());
-        held.push((job, plan, lost, guard));
+        let guard = renewer.hold(job.job_id, owned.lease.token(), lost.clone());
+        held.push((job, plan, lost, guard, owned.lease));
     }
     // Three leases of 0.9 s, renewed by one statement every 0.3 s: still live after 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for (job, plan, lost, _) in &held {
+    for (job, plan, lost, _, _) in &held {
         assert!(!lost.is_cancelled());
-        let busy = store::jobs::claim(&b, job, plan, "replica-b", lease, false, None)
+        let busy = claimant(&b, "replica-b", lease)
+            .claim(job, plan, false)
             .await
             .unwrap();
         assert!(matches!(busy, Claim::Busy), "{busy:?}");
     }
     // The first job's renewal stops with its guard; once its lease has passed, b takes it
     // over, and a renewer that still held it tells its task.
-    let (job, plan, lost, guard) = held.remove(0);
+    let (job, plan, lost, guard, _) = held.remove(0);
     drop(guard);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let Claim::Owned(_) =
-        store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false, None)
-            .await
-            .unwrap()
+    let Claim::Owned(_) = claimant(&b, "replica-b", Duration::from_secs(30))
+        .claim(&job, &plan, false)
+        .await
+        .unwrap()
     else {
         panic!("replica b should take over a lease no longer renewed")
     };
     assert!(!lost.is_cancelled(), "a released job is not told anything");
-    let (job, plan, lost, _guard) = held.remove(0);
-    store::jobs::release(&a, job.job_id, {
-        let db = env.db().await;
-        db.query_one("SELECT fencing_token FROM jobs WHERE job_id = $1", &[&job.job_id])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    })
-    .await
-    .unwrap();
-    let Claim::Owned(_) =
-        store::jobs::claim(&b, &job, &plan, "replica-b", Duration::from_secs(30), false, None)
-            .await
-            .unwrap()
+    let (job, plan, lost, _guard, lease) = held.remove(0);
+    lease.release().await.unwrap();
+    let Claim::Owned(_) = claimant(&b, "replica-b", Duration::from_secs(30))
+        .claim(&job, &plan, false)
+        .await
+        .unwrap()
     else {
         panic!("replica b should take over a released job")
     };
@@ -187,6 +171,16 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
         .await
         .expect("the renewer tells the task its job was taken over");
     env.cleanup().await;
+}
+
+/// A replica claiming on `pool` as `owner`, with leases of `lease`.
+fn claimant(pool: &deadpool_postgres::Pool, owner: &str, lease: Duration) -> Claimant {
+    Claimant {
+        pool: pool.clone(),
+        owner: owner.into(),
+        lease,
+        user_limit: None,
+    }
 }
 
 /// Batch `index` of `total`, with no tokens counted.

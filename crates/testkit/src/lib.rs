@@ -514,5 +514,6 @@ pub async fn db_when_ready(env: &TestEnv) -> tokio_postgres::Client {
 pub mod contract_cases;
 pub mod hostile;
 pub mod job_strategies;
+pub mod memory;
 pub mod runs;
 pub mod scripted;

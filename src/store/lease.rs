@@ -1,0 +1,84 @@
+//! A job's lease as a handle: only a claim creates one, and every write fenced by the lease's
+//! token is a method of it, so no write can present a token it was not given. A stale handle
+//! (the job taken over since) writes nothing: its writes answer `Fenced`.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::{
+    StoreError,
+    batches::{self, Checkpoint, Position},
+    jobs, roadmaps,
+};
+use crate::domain::{
+    BatchResult, Plan,
+    event::{Completed, Failed},
+};
+
+/// The lease of one job under one fencing token. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pool: Pool,
+    job_id: Uuid,
+    token: i64,
+}
+
+impl Lease {
+    /// Only a claim (or a test of the store, through it) makes one.
+    pub(super) fn new(pool: Pool, job_id: Uuid, token: i64) -> Self {
+        Self { pool, job_id, token }
+    }
+
+    pub fn job_id(&self) -> Uuid {
+        self.job_id
+    }
+
+    /// The fencing token: every write under this lease presents it.
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+
+    /// Stores the outlined plan of a job with no checkpoint yet; `Fenced` once it has one, or
+    /// another replica has the job.
+    pub async fn set_plan(&self, plan: &Plan) -> Result<(), StoreError> {
+        jobs::set_plan(&self.pool, self.job_id, self.token, plan).await
+    }
+
+    /// Stores a finished batch with the job's progress and its `roadmap.progress` event, the
+    /// event's outbox row leased for `express` when given.
+    pub async fn checkpoint(
+        &self,
+        at: Position,
+        batch: &BatchResult,
+        express: Option<Duration>,
+    ) -> Result<Checkpoint, StoreError> {
+        batches::checkpoint(&self.pool, self.job_id, self.token, at, batch, express).await
+    }
+
+    /// Completes the job with its roadmap and queues its `roadmap.completed` event.
+    pub async fn complete(&self, event: &Completed, express: Option<Duration>) -> Result<(), StoreError> {
+        roadmaps::complete(&self.pool, self.job_id, self.token, event, express).await
+    }
+
+    /// Ends the job as failed for `reason` and queues its `roadmap.failed` event.
+    pub async fn fail(&self, reason: &str, event: &Failed) -> Result<(), StoreError> {
+        jobs::fail(&self.pool, self.job_id, self.token, reason, event).await
+    }
+
+    /// Extends the lease; `Fenced` if another replica has taken the job over.
+    pub async fn renew(&self, lease: Duration) -> Result<(), StoreError> {
+        jobs::renew(&self.pool, self.job_id, self.token, lease).await
+    }
+
+    /// Gives the lease up at once (a hand-back), so another replica need not wait for it.
+    pub async fn release(&self) -> Result<(), StoreError> {
+        jobs::release(&self.pool, self.job_id, self.token).await
+    }
+
+    /// Gives up a job whose task panicked, counting it as abandoned (towards poison).
+    pub async fn abandon(&self) -> Result<(), StoreError> {
+        jobs::abandon(&self.pool, self.job_id, self.token).await
+    }
+}
