@@ -3,7 +3,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
 };
 
 use futures_util::{StreamExt, stream};
@@ -70,31 +73,23 @@ struct Shared {
     input: AtomicU64,
     /// A checkpoint said the job's user cancelled it.
     cancelled: AtomicBool,
+    /// The provider's refusal, when a chain ended on one.
+    fault: Mutex<Option<LlmError>>,
 }
 
-/// How one chain ended.
+/// How one chain ended, in rising order of what it changes for the job: when chains end
+/// differently, the greatest wins (a fence over everything, since another replica owns the
+/// job; a cap over a fault; a fault over a cancel; anything over a clean end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum ChainEnd {
-    Done(Vec<(u32, Written)>),
-    Fenced,
+    Done,
     Stopped,
-    Fault(LlmError),
+    /// A checkpoint said the user cancelled the job.
+    Cancelled,
+    /// The provider refuses every request (the error is in [`Shared::fault`]).
+    Fault,
     Capped,
-    /// A checkpoint said the user cancelled the job: the batches written so far.
-    Cancelled(Vec<(u32, Written)>),
-}
-
-impl ChainEnd {
-    /// Which end wins when chains end differently: the one that most changes what the job does.
-    fn rank(&self) -> u8 {
-        match self {
-            Self::Done(_) => 0,
-            Self::Stopped => 1,
-            Self::Cancelled(_) => 2,
-            Self::Fault(_) => 3,
-            Self::Capped => 4,
-            Self::Fenced => 5,
-        }
-    }
+    Fenced,
 }
 
 /// The writing of one job's missing batches under its lease. Generic over the model, the
@@ -149,6 +144,7 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                     + done.values().map(|w| w.usage.input_tokens).sum::<u64>(),
             ),
             cancelled: AtomicBool::new(false),
+            fault: Mutex::new(None),
         };
         let pending: Vec<(Vec<BatchRange>, Option<Week>)> = self
             .plan
@@ -182,35 +178,30 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
             ends = ends => ends,
             () = lost.cancelled() => return Ok(ChainsEnd::Fenced),
         };
-        let mut worst = ChainEnd::Done(Vec::new());
-        for end in ends {
-            match end? {
-                ChainEnd::Done(written) => done.extend(written),
-                ChainEnd::Cancelled(written) => {
-                    done.extend(written);
-                    if worst.rank() < 2 {
-                        worst = ChainEnd::Cancelled(Vec::new());
-                    }
-                }
-                other if other.rank() > worst.rank() => worst = other,
-                _ => {}
-            }
+        let mut worst = ChainEnd::Done;
+        for (end, written) in ends.into_iter().collect::<Result<Vec<_>, _>>()? {
+            done.extend(written);
+            worst = worst.max(end);
         }
         let complete = done.len() == self.plan.batches.len();
         Ok(match worst {
-            ChainEnd::Done(_) => ChainsEnd::Done(done),
+            ChainEnd::Done => ChainsEnd::Done(done),
             // A cancel that came after the last batch changes nothing: the roadmap is whole.
-            ChainEnd::Cancelled(_) if complete => ChainsEnd::Done(done),
-            ChainEnd::Cancelled(_) => ChainsEnd::Cancelled(done.len()),
+            ChainEnd::Cancelled if complete => ChainsEnd::Done(done),
+            ChainEnd::Cancelled => ChainsEnd::Cancelled(done.len()),
             ChainEnd::Stopped => ChainsEnd::Stopped,
-            ChainEnd::Fault(e) => ChainsEnd::Fault(e),
+            ChainEnd::Fault => {
+                let fault = shared.fault.into_inner().unwrap_or_else(PoisonError::into_inner);
+                ChainsEnd::Fault(fault.expect("a chain that ended on a fault left it"))
+            }
             ChainEnd::Fenced => ChainsEnd::Fenced,
             ChainEnd::Capped => ChainsEnd::Capped(shared.spent.load(Ordering::Relaxed)),
         })
     }
 
-    /// Writes `ranges` in order, `previous` being the week before the first when it is stored.
-    /// A chain that cannot go on cancels `stop`, so that its siblings stop too.
+    /// Writes `ranges` in order, `previous` being the week before the first when it is stored;
+    /// returns how the chain ended with the batches it wrote. A chain that cannot go on cancels
+    /// `stop`, so that its siblings stop too.
     async fn chain(
         &self,
         ranges: Vec<BatchRange>,
@@ -218,7 +209,7 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
         shared: &Shared,
         shutdown: &CancellationToken,
         stop: &CancellationToken,
-    ) -> Result<ChainEnd, StoreError> {
+    ) -> Result<(ChainEnd, Vec<(u32, Written)>), StoreError> {
         let total = self.plan.batches.len() as u32;
         let caller = Caller {
             cache_key: self.job_id.to_string(),
@@ -231,14 +222,14 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                 .is_some_and(|cap| shared.spent.load(Ordering::Relaxed) >= cap)
             {
                 stop.cancel();
-                return Ok(ChainEnd::Capped);
+                return Ok((ChainEnd::Capped, written));
             }
             if shared.cancelled.load(Ordering::Relaxed) {
                 // A sibling's checkpoint saw the cancel: no chain starts another batch.
-                return Ok(ChainEnd::Cancelled(written));
+                return Ok((ChainEnd::Cancelled, written));
             }
             if shutdown.is_cancelled() || stop.is_cancelled() {
-                return Ok(ChainEnd::Stopped);
+                return Ok((ChainEnd::Stopped, written));
             }
             let span =
                 info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
@@ -256,7 +247,7 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                     .generator
                     .batch(self.profile, self.plan, range, previous, &mut hint, &caller)
                     .instrument(span) => result,
-                () = stop.cancelled() => return Ok(ChainEnd::Stopped),
+                () = stop.cancelled() => return Ok((ChainEnd::Stopped, written)),
             };
             shared.span_hint.fetch_min(hint, Ordering::Relaxed);
             // The job's tokens so far, this batch's included, for its progress event.
@@ -278,7 +269,9 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                 Ok(answered) => answered,
                 Err(fault) => {
                     stop.cancel();
-                    return Ok(ChainEnd::Fault(fault.0));
+                    let mut first = shared.fault.lock().unwrap_or_else(PoisonError::into_inner);
+                    first.get_or_insert(fault.0);
+                    return Ok((ChainEnd::Fault, written));
                 }
             };
             let lease = self.events.lease();
@@ -303,7 +296,7 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                 }
                 Err(StoreError::Fenced) => {
                     stop.cancel();
-                    return Ok(ChainEnd::Fenced);
+                    return Ok((ChainEnd::Fenced, written));
                 }
                 Err(e) => {
                     stop.cancel();
@@ -335,9 +328,9 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                     batch = range.index,
                     "the job's user cancelled it; stopping after this batch"
                 );
-                return Ok(ChainEnd::Cancelled(written));
+                return Ok((ChainEnd::Cancelled, written));
             }
         }
-        Ok(ChainEnd::Done(written))
+        Ok((ChainEnd::Done, written))
     }
 }
