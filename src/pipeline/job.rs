@@ -1,11 +1,7 @@
 //! One job from claim to stored roadmap: claim under a lease, generate the missing batches with a
 //! checkpoint after each, assemble, and complete with the event in the same transaction.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use backon::Retryable;
 use chrono::Utc;
@@ -17,7 +13,7 @@ use uuid::Uuid;
 use super::{
     batch::{Caller, Generator},
     chains::{Chains, ChainsEnd},
-    leases::Renewer,
+    leases::Leases,
 };
 use crate::{
     config::WorkerSettings,
@@ -71,13 +67,6 @@ const RELEASE_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(500), 
     .with_max_retries(120)
     .without_jitter();
 
-/// A job this replica has taken up: its claim under way, or its lease.
-#[derive(Debug)]
-enum Held {
-    Claiming,
-    Leased(Lease),
-}
-
 /// Runs jobs; one per worker, shared by its job tasks.
 #[derive(Debug, Clone)]
 pub struct JobRunner {
@@ -89,23 +78,21 @@ pub struct JobRunner {
     parallelism: usize,
     /// Where committed events go to be published at once.
     express: ExpressLane,
-    /// Renews the leases of the jobs in progress.
-    renewer: Renewer,
+    /// The jobs taken up here, their leases renewed while they run: a lease in our name that
+    /// is not here is a leftover (a claim whose commit reply was lost), and a task that
+    /// panicked, or that the drain aborted, gives its job up through this.
+    leases: Leases,
     /// Output tokens one job may use (`JOB_MAX_OUTPUT_TOKENS`).
     output_cap: Option<u64>,
     /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
-    /// The jobs this replica has taken up: a lease in our name that is not here is a leftover
-    /// (a claim whose commit reply was lost), and a task that panicked, or that the drain
-    /// aborted, gives its job up through this.
-    held: Arc<Mutex<HashMap<Uuid, Held>>>,
 }
 
 impl JobRunner {
     /// The runner of replica `owner`, from the worker's settings.
     pub fn new(settings: &WorkerSettings, pool: Pool, generator: Generator, owner: String) -> Self {
         Self {
-            renewer: Renewer::start(pool.clone(), settings.lease()),
+            leases: Leases::start(pool.clone(), settings.lease()),
             claimant: Claimant {
                 pool,
                 owner,
@@ -118,7 +105,6 @@ impl JobRunner {
             express: ExpressLane::default(),
             poison_after: settings.job_poison_after,
             output_cap: settings.budget.job_max_output_tokens,
-            held: Arc::default(),
         }
     }
 
@@ -157,19 +143,11 @@ impl JobRunner {
     /// Gives up the job of a task that panicked: its lease is released and the job counted as
     /// abandoned, so that a job that keeps crashing its task ends as poison.
     pub async fn abandon(&self, job_id: Uuid) {
-        let held = self.held().remove(&job_id);
-        if let Some(Held::Leased(lease)) = held
+        if let Some(lease) = self.leases.take(job_id)
             && let Err(e) = lease.abandon().await
         {
             warn!(error = %e, %job_id, "could not give up the job of a panicked task; its lease will expire");
         }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Held>> {
-        // A panic while holding this lock cannot leave the map inconsistent: take it anyway.
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `job` to its end. `shutdown` stops it between batches; `abort` (the drain's grace
@@ -186,14 +164,7 @@ impl JobRunner {
         let plan = super::plan(&profile, job.duration_weeks, self.batch_weeks);
         // Marked before the claim, so that a second delivery of the job to this replica, racing
         // this one, does not mistake our fresh lease for a leftover.
-        let first_here = {
-            let mut held = self.held();
-            let absent = !held.contains_key(&job.job_id);
-            if absent {
-                held.insert(job.job_id, Held::Claiming);
-            }
-            absent
-        };
+        let first_here = self.leases.begin_claim(job.job_id);
         // The steps before and after the batches are boxed: a job spends its life in the
         // batches, and thousands in flight should not each carry room for these.
         let claim = Box::pin(with_retries(|| self.claimant.claim(job, &plan, first_here))).await;
@@ -201,7 +172,7 @@ impl JobRunner {
             Ok(Claim::Owned(owned)) => owned,
             other => {
                 if first_here {
-                    self.held().remove(&job.job_id);
+                    self.leases.end_claim(job.job_id);
                 }
                 return match other? {
                     Claim::Owned(_) => unreachable!("handled above"),
@@ -238,14 +209,12 @@ impl JobRunner {
             }
         };
         let lease = owned.lease.clone();
-        self.held().insert(job.job_id, Held::Leased(lease.clone()));
-        let end = self.work(job, &profile, owned, shutdown, abort).await;
+        let lost = CancellationToken::new();
+        let renewal = self.leases.hold(lease.clone(), lost.clone());
+        let end = self.work(job, &profile, owned, shutdown, abort, &lost).await;
+        drop(renewal);
         // An aborted task never gets here: its entry stays, and the drain releases it.
-        let mut held = self.held();
-        if matches!(held.get(&job.job_id), Some(Held::Leased(l)) if l.token() == lease.token()) {
-            held.remove(&job.job_id);
-        }
-        drop(held);
+        self.leases.finish(&lease);
         if end.is_err() {
             release_when_back(lease);
         }
@@ -255,12 +224,9 @@ impl JobRunner {
     /// Releases every lease still held (tasks the drain had to abort), so that the next claim
     /// takes the jobs over at once and does not count them as abandoned.
     pub async fn release_held(&self) {
-        let held: Vec<(Uuid, Held)> = self.held().drain().collect();
-        for (job_id, held) in held {
-            if let Held::Leased(lease) = held
-                && let Err(e) = lease.release().await
-            {
-                warn!(error = %e, %job_id, "could not release a lease; it will expire");
+        for lease in self.leases.drain() {
+            if let Err(e) = lease.release().await {
+                warn!(error = %e, job_id = %lease.job_id(), "could not release a lease; it will expire");
             }
         }
     }
@@ -273,6 +239,7 @@ impl JobRunner {
         owned: Box<OwnedJob>,
         shutdown: &CancellationToken,
         abort: &CancellationToken,
+        lost: &CancellationToken,
     ) -> Result<JobEnd, StoreError> {
         let lease = &owned.lease;
         let metrics = self.metrics();
@@ -300,8 +267,6 @@ impl JobRunner {
                 "resuming from checkpoints"
             );
         }
-        let lost = CancellationToken::new();
-        let _renewed = self.renewer.hold(job.job_id, lease.token(), lost.clone());
         if owned.batches.is_empty() && self.generator.budget().is_on() {
             // A new job waits while the provider budget is backlogged; started ones go first.
             tokio::select! {
@@ -351,7 +316,7 @@ impl JobRunner {
             output_cap: self.output_cap,
             bulk: job.priority == Priority::Bulk,
         };
-        let written = match chains.run(owned.batches, shutdown, abort, &lost).await? {
+        let written = match chains.run(owned.batches, shutdown, abort, lost).await? {
             ChainsEnd::Done(written) => written,
             ChainsEnd::Fenced => return Ok(JobEnd::Fenced),
             ChainsEnd::Stopped => return Ok(self.hand_back(lease).await),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use roadmap_worker::{
     domain::{BatchOutcome, BatchResult, JobRequest, Plan, event::Usage},
-    pipeline::{self, job::completion_event, leases::Renewer},
+    pipeline::{self, job::completion_event, leases::Leases},
     store::{
         self, StoreError,
         jobs::{Claim, Claimant},
@@ -118,7 +118,7 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
     let env = TestEnv::new().await;
     let (a, b) = (env.pool("replica-a").await, env.pool("replica-b").await);
     let lease = Duration::from_millis(900);
-    let renewer = Renewer::start(a.clone(), lease);
+    let leases = Leases::start(a.clone(), lease);
     let mut held = Vec::new();
     for _ in 0..3 {
         let (_, body) = job(6, "Security Engineer");
@@ -132,7 +132,7 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
             panic!("replica a should own a new job")
         };
         let lost = CancellationToken::new();
-        let guard = renewer.hold(job.job_id, owned.lease.token(), lost.clone());
+        let guard = leases.hold(owned.lease.clone(), lost.clone());
         held.push((job, plan, lost, guard, owned.lease));
     }
     // Three leases of 0.9 s, renewed by one statement every 0.3 s: still live after 2 s.
