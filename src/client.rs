@@ -13,9 +13,12 @@ use lapin::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::amqp::{
-    Publisher, Topology,
-    topology::{BULK_ROUTING_KEY, CANCEL_ROUTING_KEY, JOB_ROUTING_KEY},
+use crate::{
+    amqp::{
+        Publisher, Topology,
+        topology::{BULK_ROUTING_KEY, CANCEL_ROUTING_KEY, JOB_ROUTING_KEY},
+    },
+    domain::event::EventKind,
 };
 
 /// Publishes a job body to the jobs exchange; fails if no queue takes it.
@@ -63,6 +66,13 @@ pub struct ReceivedEvent {
     pub message_id: Option<String>,
     pub headers: std::collections::BTreeMap<String, String>,
     pub body: Value,
+}
+
+impl ReceivedEvent {
+    /// `None` for a routing key that names no event this worker sends.
+    pub fn kind(&self) -> Option<EventKind> {
+        self.routing_key.parse().ok()
+    }
 }
 
 /// A private, auto-deleted queue bound to every event; create it before publishing the job.
@@ -211,10 +221,12 @@ impl EventWatcher {
                 self.held.push_back(event);
                 continue;
             }
-            match event.routing_key.as_str() {
-                "roadmap.progress" => on_progress(&event),
-                "roadmap.completed" | "roadmap.failed" | "roadmap.cancel_rejected" => return Ok(event),
-                _ => {}
+            match event.kind() {
+                Some(EventKind::Progress) => on_progress(&event),
+                Some(EventKind::Completed | EventKind::Failed | EventKind::CancelRejected) => {
+                    return Ok(event);
+                }
+                None => {}
             }
         }
     }

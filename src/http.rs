@@ -53,12 +53,7 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
     let metrics = &health.metrics;
     let pool = health.pool.status();
     let idle = pool.available as i64;
-    metrics.db_pool.with_label_values(&["idle"]).set(idle);
-    metrics
-        .db_pool
-        .with_label_values(&["in_use"])
-        .set(pool.size as i64 - idle);
-    metrics.db_pool_waiting.set(pool.waiting as i64);
+    metrics.set_db_pool(pool.size as i64 - idle, idle, pool.waiting as i64);
     metrics.sample_process();
     (
         [("content-type", "text/plain; version=0.0.4")],
@@ -87,14 +82,7 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     if health.metrics.provider_ready.get() == 0 {
         problems.push("llm provider: refusing requests (check LLM_API_KEY / LLM_MODEL)");
     }
-    let paused = |d: Dependency| {
-        health
-            .metrics
-            .intake_paused
-            .with_label_values(&[d.as_str()])
-            .get()
-            == 1
-    };
+    let paused = |d: Dependency| health.metrics.is_intake_paused(d);
     if paused(Dependency::Database) {
         problems.push("intake paused: the database was unreachable past the retries; probing");
     }

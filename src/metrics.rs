@@ -1,14 +1,25 @@
 //! Every metric the worker exports, in one registry per worker (so tests can run several workers
 //! in one process). Names follow Prometheus conventions; no label carries a job or user id.
+//!
+//! Labelled series are written through the typed methods below, never with label strings at the
+//! call site: a label value is spelled once, here, and every value an enum can take is started
+//! at 0 from its `ALL`.
+
+mod families;
+mod process;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
 
 use prometheus::{
-    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Registry, TextEncoder,
 };
 
 use crate::domain::{
-    AnswerFault, BatchOutcome, RejectReason,
-    event::{COMPLETED, FAILED, JobFailure, PROGRESS},
+    AnswerFault, BatchOutcome, RejectReason, TokenUsage,
+    event::{EventKind, JobFailure},
 };
 
 #[derive(Debug, Clone)]
@@ -92,10 +103,10 @@ pub struct Metrics {
 
 /// A label vocabulary: a closed set of values, each started at 0.
 macro_rules! labels {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $vis:vis $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
+        $vis enum $name { $($variant),+ }
 
         impl $name {
             pub const ALL: &'static [Self] = &[$(Self::$variant),+];
@@ -109,240 +120,115 @@ macro_rules! labels {
 
 labels! {
     /// A dependency whose outage pauses intake (`roadmap_intake_paused{reason}`).
-    Dependency { Database => "database", Provider => "provider" }
+    pub Dependency { Database => "database", Provider => "provider" }
 }
 
 labels! {
     /// Why a delivery was handed back (`roadmap_deliveries_deferred_total{reason}`).
-    Deferral { Database => "database", Provider => "provider", Shutdown => "shutdown", User => "user_limit" }
+    pub Deferral {
+        Database => "database",
+        Provider => "provider",
+        Shutdown => "shutdown",
+        User => "user_limit",
+    }
 }
 
 labels! {
     /// What became of a message the broker dead-lettered on its own
     /// (`roadmap_deliveries_recovered_total{outcome}`).
-    Recovery { Requeued => "requeued", Failed => "failed", Done => "done" }
+    pub Recovery { Requeued => "requeued", Failed => "failed", Done => "done" }
+}
+
+labels! {
+    /// `roadmap_llm_tokens_total{direction}`.
+    Direction { Input => "input", Output => "output", CachedInput => "cached_input" }
+}
+
+labels! {
+    /// `roadmap_llm_budget_tokens_total{kind}`.
+    BudgetTokens { Reserved => "reserved", Used => "used" }
+}
+
+labels! {
+    /// `roadmap_db_pool_connections{state}`.
+    PoolState { InUse => "in_use", Idle => "idle" }
+}
+
+/// The LLM call's own statuses (`LlmError::status`) are many and open-ended (`http_418` becomes
+/// `http_4xx`); these are the ones dashboards plot, so they start at 0.
+const PLOTTED_CALL_FAULTS: [&str; 5] = ["timeout", "connect", "http_429", "http_5xx", "body_too_large"];
+
+/// A failed attempt within a batch or an outline (`roadmap_batch_failures_total{reason}`): what
+/// was wrong with the answer, or why the call itself failed. An `LlmError` converts into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFault {
+    Answer(AnswerFault),
+    /// The failed call's status (`timeout`, `http_429`, …).
+    Call(&'static str),
+}
+
+impl From<AnswerFault> for BatchFault {
+    fn from(fault: AnswerFault) -> Self {
+        Self::Answer(fault)
+    }
+}
+
+impl BatchFault {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Answer(fault) => fault.as_str(),
+            Self::Call(status) => status,
+        }
+    }
+}
+
+/// How an LLM call ended (`roadmap_llm_requests_total{status}`). A call's result converts into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallStatus {
+    Ok,
+    /// The error's status (`timeout`, `http_429`, …).
+    Failed(&'static str),
+}
+
+impl CallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed(status) => status,
+        }
+    }
+}
+
+/// Why a job ended with a `roadmap.failed` event (`roadmap_jobs_failed_total{reason}`): its
+/// message was refused, or the job taken on failed.
+#[derive(Debug, Clone, Copy)]
+pub enum FailReason<'a> {
+    Refused(&'a RejectReason),
+    Job(JobFailure),
+}
+
+impl<'a> From<&'a RejectReason> for FailReason<'a> {
+    fn from(reason: &'a RejectReason) -> Self {
+        Self::Refused(reason)
+    }
+}
+
+impl From<JobFailure> for FailReason<'_> {
+    fn from(failure: JobFailure) -> Self {
+        Self::Job(failure)
+    }
+}
+
+impl FailReason<'_> {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Refused(reason) => reason.code(),
+            Self::Job(failure) => failure.as_str(),
+        }
+    }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let float_gauge = |name: &str, help: &str| {
-            let g = Gauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h =
-                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
-            h
-        };
-        let llm_request_duration = HistogramVec::new(
-            HistogramOpts::new("roadmap_llm_request_duration_seconds", "Latency of LLM requests.")
-                .buckets(vec![0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0]),
-            &["provider", "model"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(llm_request_duration.clone()))
-            .expect("unique metric");
-        let outbox_oldest_age = Gauge::new(
-            "roadmap_outbox_oldest_unsent_age_seconds",
-            "Age of the oldest event not yet confirmed by the broker.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(outbox_oldest_age.clone()))
-            .expect("unique metric");
-        let llm_cost = Counter::new(
-            "roadmap_llm_cost_total",
-            "What LLM calls cost at the configured LLM_PRICE_* prices, in their currency unit.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(llm_cost.clone()))
-            .expect("unique metric");
-        let durations = vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0];
-        Self {
-            jobs_started: counter("roadmap_jobs_started_total", "Jobs claimed and started."),
-            jobs_completed: counter(
-                "roadmap_jobs_completed_total",
-                "Jobs completed with a stored roadmap.",
-            ),
-            jobs_failed: counter_vec(
-                "roadmap_jobs_failed_total",
-                "Jobs that ended failed, by reason.",
-                &["reason"],
-            ),
-            jobs_rejected: counter_vec(
-                "roadmap_jobs_rejected_total",
-                "Messages refused at intake, by reason.",
-                &["reason"],
-            ),
-            dead_lettered: counter_vec(
-                "roadmap_messages_dead_lettered_total",
-                "Messages moved to the dead-letter queue, by reason.",
-                &["reason"],
-            ),
-            jobs_in_flight: gauge("roadmap_jobs_in_flight", "Jobs being worked on by this replica."),
-            worker_slots_free: gauge("roadmap_worker_slots_free", "Free job slots on this replica."),
-            jobs_resumed: counter("roadmap_jobs_resumed_total", "Jobs resumed from a checkpoint."),
-            jobs_redispatched: counter(
-                "roadmap_jobs_redispatched_total",
-                "Stranded jobs re-published by the sweeper.",
-            ),
-            amqp_reconnects: counter(
-                "roadmap_amqp_reconnects_total",
-                "Broker sessions opened after the first.",
-            ),
-            job_duration: histogram(
-                "roadmap_job_duration_seconds",
-                "Time from claim to stored roadmap.",
-                durations,
-            ),
-            batch_duration: histogram(
-                "roadmap_batch_duration_seconds",
-                "Time to produce one batch, all attempts included.",
-                vec![0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
-            ),
-            batches: counter_vec(
-                "roadmap_batches_total",
-                "Finished batches by outcome.",
-                &["outcome"],
-            ),
-            batch_failures: counter_vec(
-                "roadmap_batch_failures_total",
-                "Failed attempts within batches, by reason.",
-                &["reason"],
-            ),
-            batches_regenerated: counter(
-                "roadmap_batches_regenerated_total",
-                "Batches generated although already checkpointed.",
-            ),
-            outlines: counter_vec(
-                "roadmap_outlines_total",
-                "Roadmap outlines by outcome.",
-                &["outcome"],
-            ),
-            llm_requests: counter_vec(
-                "roadmap_llm_requests_total",
-                "LLM requests by provider, model and status.",
-                &["provider", "model", "status"],
-            ),
-            llm_request_duration,
-            llm_tokens: counter_vec(
-                "roadmap_llm_tokens_total",
-                "LLM tokens by direction.",
-                &["direction"],
-            ),
-            provider_ready: gauge(
-                "roadmap_provider_ready",
-                "1 while the LLM provider accepts requests.",
-            ),
-            budget_wait: histogram(
-                "roadmap_llm_budget_wait_seconds",
-                "Waits for the shared provider budget (LLM_RPM_LIMIT, LLM_TPM_LIMIT) before a call.",
-                vec![0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
-            ),
-            budget_tokens: counter_vec(
-                "roadmap_llm_budget_tokens_total",
-                "Tokens of the shared budget: reserved before calls, used by them.",
-                &["kind"],
-            ),
-            rate_limited: counter(
-                "roadmap_llm_rate_limited_total",
-                "Answers of HTTP 429 (rate limited) from the provider.",
-            ),
-            answers_unadmitted: counter(
-                "roadmap_llm_answers_unadmitted_total",
-                "Answers read without a place at the answer gate, its wait having run out (checkpoints slow).",
-            ),
-            llm_cost,
-            build_info: gauge_vec(
-                "roadmap_build_info",
-                "1, labelled with the worker's version.",
-                &["version"],
-            ),
-            concurrency_limit: gauge(
-                "roadmap_worker_concurrency",
-                "WORKER_CONCURRENCY: jobs this replica takes at once.",
-            ),
-            db_pool: gauge_vec(
-                "roadmap_db_pool_connections",
-                "Database pool connections by state (in_use, idle).",
-                &["state"],
-            ),
-            db_pool_waiting: gauge(
-                "roadmap_db_pool_waiting",
-                "Tasks waiting for a database connection.",
-            ),
-            events_publish_failures: counter_vec(
-                "roadmap_events_publish_failures_total",
-                "Event publishes that failed (broker away, nacked, unconfirmed); the event is kept and sent again.",
-                &["type"],
-            ),
-            process_cpu: float_gauge("process_cpu_seconds_total", "CPU time of this process (user + system), in seconds."),
-            process_rss: gauge("process_resident_memory_bytes", "Resident memory of this process, in bytes."),
-            process_fds: gauge("process_open_fds", "Open file descriptors of this process."),
-            outbox_backlog: gauge(
-                "roadmap_outbox_backlog",
-                "Events written but not yet confirmed by the broker.",
-            ),
-            outbox_oldest_age,
-            events_published: counter_vec(
-                "roadmap_events_published_total",
-                "Events confirmed by the broker and taken by a queue.",
-                &["type"],
-            ),
-            events_unroutable: counter_vec(
-                "roadmap_events_unroutable_total",
-                "Event publishes that no queue took.",
-                &["type"],
-            ),
-            intake_paused: gauge_vec(
-                "roadmap_intake_paused",
-                "1 while intake is paused because a dependency is down.",
-                &["reason"],
-            ),
-            deliveries_deferred: counter_vec(
-                "roadmap_deliveries_deferred_total",
-                "Deliveries handed back without spending the delivery limit.",
-                &["reason"],
-            ),
-            deliveries_recovered: counter_vec(
-                "roadmap_deliveries_recovered_total",
-                "Messages the broker dead-lettered that the worker accounted for.",
-                &["outcome"],
-            ),
-            duplicate_deliveries: counter(
-                "roadmap_duplicate_deliveries_total",
-                "Duplicate deliveries of a job in progress, settled at once.",
-            ),
-            registry,
-        }
-        .with_known_labels()
-    }
-
     /// Starts every known label value at 0. A counter child appears only once it is used, and an
     /// alert on `increase()` cannot see a series that is born at 1.
     fn with_known_labels(self) -> Self {
@@ -351,9 +237,7 @@ impl Metrics {
             self.outlines.with_label_values(&[outcome.as_str()]);
         }
         let answer_faults = AnswerFault::ALL.map(AnswerFault::as_str);
-        // The LLM call's own statuses are many; these are the ones dashboards plot.
-        let call_faults = ["timeout", "connect", "http_429", "http_5xx", "body_too_large"];
-        for reason in answer_faults.iter().chain(&call_faults) {
+        for reason in answer_faults.iter().chain(&PLOTTED_CALL_FAULTS) {
             self.batch_failures.with_label_values(&[reason]);
         }
         let reasons = RejectReason::CODES;
@@ -365,9 +249,11 @@ impl Metrics {
         for reason in reasons {
             self.jobs_rejected.with_label_values(&[reason]);
         }
-        for kind in [PROGRESS, COMPLETED, FAILED] {
-            self.events_published.with_label_values(&[kind]);
-            self.events_unroutable.with_label_values(&[kind]);
+        for kind in EventKind::ALL {
+            self.events_published.with_label_values(&[kind.routing_key()]);
+            self.events_unroutable.with_label_values(&[kind.routing_key()]);
+            self.events_publish_failures
+                .with_label_values(&[kind.routing_key()]);
         }
         for reason in Dependency::ALL {
             self.intake_paused.with_label_values(&[reason.as_str()]);
@@ -378,48 +264,143 @@ impl Metrics {
         for outcome in Recovery::ALL {
             self.deliveries_recovered.with_label_values(&[outcome.as_str()]);
         }
-        for direction in ["input", "output", "cached_input"] {
-            self.llm_tokens.with_label_values(&[direction]);
+        for direction in Direction::ALL {
+            self.llm_tokens.with_label_values(&[direction.as_str()]);
         }
-        for kind in ["reserved", "used"] {
-            self.budget_tokens.with_label_values(&[kind]);
+        for kind in BudgetTokens::ALL {
+            self.budget_tokens.with_label_values(&[kind.as_str()]);
         }
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for state in ["in_use", "idle"] {
-            self.db_pool.with_label_values(&[state]);
-        }
-        for kind in [COMPLETED, FAILED, PROGRESS] {
-            self.events_publish_failures.with_label_values(&[kind]);
+        for state in PoolState::ALL {
+            self.db_pool.with_label_values(&[state.as_str()]);
         }
         self
     }
 
-    /// Reads this process's CPU time, resident memory and open descriptors from /proc (Linux;
-    /// elsewhere they stay 0), for a scrape.
-    pub fn sample_process(&self) {
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // After the command (in parentheses): utime and stime are fields 14 and 15.
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-            // Linux reports in USER_HZ, 100 per second on every supported architecture.
-            self.process_cpu.set((ticks(11) + ticks(12)) / 100.0);
+    /// A job that ended with a `roadmap.failed` event.
+    pub fn job_failed<'a>(&self, reason: impl Into<FailReason<'a>>) {
+        self.jobs_failed.with_label_values(&[reason.into().label()]).inc();
+    }
+
+    /// A message refused at intake.
+    pub fn job_rejected(&self, reason: &RejectReason) {
+        self.jobs_rejected.with_label_values(&[reason.code()]).inc();
+    }
+
+    /// A message copied to the dead-letter queue, by the `x-reject-reason` code it carries there
+    /// (a [`RejectReason`] code, a [`JobFailure`], or a cancel's own).
+    pub fn message_dead_lettered(&self, code: &str) {
+        self.dead_lettered.with_label_values(&[code]).inc();
+    }
+
+    pub fn batch_finished(&self, outcome: BatchOutcome) {
+        self.batches.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    pub fn outline_finished(&self, outcome: BatchOutcome) {
+        self.outlines.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// A failed attempt within a batch or an outline.
+    pub fn batch_failed(&self, fault: impl Into<BatchFault>) {
+        self.batch_failures
+            .with_label_values(&[fault.into().label()])
+            .inc();
+    }
+
+    /// One LLM request: its latency and how it ended.
+    pub fn llm_call(&self, provider: &str, model: &str, status: impl Into<CallStatus>, took: Duration) {
+        self.llm_request_duration
+            .with_label_values(&[provider, model])
+            .observe(took.as_secs_f64());
+        self.llm_requests
+            .with_label_values(&[provider, model, status.into().as_str()])
+            .inc();
+    }
+
+    /// The tokens an answer used, as its provider counted them.
+    pub fn llm_usage(&self, usage: TokenUsage) {
+        for (direction, tokens) in [
+            (Direction::CachedInput, usage.cached_input),
+            (Direction::Input, usage.input),
+            (Direction::Output, usage.output),
+        ] {
+            self.llm_tokens
+                .with_label_values(&[direction.as_str()])
+                .inc_by(tokens);
         }
-        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-            let kib = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok());
-            if let Some(kib) = kib {
-                self.process_rss.set(kib * 1024);
-            }
-        }
-        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            self.process_fds.set(fds.count() as i64);
-        }
+    }
+
+    /// Tokens of the shared provider budget reserved before a call.
+    pub fn budget_reserved(&self, tokens: u64) {
+        self.count_budget(BudgetTokens::Reserved, tokens);
+    }
+
+    /// Tokens of the shared provider budget a call used.
+    pub fn budget_used(&self, tokens: u64) {
+        self.count_budget(BudgetTokens::Used, tokens);
+    }
+
+    fn count_budget(&self, kind: BudgetTokens, tokens: u64) {
+        self.budget_tokens
+            .with_label_values(&[kind.as_str()])
+            .inc_by(tokens);
+    }
+
+    /// An event confirmed by the broker and taken by a queue.
+    pub fn event_published(&self, kind: EventKind) {
+        self.events_published
+            .with_label_values(&[kind.routing_key()])
+            .inc();
+    }
+
+    /// An event publish that no queue took.
+    pub fn event_unroutable(&self, kind: EventKind) {
+        self.events_unroutable
+            .with_label_values(&[kind.routing_key()])
+            .inc();
+    }
+
+    /// An event publish that failed (broker away, nacked, unconfirmed); the event is kept.
+    pub fn event_publish_failed(&self, kind: EventKind) {
+        self.events_publish_failures
+            .with_label_values(&[kind.routing_key()])
+            .inc();
+    }
+
+    pub fn set_intake_paused(&self, dependency: Dependency, paused: bool) {
+        self.intake_paused
+            .with_label_values(&[dependency.as_str()])
+            .set(i64::from(paused));
+    }
+
+    pub fn is_intake_paused(&self, dependency: Dependency) -> bool {
+        self.intake_paused.with_label_values(&[dependency.as_str()]).get() == 1
+    }
+
+    pub fn delivery_deferred(&self, reason: Deferral) {
+        self.deliveries_deferred
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub fn delivery_recovered(&self, outcome: Recovery) {
+        self.deliveries_recovered
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+
+    /// The database pool as a scrape finds it.
+    pub fn set_db_pool(&self, in_use: i64, idle: i64, waiting: i64) {
+        self.db_pool
+            .with_label_values(&[PoolState::InUse.as_str()])
+            .set(in_use);
+        self.db_pool
+            .with_label_values(&[PoolState::Idle.as_str()])
+            .set(idle);
+        self.db_pool_waiting.set(waiting);
     }
 
     /// The text exposition format served at /metrics.

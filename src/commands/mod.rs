@@ -16,7 +16,10 @@ use crate::{
     cli::{CancelArgs, Command, DemoArgs, EnqueueArgs, JobArgs},
     client::{self, EventWatcher},
     config::ProviderKind,
-    domain::{Roadmap, event::Completed},
+    domain::{
+        Roadmap,
+        event::{Completed, EventKind, JobFailure},
+    },
     store, worker,
 };
 
@@ -105,7 +108,9 @@ async fn enqueue(args: EnqueueArgs) -> anyhow::Result<()> {
                 bar.progress(p)
             })
             .await;
-        let completed = event.as_ref().is_ok_and(|e| e.routing_key == "roadmap.completed");
+        let completed = event
+            .as_ref()
+            .is_ok_and(|e| e.kind() == Some(EventKind::Completed));
         bar.finish(completed, if completed { "done" } else { "ended" });
         let event = event?;
         match serde_json::from_value::<Completed>(event.body.clone()) {
@@ -136,18 +141,21 @@ async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
         .wait_for_end(args.job_id, Duration::from_secs(args.timeout_secs), |_| {})
         .await?;
     let reason = event.body["reason"].as_str().unwrap_or_default();
-    match (event.routing_key.as_str(), reason) {
-        ("roadmap.failed", "cancelled") => println!(
+    match (event.kind(), reason) {
+        (Some(EventKind::Failed), r) if r == JobFailure::Cancelled.as_str() => println!(
             "cancelled: {}",
             event.body["message"].as_str().unwrap_or_default()
         ),
-        ("roadmap.cancel_rejected", _) => {
+        (Some(EventKind::CancelRejected), _) => {
             anyhow::bail!(
                 "cancel refused ({reason}): {}",
                 event.body["message"].as_str().unwrap_or_default()
             )
         }
-        (kind, _) => anyhow::bail!("the job ended before the cancel took effect: {kind} {reason}"),
+        _ => anyhow::bail!(
+            "the job ended before the cancel took effect: {} {reason}",
+            event.routing_key
+        ),
     }
     Ok(())
 }
@@ -181,12 +189,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let event = watcher
         .wait_for_end(job_id, Duration::from_secs(600), |p| bar.progress(p))
         .await;
-    let completed = event.as_ref().is_ok_and(|e| e.routing_key == "roadmap.completed");
+    let completed = event
+        .as_ref()
+        .is_ok_and(|e| e.kind() == Some(EventKind::Completed));
     bar.finish(completed, if completed { "done" } else { "ended" });
     shutdown.cancel();
     worker.await??;
     let event = event?;
-    if event.routing_key != "roadmap.completed" {
+    if event.kind() != Some(EventKind::Completed) {
         anyhow::bail!("job failed: {}", event.body);
     }
     let completed: Completed = serde_json::from_value(event.body).context("reading the completion event")?;

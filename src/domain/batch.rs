@@ -20,6 +20,15 @@ impl BatchResult {
     }
 }
 
+/// The tokens of one answer, as its provider counted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub input: u64,
+    pub output: u64,
+    /// Of `input`, the tokens the provider served from its prompt cache.
+    pub cached_input: u64,
+}
+
 /// The highest rung of the robustness ladder a batch needed; stored with the checkpoint and
 /// used as the `outcome` label of `roadmap_batches_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -6,10 +6,86 @@ use uuid::Uuid;
 
 use super::roadmap::Roadmap;
 
-pub const COMPLETED: &str = "roadmap.completed";
-pub const FAILED: &str = "roadmap.failed";
-pub const PROGRESS: &str = "roadmap.progress";
-pub const CANCEL_REJECTED: &str = "roadmap.cancel_rejected";
+/// The type of an event. On the wire (routing key, `event` field and header) and in the outbox
+/// it is a string; inside the worker it is this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Progress,
+    Completed,
+    Failed,
+    /// The answer to a cancel that changed nothing.
+    CancelRejected,
+}
+
+/// What the relay does with an event that no queue took (the backend has not bound its queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unroutable {
+    /// Marked sent and counted as unrouted: it is stale by the time a queue binds.
+    LetGo,
+    /// Kept unsent and tried again with a backoff, so that a consumer binding later gets it.
+    Retry,
+}
+
+impl EventKind {
+    pub const ALL: [Self; 4] = [
+        Self::Progress,
+        Self::Completed,
+        Self::Failed,
+        Self::CancelRejected,
+    ];
+
+    /// The wire string: the routing key on `roadmap.events`, and the event's `event` field.
+    pub const fn routing_key(self) -> &'static str {
+        match self {
+            Self::Progress => "roadmap.progress",
+            Self::Completed => "roadmap.completed",
+            Self::Failed => "roadmap.failed",
+            Self::CancelRejected => "roadmap.cancel_rejected",
+        }
+    }
+
+    /// Only a job's outcome and a cancel's answer are owed to a consumer; a progress event is
+    /// superseded by the next one.
+    pub fn unroutable_policy(self) -> Unroutable {
+        match self {
+            Self::Progress => Unroutable::LetGo,
+            Self::Completed | Self::Failed | Self::CancelRejected => Unroutable::Retry,
+        }
+    }
+}
+
+/// A routing key that names no [`EventKind`] (a newer worker's, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an event kind this worker knows")]
+pub struct UnknownEventKind(pub String);
+
+impl std::str::FromStr for EventKind {
+    type Err = UnknownEventKind;
+
+    fn from_str(key: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.routing_key() == key)
+            .ok_or_else(|| UnknownEventKind(key.to_owned()))
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.routing_key())
+    }
+}
+
+/// For an event's `event` field.
+impl From<EventKind> for String {
+    fn from(kind: EventKind) -> Self {
+        kind.routing_key().to_owned()
+    }
+}
+
+// The names src/pipeline/ still uses; they go once it names `EventKind` itself.
+pub const COMPLETED: EventKind = EventKind::Completed;
+pub const PROGRESS: EventKind = EventKind::Progress;
 
 /// The answer to a cancel message that changed nothing: the job had ended, or no job of that
 /// user has that id. A cancel that is taken is answered by the job's `roadmap.failed` event
@@ -29,7 +105,7 @@ pub struct CancelRejected {
 impl CancelRejected {
     pub fn new(job_id: Uuid, user_id: String, reason: &str, message: String) -> Self {
         Self {
-            event: CANCEL_REJECTED.into(),
+            event: EventKind::CancelRejected.into(),
             version: 1,
             event_id: Uuid::now_v7(),
             job_id,
@@ -219,7 +295,7 @@ pub struct Progress {
 impl Failed {
     pub fn new(job_id: Uuid, user_id: Option<String>, reason: &str, message: String) -> Self {
         Self {
-            event: FAILED.into(),
+            event: EventKind::Failed.into(),
             version: 1,
             event_id: Uuid::now_v7(),
             job_id,
@@ -233,7 +309,7 @@ impl Failed {
 impl Progress {
     pub fn new(job_id: Uuid, batches_done: u32, batches_total: u32) -> Self {
         Self {
-            event: PROGRESS.into(),
+            event: EventKind::Progress.into(),
             version: 1,
             event_id: Uuid::now_v7(),
             job_id,
@@ -242,5 +318,67 @@ impl Progress {
             input_tokens: 0,
             output_tokens: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_wire_string() {
+        for kind in EventKind::ALL {
+            assert_eq!(kind.routing_key().parse::<EventKind>(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.routing_key());
+            assert_eq!(String::from(kind), kind.routing_key());
+        }
+    }
+
+    #[test]
+    fn the_wire_strings_are_the_contract() {
+        let keys = EventKind::ALL.map(EventKind::routing_key);
+        assert_eq!(
+            keys,
+            [
+                "roadmap.progress",
+                "roadmap.completed",
+                "roadmap.failed",
+                "roadmap.cancel_rejected"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_and_near_miss_keys_are_refused() {
+        for key in [
+            "",
+            "roadmap",
+            "roadmap.generate",
+            "Roadmap.completed",
+            "roadmap.completed ",
+            "progress",
+        ] {
+            assert_eq!(key.parse::<EventKind>(), Err(UnknownEventKind(key.to_owned())));
+        }
+    }
+
+    #[test]
+    fn only_progress_is_let_go_when_no_queue_takes_it() {
+        let let_go: Vec<EventKind> = EventKind::ALL
+            .into_iter()
+            .filter(|k| k.unroutable_policy() == Unroutable::LetGo)
+            .collect();
+        assert_eq!(let_go, [EventKind::Progress]);
+    }
+
+    #[test]
+    fn built_events_carry_their_kind() {
+        let id = Uuid::nil();
+        let failed = Failed::new(id, None, "cancelled", String::new());
+        let progress = Progress::new(id, 1, 2);
+        let rejected = CancelRejected::new(id, "u".into(), "unknown_job", String::new());
+        assert_eq!(failed.event.parse(), Ok(EventKind::Failed));
+        assert_eq!(progress.event.parse(), Ok(EventKind::Progress));
+        assert_eq!(rejected.event.parse(), Ok(EventKind::CancelRejected));
     }
 }

@@ -10,7 +10,7 @@ pub mod plan;
 pub mod reject;
 pub mod roadmap;
 
-pub use batch::{AnswerFault, BatchOutcome, BatchResult};
+pub use batch::{AnswerFault, BatchOutcome, BatchResult, TokenUsage};
 pub use job::{ExperienceLevel, JobProfile, JobRequest, Priority};
 pub use outline::{Outline, WeekOutline};
 pub use plan::{BatchRange, Plan};

@@ -17,7 +17,12 @@ use std::{sync::Arc, time::Duration};
 use serde_json::Value;
 
 pub use self::gate::{Admission, AnswerGate};
-use crate::config::{LlmSettings, ProviderKind};
+use crate::{
+    config::{LlmSettings, ProviderKind},
+    metrics::{BatchFault, CallStatus},
+};
+// Defined below this layer, so that metrics can count it.
+pub use crate::domain::TokenUsage;
 
 /// One call to the model.
 #[derive(Debug, Clone)]
@@ -52,14 +57,6 @@ pub struct LlmResponse {
 pub struct RateLimits {
     pub remaining_tokens: Option<u64>,
     pub remaining_requests: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenUsage {
-    pub input: u64,
-    pub output: u64,
-    /// Of `input`, the tokens the provider served from its prompt cache.
-    pub cached_input: u64,
 }
 
 /// Why the model stopped, normalised across providers.
@@ -135,6 +132,22 @@ impl LlmError {
             status,
             message: err.without_url().to_string(),
             retry_after: None,
+        }
+    }
+}
+
+// The metrics layer sits below this one and knows no `LlmError`: a call is counted by its status.
+impl From<&LlmError> for BatchFault {
+    fn from(err: &LlmError) -> Self {
+        Self::Call(err.status())
+    }
+}
+
+impl<T> From<&Result<T, LlmError>> for CallStatus {
+    fn from(result: &Result<T, LlmError>) -> Self {
+        match result {
+            Ok(_) => Self::Ok,
+            Err(err) => Self::Failed(err.status()),
         }
     }
 }
@@ -319,5 +332,17 @@ mod tests {
             LlmError::from_status(400, String::new(), None),
             LlmError::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn calls_are_counted_by_their_status() {
+        let err = LlmError::from_status(418, String::new(), None);
+        assert_eq!(BatchFault::from(&err), BatchFault::Call("http_4xx"));
+        assert_eq!(
+            CallStatus::from(&Err::<(), _>(err)),
+            CallStatus::Failed("http_4xx")
+        );
+        assert_eq!(CallStatus::from(&Ok::<_, LlmError>(())), CallStatus::Ok);
+        assert_eq!(CallStatus::Ok.as_str(), "ok");
     }
 }

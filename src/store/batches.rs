@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::domain::{
     BatchResult, Week,
-    event::{PROGRESS, Progress, Usage},
+    event::{EventKind, Progress, Usage},
 };
 
 /// A checkpoint as read back from the database.
@@ -142,7 +142,7 @@ pub(super) async fn checkpoint(
                 &token,
                 &i64::try_from(batch.usage.cached_input_tokens).unwrap_or(i64::MAX),
                 &event_id,
-                &PROGRESS,
+                &EventKind::Progress.routing_key(),
                 &(batches_total as i32),
                 &lease_secs,
                 &i64::try_from(batch.usage.cost_nanos).unwrap_or(i64::MAX),

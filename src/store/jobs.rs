@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{StoreError, batches::StoredBatch, lease::Lease};
 use crate::domain::{
     JobRequest, Plan,
-    event::{FAILED, Failed},
+    event::{EventKind, Failed},
 };
 
 /// The prefix of every replica's Postgres `application_name`; the suffix is its replica id.
@@ -344,7 +344,7 @@ pub(super) async fn fail(
     if n != 1 {
         return Err(StoreError::Fenced);
     }
-    super::outbox::insert(&tx, event.event_id, Some(job_id), FAILED, event).await?;
+    super::outbox::insert(&tx, event.event_id, Some(job_id), EventKind::Failed, event).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -427,7 +427,7 @@ pub async fn fail_unowned(
     if n != 1 {
         return Ok(false);
     }
-    super::outbox::insert(&tx, event.event_id, Some(job.job_id), FAILED, event).await?;
+    super::outbox::insert(&tx, event.event_id, Some(job.job_id), EventKind::Failed, event).await?;
     tx.commit().await?;
     Ok(true)
 }

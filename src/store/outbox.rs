@@ -8,6 +8,7 @@ use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::domain::event::EventKind;
 
 /// How long the writer of an event holds its row for the express path (publish it from memory
 /// right after the commit): the relay sends it only if the writer has not confirmed it by then.
@@ -17,7 +18,7 @@ pub const EXPRESS_LEASE: Duration = Duration::from_secs(15);
 #[derive(Debug)]
 pub struct Express {
     pub event_id: Uuid,
-    pub routing_key: &'static str,
+    pub kind: EventKind,
     pub body: Vec<u8>,
     pub job_id: Uuid,
     pub user_id: Option<String>,
@@ -45,7 +46,7 @@ impl ExpressLane {
     pub fn send<T: Serialize>(
         &self,
         event_id: Uuid,
-        routing_key: &'static str,
+        kind: EventKind,
         (job_id, user_id): (Uuid, Option<&str>),
         event: &T,
     ) {
@@ -54,7 +55,7 @@ impl ExpressLane {
             Ok(body) => {
                 let _ = sender.send(Express {
                     event_id,
-                    routing_key,
+                    kind,
                     body,
                     job_id,
                     user_id: user_id.map(str::to_owned),
@@ -80,9 +81,13 @@ pub async fn reannounce_completion(client: &impl GenericClient, job_id: Uuid) ->
     let updated = client
         .execute(
             "UPDATE outbox SET sent_at = NULL, relay_until = now(), attempts = 0, unrouted = false
-             WHERE job_id = $1 AND routing_key = 'roadmap.completed'
+             WHERE job_id = $1 AND routing_key = $3
                AND sent_at < now() - make_interval(secs => $2)",
-            &[&job_id, &REANNOUNCE_AFTER.as_secs_f64()],
+            &[
+                &job_id,
+                &REANNOUNCE_AFTER.as_secs_f64(),
+                &EventKind::Completed.routing_key(),
+            ],
         )
         .await?;
     Ok(updated > 0)
@@ -94,10 +99,10 @@ pub async fn insert<T: Serialize + std::fmt::Debug + Sync>(
     client: &impl GenericClient,
     event_id: Uuid,
     job_id: Option<Uuid>,
-    routing_key: &str,
+    kind: EventKind,
     payload: &T,
 ) -> Result<(), StoreError> {
-    insert_leased(client, event_id, job_id, routing_key, payload, None).await?;
+    insert_leased(client, event_id, job_id, kind, payload, None).await?;
     Ok(())
 }
 
@@ -107,7 +112,7 @@ pub async fn insert_leased<T: Serialize + std::fmt::Debug + Sync>(
     client: &impl GenericClient,
     event_id: Uuid,
     job_id: Option<Uuid>,
-    routing_key: &str,
+    kind: EventKind,
     payload: &T,
     lease: Option<Duration>,
 ) -> Result<bool, StoreError> {
@@ -117,7 +122,7 @@ pub async fn insert_leased<T: Serialize + std::fmt::Debug + Sync>(
             "INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts)
              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), CASE WHEN $5 IS NULL THEN 0 ELSE 1 END)
              ON CONFLICT (event_id) DO NOTHING",
-            &[&event_id, &job_id, &routing_key, &Json(payload), &lease_secs],
+            &[&event_id, &job_id, &kind.routing_key(), &Json(payload), &lease_secs],
         )
         .await?;
     Ok(n == 1)
@@ -164,7 +169,7 @@ pub async fn insert_refusal<T: Serialize + std::fmt::Debug + Sync>(
     client: &impl GenericClient,
     event_id: Uuid,
     job_id: Uuid,
-    routing_key: &str,
+    kind: EventKind,
     payload: &T,
 ) -> Result<bool, StoreError> {
     let n = client
@@ -172,7 +177,7 @@ pub async fn insert_refusal<T: Serialize + std::fmt::Debug + Sync>(
             "INSERT INTO outbox (event_id, job_id, routing_key, payload)
              SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $2)
              ON CONFLICT (event_id) DO NOTHING",
-            &[&event_id, &job_id, &routing_key, &Json(payload)],
+            &[&event_id, &job_id, &kind.routing_key(), &Json(payload)],
         )
         .await?;
     Ok(n == 1)
@@ -183,7 +188,11 @@ pub async fn insert_refusal<T: Serialize + std::fmt::Debug + Sync>(
 pub struct Pending {
     pub id: i64,
     pub event_id: Uuid,
+    /// As stored and published.
     pub routing_key: String,
+    /// `None` for a routing key this worker does not know (one a newer worker wrote): the event
+    /// is published all the same, but not counted, and kept for another try if no queue takes it.
+    pub kind: Option<EventKind>,
     pub payload: serde_json::Value,
     /// Publish attempts, this one included.
     pub attempts: i32,
@@ -215,9 +224,9 @@ pub async fn lease_unsent(
              SELECT l.id, l.event_id, l.routing_key, l.payload, l.attempts, r.roadmap, l.traceparent
              FROM leased l
              LEFT JOIN roadmaps r
-               ON l.routing_key = 'roadmap.completed' AND r.roadmap_id = (l.payload->>'roadmap_id')::uuid
+               ON l.routing_key = $3 AND r.roadmap_id = (l.payload->>'roadmap_id')::uuid
              ORDER BY l.id",
-            &[&limit, &lease.as_secs_f64()],
+            &[&limit, &lease.as_secs_f64(), &EventKind::Completed.routing_key()],
         )
         .await?;
     Ok(rows
@@ -228,10 +237,12 @@ pub async fn lease_unsent(
             if let (Some(roadmap), Some(obj)) = (roadmap, payload.as_object_mut()) {
                 obj.insert("roadmap".into(), roadmap);
             }
+            let routing_key: String = r.get(2);
             Pending {
                 id: r.get(0),
                 event_id: r.get(1),
-                routing_key: r.get(2),
+                kind: routing_key.parse().ok(),
+                routing_key,
                 payload,
                 attempts: r.get(4),
                 traceparent: r.get(6),
@@ -289,9 +300,9 @@ pub async fn prune_sent(client: &impl GenericClient, keep: Duration, batch: i64)
             .execute(
                 "DELETE FROM outbox WHERE id IN (
                     SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1::float8)
-                                          AND routing_key <> 'roadmap.completed'
+                                          AND routing_key <> $3
                     LIMIT $2)",
-                &[&keep.as_secs_f64(), &batch],
+                &[&keep.as_secs_f64(), &batch, &EventKind::Completed.routing_key()],
             )
             .await?;
         total += deleted;

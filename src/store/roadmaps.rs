@@ -7,7 +7,7 @@ use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::domain::event::{COMPLETED, Completed};
+use crate::domain::event::{Completed, EventKind};
 
 /// Completes the job: stores the roadmap, marks the job completed and queues `event`, its
 /// outbox row leased for `express` when given. Fenced by the lease token, so exactly one replica
@@ -60,7 +60,7 @@ pub(super) async fn complete(
                 &event.user_id,
                 &Json(&event.roadmap),
                 &event.event_id,
-                &COMPLETED,
+                &EventKind::Completed.routing_key(),
                 &Json(&event.head()),
                 &lease_secs,
                 &crate::telemetry::traceparent(),

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{Context, settle};
 use crate::{
-    domain::event::{CANCEL_REJECTED, CancelRejected},
+    domain::event::{CancelRejected, EventKind},
     store::{self, jobs::CancelRequest, with_retries},
 };
 
@@ -94,7 +94,7 @@ async fn handle(ctx: &Context, delivery: Delivery) {
         let queued = with_retries(|| async {
             let client = pool.get().await?;
             // The job_id is left out of the row: it may name no job, or another user's.
-            store::outbox::insert(&client, event.event_id, None, CANCEL_REJECTED, &event).await
+            store::outbox::insert(&client, event.event_id, None, EventKind::CancelRejected, &event).await
         })
         .await;
         if let Err(e) = queued {

@@ -119,10 +119,7 @@ impl Context {
             Dependency::Database => p.database = down,
             Dependency::Provider => p.provider = down,
         });
-        self.metrics
-            .intake_paused
-            .with_label_values(&[dependency.as_str()])
-            .set(i64::from(down));
+        self.metrics.set_intake_paused(dependency, down);
         if dependency == Dependency::Provider {
             self.metrics.provider_ready.set(i64::from(!down));
         }

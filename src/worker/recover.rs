@@ -72,10 +72,7 @@ async fn recover(ctx: &Context, delivery: Delivery) {
         }
     };
     info!(job_id = %job.job_id, recoveries, outcome = recovery.as_str(), "dead-lettered job accounted for");
-    ctx.metrics
-        .deliveries_recovered
-        .with_label_values(&[recovery.as_str()])
-        .inc();
+    ctx.metrics.delivery_recovered(recovery);
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         warn!(error = %e, "could not ack a recovered message; it will be recovered again");
     }
@@ -103,7 +100,8 @@ async fn requeue(ctx: &Context, delivery: &Delivery, recoveries: u32) -> Result<
 /// Fails the job (unless it has ended or a live replica works it) with its event, and files the
 /// message in the dead-letter queue with the reason.
 async fn give_up(ctx: &Context, delivery: &Delivery, job: &JobRequest) -> Result<Recovery, RecoverError> {
-    let reason = JobFailure::DeliveryLimit.as_str();
+    let failure = JobFailure::DeliveryLimit;
+    let reason = failure.as_str();
     let message = format!(
         "the broker gave up delivering the job after its delivery limit, {} times",
         ctx.recover_limit + 1
@@ -118,7 +116,7 @@ async fn give_up(ctx: &Context, delivery: &Delivery, job: &JobRequest) -> Result
         return Ok(Recovery::Done);
     }
     warn!(job_id = %job.job_id, "job failed: the broker dead-lettered it too often");
-    ctx.metrics.jobs_failed.with_label_values(&[reason]).inc();
+    ctx.metrics.job_failed(failure);
     // The job's row and event account for it; the copy is for the operator's tools.
     if let Err(e) = settle::copy_to_dead_letters(ctx, delivery, reason, &message).await {
         warn!(job_id = %job.job_id, error = %e, "could not file the failed job's message in the dead-letter queue");
@@ -133,10 +131,7 @@ async fn refuse(ctx: &Context, delivery: Delivery, rejection: &Rejection) {
     settle::queue_failed_event(ctx, rejection).await;
     match settle::copy_to_dead_letters(ctx, &delivery, code, &rejection.reason.to_string()).await {
         Ok(()) => {
-            ctx.metrics
-                .deliveries_recovered
-                .with_label_values(&[Recovery::Failed.as_str()])
-                .inc();
+            ctx.metrics.delivery_recovered(Recovery::Failed);
             if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                 warn!(error = %e, "could not ack a refused recovered message");
             }

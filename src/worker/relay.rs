@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use super::Background;
 use crate::{
     amqp::{PublishError, Publisher},
-    domain::event::PROGRESS,
+    domain::event::{EventKind, Unroutable},
     metrics::Metrics,
     store::{self, StoreError, outbox::Express},
 };
@@ -171,14 +171,14 @@ async fn send_express(bg: &Background, exchange: &str, batch: Vec<Express>) {
             let ids: Vec<String> = batch.iter().map(|e| e.event_id.to_string()).collect();
             let confirms = batch.iter().zip(&ids).map(|(event, id)| {
                 let headers = event_headers(
-                    event.routing_key,
+                    event.kind.routing_key(),
                     &event.job_id.to_string(),
                     event.user_id.as_deref(),
                     event.traceparent.as_deref(),
                 );
                 let publish = publisher.publish_json(
                     exchange,
-                    event.routing_key,
+                    event.kind.routing_key(),
                     &event.body,
                     Some(id),
                     Some(headers),
@@ -187,24 +187,24 @@ async fn send_express(bg: &Background, exchange: &str, batch: Vec<Express>) {
                 tokio::time::timeout(CONFIRM_TIMEOUT, publish)
             });
             for (event, result) in batch.iter().zip(join_all(confirms).await) {
-                let kind = event.routing_key;
+                let kind = event.kind;
                 match result {
                     Ok(Ok(())) => {
-                        bg.metrics.events_published.with_label_values(&[kind]).inc();
+                        bg.metrics.event_published(kind);
                         sent.push(event.event_id);
                     }
-                    Ok(Err(PublishError::Unroutable { .. })) if kind == PROGRESS => {
-                        bg.metrics.events_unroutable.with_label_values(&[kind]).inc();
-                        let_go.push(event.event_id);
-                    }
-                    // The relay keeps it, with the backoff of an event no queue takes, or
-                    // tries again on the next broker session.
-                    Ok(Err(PublishError::Unroutable { .. })) => back.push(event.event_id),
+                    Ok(Err(PublishError::Unroutable { .. })) => match kind.unroutable_policy() {
+                        Unroutable::LetGo => {
+                            bg.metrics.event_unroutable(kind);
+                            let_go.push(event.event_id);
+                        }
+                        // The relay keeps it, with the backoff of an event no queue takes (and
+                        // counts it when its own try finds no queue either).
+                        Unroutable::Retry => back.push(event.event_id),
+                    },
+                    // Tried again by the relay, on this or the next broker session.
                     _ => {
-                        bg.metrics
-                            .events_publish_failures
-                            .with_label_values(&[kind])
-                            .inc();
+                        bg.metrics.event_publish_failed(kind);
                         back.push(event.event_id);
                     }
                 }
@@ -257,25 +257,32 @@ async fn publish_pending(
             Ok(result) => result.map_err(RelayError::from),
             Err(_) => Err(RelayError::ConfirmTimeout),
         };
-        let kind = event.routing_key.as_str();
+        // An event of a kind this worker does not know is sent all the same, uncounted.
+        let count = |record: fn(&Metrics, EventKind)| {
+            if let Some(kind) = event.kind {
+                record(metrics, kind);
+            }
+        };
         match result {
             Ok(()) => {
-                metrics.events_published.with_label_values(&[kind]).inc();
+                count(Metrics::event_published);
                 sent.push(event.id);
             }
             Err(RelayError::Publish(PublishError::Unroutable { .. })) => {
-                metrics.events_unroutable.with_label_values(&[kind]).inc();
-                if kind == PROGRESS {
-                    let_go.push(event.id);
-                } else {
-                    let delay = unrouted_delay(event.attempts);
-                    warn!(event_id = %event.event_id, kind, attempts = event.attempts,
-                          retry_secs = delay.as_secs(), "no queue is bound for this event; kept unsent");
-                    store::outbox::defer(&client, event.id, delay).await?;
+                count(Metrics::event_unroutable);
+                match event.kind.map_or(Unroutable::Retry, EventKind::unroutable_policy) {
+                    Unroutable::LetGo => let_go.push(event.id),
+                    Unroutable::Retry => {
+                        let delay = unrouted_delay(event.attempts);
+                        warn!(event_id = %event.event_id, kind = event.routing_key.as_str(),
+                              attempts = event.attempts, retry_secs = delay.as_secs(),
+                              "no queue is bound for this event; kept unsent");
+                        store::outbox::defer(&client, event.id, delay).await?;
+                    }
                 }
             }
             Err(e) => {
-                metrics.events_publish_failures.with_label_values(&[kind]).inc();
+                count(Metrics::event_publish_failed);
                 // The rest go back at once rather than wait out their lease.
                 let rest: Vec<i64> = pending[i..].iter().map(|p| p.id).collect();
                 let _ = store::outbox::unlease(&client, &rest).await;

@@ -27,7 +27,7 @@ use crate::{
     },
     domain::{
         JobRequest, RejectReason, Rejection,
-        event::{self, JobFailure},
+        event::{self, EventKind, JobFailure},
     },
     llm::LlmError,
     metrics::{Deferral, Dependency},
@@ -125,10 +125,7 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
     match &outcome {
         Outcome::Rejected(r) => {
             warn!(reason = r.reason.code(), error = %r.reason, job_id = ?r.job_id, "message rejected");
-            ctx.metrics
-                .jobs_rejected
-                .with_label_values(&[r.reason.code()])
-                .inc();
+            ctx.metrics.job_rejected(&r.reason);
         }
         Outcome::Poison { abandoned } => error!(abandoned, "poison job dead-lettered"),
         Outcome::ProviderFault(e) => {
@@ -202,10 +199,7 @@ pub(super) async fn hand_back(
     };
     match republish(ctx, delivery, props, delay).await {
         Ok(()) => {
-            ctx.metrics
-                .deliveries_deferred
-                .with_label_values(&[reason.as_str()])
-                .inc();
+            ctx.metrics.delivery_deferred(reason);
             if acked_early {
                 Ok(())
             } else {
@@ -270,11 +264,11 @@ pub(super) async fn queue_failed_event(ctx: &Context, rejection: &Rejection) {
     let pool = ctx.runner.pool();
     let queued = with_retries(|| async {
         let client = pool.get().await?;
-        store::outbox::insert_refusal(&client, failed.event_id, job_id, event::FAILED, &failed).await
+        store::outbox::insert_refusal(&client, failed.event_id, job_id, EventKind::Failed, &failed).await
     })
     .await;
     match queued {
-        Ok(true) => ctx.metrics.jobs_failed.with_label_values(&[code]).inc(),
+        Ok(true) => ctx.metrics.job_failed(&rejection.reason),
         Ok(false) => {}
         Err(e) => warn!(error = %e, "could not queue the failed event"),
     }
@@ -343,7 +337,7 @@ pub(super) async fn copy_to_dead_letters(
             true,
         )
         .await?;
-    ctx.metrics.dead_lettered.with_label_values(&[code]).inc();
+    ctx.metrics.message_dead_lettered(code);
     Ok(())
 }
 
