@@ -83,10 +83,6 @@ impl From<EventKind> for String {
     }
 }
 
-// The names src/pipeline/ still uses; they go once it names `EventKind` itself.
-pub const COMPLETED: EventKind = EventKind::Completed;
-pub const PROGRESS: EventKind = EventKind::Progress;
-
 /// The answer to a cancel message that changed nothing: the job had ended, or no job of that
 /// user has that id. A cancel that is taken is answered by the job's `roadmap.failed` event
 /// with reason `cancelled`.

@@ -27,7 +27,7 @@ use crate::{
     llm::{
         Admission, FinishReason, Llm, LlmError, LlmRequest, LlmResponse, Provider, estimate_tokens, schema,
     },
-    metrics::Metrics,
+    metrics::{CallStatus, Metrics},
     template,
 };
 
@@ -224,7 +224,7 @@ impl<L: Llm> Generator<L> {
             *span_hint = span;
         }
         let outcome = ladder.rungs().outcome();
-        self.metrics.batches.with_label_values(&[outcome.as_str()]).inc();
+        self.metrics.batch_finished(outcome);
         self.metrics
             .batch_duration
             .observe(started.elapsed().as_secs_f64());
@@ -247,17 +247,11 @@ impl<L: Llm> Generator<L> {
     ) -> Verdict {
         let (first, last) = (*asked.start(), *asked.end());
         if answer.finish == FinishReason::Length {
-            self.metrics
-                .batch_failures
-                .with_label_values(&[AnswerFault::Truncated.as_str()])
-                .inc();
+            self.metrics.batch_failed(AnswerFault::Truncated);
             let mut salvaged = parse::salvage_weeks(&answer.text).unwrap_or_else(|refused| {
                 // Nothing is kept from an oversized cut: the span halves as for any cut with
                 // no complete week.
-                self.metrics
-                    .batch_failures
-                    .with_label_values(&[refused.fault().as_str()])
-                    .inc();
+                self.metrics.batch_failed(refused.fault());
                 warn!(first, last, error = %refused, "truncated answer refused");
                 Vec::new()
             });
@@ -281,10 +275,7 @@ impl<L: Llm> Generator<L> {
                 Verdict::Complete
             }
             Err(invalid) => {
-                self.metrics
-                    .batch_failures
-                    .with_label_values(&[invalid.fault().as_str()])
-                    .inc();
+                self.metrics.batch_failed(invalid.fault());
                 Verdict::Invalid {
                     problem: invalid.feedback(),
                 }
@@ -344,10 +335,7 @@ impl<L: Llm> Generator<L> {
                 planned.map(|p| asked.map_or(p, |a| a.min(cap).max(p)))
             })
             .notify(|err, delay| {
-                self.metrics
-                    .batch_failures
-                    .with_label_values(&[err.status()])
-                    .inc();
+                self.metrics.batch_failed(err);
                 warn!(error = %err, delay_ms = delay.as_millis() as u64, "LLM call failed; retrying");
             })
             .await;
@@ -357,10 +345,7 @@ impl<L: Llm> Generator<L> {
         }
         *usage += spent;
         if let Err(err) = &result {
-            self.metrics
-                .batch_failures
-                .with_label_values(&[err.status()])
-                .inc();
+            self.metrics.batch_failed(err);
         }
         result
     }
@@ -396,23 +381,13 @@ impl<L: Llm> Generator<L> {
                 .map(|a| (a.usage.input.saturating_add(a.usage.output), a.limits));
             Box::pin(self.budget.settle(reservation, outcome)).await;
         }
-        self.metrics
-            .llm_request_duration
-            .with_label_values(&[provider, model])
-            .observe(started.elapsed().as_secs_f64());
-        let status = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.status(),
-        };
-        self.metrics
-            .llm_requests
-            .with_label_values(&[provider, model, status])
-            .inc();
+        let status = CallStatus::from(&result);
+        self.metrics.llm_call(provider, model, status, started.elapsed());
         let mut spent = usage.lock().expect("usage lock");
         spent.llm_calls += 1;
         debug!(
             attempt = spent.llm_calls,
-            status,
+            status = status.as_str(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "LLM call"
         );
@@ -423,18 +398,7 @@ impl<L: Llm> Generator<L> {
             spent.cached_input_tokens = spent
                 .cached_input_tokens
                 .saturating_add(answer.usage.cached_input);
-            self.metrics
-                .llm_tokens
-                .with_label_values(&["cached_input"])
-                .inc_by(answer.usage.cached_input);
-            self.metrics
-                .llm_tokens
-                .with_label_values(&["input"])
-                .inc_by(answer.usage.input);
-            self.metrics
-                .llm_tokens
-                .with_label_values(&["output"])
-                .inc_by(answer.usage.output);
+            self.metrics.llm_usage(answer.usage);
         }
         result
     }

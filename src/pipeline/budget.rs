@@ -106,11 +106,7 @@ impl Budget {
                 Err(e) => info!(error = %e, "budget unreachable; the call waits"),
             }
         };
-        inner
-            .metrics
-            .budget_tokens
-            .with_label_values(&["reserved"])
-            .inc_by(tokens);
+        inner.metrics.budget_reserved(tokens);
         let wait = ahead.wait(BURST);
         inner
             .backlog_ms
@@ -141,11 +137,7 @@ impl Budget {
             }) => (0, RateLimits::default(), *retry_after),
             Err(_) => (0, RateLimits::default(), None),
         };
-        inner
-            .metrics
-            .budget_tokens
-            .with_label_values(&["used"])
-            .inc_by(used);
+        inner.metrics.budget_used(used);
         let delta = (used as f64 - reservation.tokens as f64) * inner.token_secs;
         let burst = BURST.as_secs_f64();
         // Where the provider says only `left` remain, no more than that is free: the clock

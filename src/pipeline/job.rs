@@ -19,7 +19,7 @@ use crate::{
     config::WorkerSettings,
     domain::{
         JobProfile, JobRequest, Plan, Priority, Roadmap, Week,
-        event::{COMPLETED, Completed, Failed, JobFailure, Usage},
+        event::{Completed, EventKind, Failed, JobFailure, Usage},
         roadmap::check_roadmap,
     },
     llm::LlmError,
@@ -252,7 +252,7 @@ impl JobRunner {
             warn!(abandoned = owned.abandoned, "poison job; failing it");
             let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
             Box::pin(with_retries(|| lease.fail(reason, &event))).await?;
-            metrics.jobs_failed.with_label_values(&[reason]).inc();
+            metrics.job_failed(JobFailure::PoisonJob);
             return Ok(JobEnd::Poison {
                 abandoned: owned.abandoned,
             });
@@ -354,7 +354,8 @@ impl JobRunner {
         match Box::pin(with_retries(|| lease.complete(&event, express))).await {
             Ok(()) => {
                 let ids = (event.job_id, Some(event.user_id.as_str()));
-                self.express.send(event.event_id, COMPLETED, ids, &event);
+                self.express
+                    .send(event.event_id, EventKind::Completed, ids, &event);
             }
             Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
             Err(e) => return Err(e),
@@ -387,7 +388,7 @@ impl JobRunner {
             Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
             Err(e) => return Err(e),
         }
-        self.metrics().jobs_failed.with_label_values(&[reason]).inc();
+        self.metrics().job_failed(failure);
         Ok(JobEnd::AlreadyFailed)
     }
 
@@ -445,7 +446,7 @@ pub fn completion_event(
 ) -> Completed {
     let roadmap_id = Uuid::new_v5(&job.job_id, b"roadmap");
     Completed {
-        event: COMPLETED.into(),
+        event: EventKind::Completed.into(),
         version: 1,
         event_id: Uuid::now_v7(),
         job_id: job.job_id,

@@ -98,10 +98,7 @@ impl<L: Llm> Generator<L> {
             }
         };
         let outcome = ladder.rungs().outcome();
-        self.metrics()
-            .outlines
-            .with_label_values(&[outcome.as_str()])
-            .inc();
+        self.metrics().outline_finished(outcome);
         info!(
             phases = phases.len(),
             outcome = outcome.as_str(),
@@ -114,10 +111,7 @@ impl<L: Llm> Generator<L> {
 
     /// An invalid outline, counted by its fault.
     fn invalid(&self, fault: AnswerFault, problem: String) -> Verdict {
-        self.metrics()
-            .batch_failures
-            .with_label_values(&[fault.as_str()])
-            .inc();
+        self.metrics().batch_failed(fault);
         Verdict::Invalid { problem }
     }
 }

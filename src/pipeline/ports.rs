@@ -8,7 +8,7 @@ use std::{future::Future, time::Duration};
 use crate::{
     domain::{
         BatchResult,
-        event::{PROGRESS, Progress},
+        event::{EventKind, Progress},
     },
     store::{
         StoreError,
@@ -56,6 +56,11 @@ impl EventSink for ExpressLane {
     }
 
     fn progress(&self, user_id: &str, event: &Progress) {
-        self.send(event.event_id, PROGRESS, (event.job_id, Some(user_id)), event);
+        self.send(
+            event.event_id,
+            EventKind::Progress,
+            (event.job_id, Some(user_id)),
+            event,
+        );
     }
 }
