@@ -14,11 +14,12 @@ use super::{
     batch::{Caller, Generator},
     chains::{Chains, ChainsEnd},
     leases::Leases,
+    outcome::Outcome,
 };
 use crate::{
     config::WorkerSettings,
     domain::{
-        JobProfile, JobRequest, Plan, Priority, Roadmap, Week,
+        JobProfile, JobRequest, Plan, Priority, RejectReason, Rejection, Roadmap, Week,
         event::{Completed, EventKind, Failed, JobFailure, Usage},
         roadmap::check_roadmap,
     },
@@ -33,33 +34,6 @@ use crate::{
         with_retries,
     },
 };
-
-/// How a job run ended, for the worker to settle its delivery.
-#[derive(Debug)]
-pub enum JobEnd {
-    /// The roadmap is stored and its event queued, now or by an earlier delivery.
-    Completed,
-    /// The job had already ended as failed.
-    AlreadyFailed,
-    /// The job_id belongs to another user: refused, the other job untouched.
-    OtherUser,
-    /// The same user sent other fields under this job_id: refused, the stored request stands.
-    Conflict,
-    /// A live replica is working the job: this delivery is a duplicate, settled at once. The job
-    /// is marked as having no delivery of its own, so the sweeper brings it back if that
-    /// replica dies.
-    Duplicate,
-    /// Another replica took the job over; it finishes it.
-    Fenced,
-    /// Shutdown came before the job finished; its checkpoints are kept for the next replica.
-    HandedBack,
-    /// The LLM provider refuses every request (bad key, unknown model).
-    ProviderFault(LlmError),
-    /// The job killed or lost its workers too often; it is failed and its event queued.
-    Poison { abandoned: i32 },
-    /// The user has `USER_MAX_IN_FLIGHT` jobs running elsewhere: not claimed, to wait its turn.
-    UserBusy,
-}
 
 /// How long a lease left behind by a database outage is tried to be released: about ten
 /// minutes, after which it has expired anyway.
@@ -152,14 +126,25 @@ impl JobRunner {
 
     /// Runs `job` to its end. `shutdown` stops it between batches; `abort` (the drain's grace
     /// is over) also stops the batch in flight. Either way the lease is released and the job
-    /// handed back with its checkpoints. Store errors that persist past the retries are
-    /// returned.
+    /// stopped with its checkpoints kept. Store errors that persist past the retries end it as
+    /// [`Outcome::StoreDown`].
     pub async fn run(
         &self,
         job: &JobRequest,
         shutdown: &CancellationToken,
         abort: &CancellationToken,
-    ) -> Result<JobEnd, StoreError> {
+    ) -> Outcome {
+        self.try_run(job, shutdown, abort)
+            .await
+            .unwrap_or_else(Outcome::StoreDown)
+    }
+
+    async fn try_run(
+        &self,
+        job: &JobRequest,
+        shutdown: &CancellationToken,
+        abort: &CancellationToken,
+    ) -> Result<Outcome, StoreError> {
         let profile = job.profile();
         let plan = super::plan(&profile, job.duration_weeks, self.batch_weeks);
         // Marked before the claim, so that a second delivery of the job to this replica, racing
@@ -188,14 +173,14 @@ impl JobRunner {
                             reannounced,
                             "job already completed; its completion event is sent again"
                         );
-                        Ok(JobEnd::Completed)
+                        Ok(Outcome::Completed)
                     }
-                    Claim::Failed => Ok(JobEnd::AlreadyFailed),
-                    Claim::OtherUser => Ok(JobEnd::OtherUser),
-                    Claim::Conflict => Ok(JobEnd::Conflict),
+                    Claim::Failed => Ok(Outcome::Failed),
+                    Claim::OtherUser => Ok(refused(job, RejectReason::JobOwnedByAnotherUser)),
+                    Claim::Conflict => Ok(refused(job, RejectReason::JobConflict)),
                     Claim::UserBusy => {
                         debug!("the user has USER_MAX_IN_FLIGHT jobs running; this one waits its turn");
-                        Ok(JobEnd::UserBusy)
+                        Ok(Outcome::UserBusy)
                     }
                     Claim::Busy => {
                         debug!("job is being worked by a live replica; settling this duplicate");
@@ -203,7 +188,7 @@ impl JobRunner {
                             store::jobs::mark_delivery_acked(self.pool(), job.job_id)
                         }))
                         .await?;
-                        Ok(JobEnd::Duplicate)
+                        Ok(Outcome::Duplicate)
                     }
                 };
             }
@@ -240,7 +225,7 @@ impl JobRunner {
         shutdown: &CancellationToken,
         abort: &CancellationToken,
         lost: &CancellationToken,
-    ) -> Result<JobEnd, StoreError> {
+    ) -> Result<Outcome, StoreError> {
         let lease = &owned.lease;
         let metrics = self.metrics();
         if owned.abandoned >= self.poison_after {
@@ -253,7 +238,7 @@ impl JobRunner {
             let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
             Box::pin(with_retries(|| lease.fail(reason, &event))).await?;
             metrics.job_failed(JobFailure::PoisonJob);
-            return Ok(JobEnd::Poison {
+            return Ok(Outcome::Poison {
                 abandoned: owned.abandoned,
             });
         }
@@ -271,13 +256,13 @@ impl JobRunner {
             // A new job waits while the provider budget is backlogged; started ones go first.
             tokio::select! {
                 () = Box::pin(self.generator.budget().intake()) => {}
-                () = shutdown.cancelled() => return Ok(self.hand_back(lease).await),
+                () = shutdown.cancelled() => return Ok(self.stop(lease).await),
             }
         }
         let mut plan = owned.plan;
         if plan.wants_outline() && owned.batches.is_empty() {
             if shutdown.is_cancelled() {
-                return Ok(self.hand_back(lease).await);
+                return Ok(self.stop(lease).await);
             }
             let caller = Caller {
                 cache_key: job.job_id.to_string(),
@@ -286,20 +271,20 @@ impl JobRunner {
             let outline = Box::pin(self.generator.outline(profile, job.duration_weeks, &caller));
             let generated = tokio::select! {
                 result = outline.instrument(info_span!("outline")) => result,
-                () = lost.cancelled() => return Ok(JobEnd::Fenced),
-                () = abort.cancelled() => return Ok(self.hand_back(lease).await),
+                () = lost.cancelled() => return Ok(Outcome::Fenced),
+                () = abort.cancelled() => return Ok(self.stop(lease).await),
             };
             let (phases, outline) = match generated {
                 Ok(written) => written,
                 Err(fault) => {
-                    self.hand_back(lease).await;
-                    return Ok(JobEnd::ProviderFault(fault.0));
+                    self.stop(lease).await;
+                    return Ok(Outcome::ProviderFault(fault.0));
                 }
             };
             plan = Plan::outlined(phases, outline, job.duration_weeks, self.batch_weeks);
             match Box::pin(with_retries(|| lease.set_plan(&plan))).await {
                 Ok(()) => {}
-                Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
+                Err(StoreError::Fenced) => return Ok(Outcome::Fenced),
                 Err(e) => return Err(e),
             }
         }
@@ -318,12 +303,12 @@ impl JobRunner {
         };
         let written = match chains.run(owned.batches, shutdown, abort, lost).await? {
             ChainsEnd::Done(written) => written,
-            ChainsEnd::Fenced => return Ok(JobEnd::Fenced),
-            ChainsEnd::Stopped => return Ok(self.hand_back(lease).await),
+            ChainsEnd::Fenced => return Ok(Outcome::Fenced),
+            ChainsEnd::Stopped => return Ok(self.stop(lease).await),
             ChainsEnd::Fault(fault) => {
                 // Keep what is stored; the job goes back to the queue for a healthy provider.
-                self.hand_back(lease).await;
-                return Ok(JobEnd::ProviderFault(fault));
+                self.stop(lease).await;
+                return Ok(Outcome::ProviderFault(fault));
             }
             ChainsEnd::Capped(spent) => {
                 let message = format!(
@@ -357,7 +342,7 @@ impl JobRunner {
                 self.express
                     .send(event.event_id, EventKind::Completed, ids, &event);
             }
-            Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
+            Err(StoreError::Fenced) => return Ok(Outcome::Fenced),
             Err(e) => return Err(e),
         }
         metrics.jobs_completed.inc();
@@ -368,7 +353,7 @@ impl JobRunner {
                 .as_secs_f64(),
         );
         info!(roadmap_id = %event.roadmap_id, llm_calls = usage.llm_calls, fallback_batches, "roadmap stored");
-        Ok(JobEnd::Completed)
+        Ok(Outcome::Completed)
     }
 
     /// Fails the running job for `failure` (its cap, or its user's cancel); its batches stay
@@ -379,27 +364,29 @@ impl JobRunner {
         lease: &Lease,
         failure: JobFailure,
         message: String,
-    ) -> Result<JobEnd, StoreError> {
+    ) -> Result<Outcome, StoreError> {
         let reason = failure.as_str();
         warn!(reason, %message, "job stopped");
         let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
         match with_retries(|| lease.fail(reason, &event)).await {
             Ok(()) => {}
-            Err(StoreError::Fenced) => return Ok(JobEnd::Fenced),
+            Err(StoreError::Fenced) => return Ok(Outcome::Fenced),
             Err(e) => return Err(e),
         }
         self.metrics().job_failed(failure);
-        Ok(JobEnd::AlreadyFailed)
+        Ok(Outcome::Failed)
     }
 
-    async fn hand_back(&self, lease: &Lease) -> JobEnd {
+    /// Stops the job here, its checkpoints kept: the lease is released at once, so that the
+    /// next replica need not wait for it.
+    async fn stop(&self, lease: &Lease) -> Outcome {
         // Boxed: `work` awaits this at several points, and each would otherwise give every job
         // in flight room for the release's database future.
         let released = Box::pin(lease.release()).await;
         if let Err(e) = released {
             warn!(error = %e, "could not release the lease; it will expire");
         }
-        JobEnd::HandedBack
+        Outcome::Stopped
     }
 }
 
@@ -416,6 +403,15 @@ fn release_when_back(lease: Lease) {
             warn!(error = %e, job_id = %lease.job_id(), "could not release the lease of a handed-back job; it will expire");
         }
     });
+}
+
+/// The refusal of `job`'s message for `reason`.
+fn refused(job: &JobRequest, reason: RejectReason) -> Outcome {
+    Outcome::Refused(Rejection {
+        reason,
+        job_id: Some(job.job_id),
+        user_id: Some(job.user_id.clone()),
+    })
 }
 
 fn assemble(

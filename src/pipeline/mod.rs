@@ -7,6 +7,7 @@ pub mod chains;
 pub mod job;
 pub mod ladder;
 pub mod leases;
+pub mod outcome;
 pub mod outline;
 pub mod parse;
 pub mod ports;

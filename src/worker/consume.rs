@@ -28,12 +28,13 @@ use uuid::Uuid;
 use super::{
     Context,
     lanes::Lane,
-    settle::{self, Outcome, settle},
+    settle::{self, settle},
 };
 use crate::{
     amqp::topology::BULK_ROUTING_KEY,
     domain::{JobRequest, Priority, Rejection},
     metrics::{Deferral, Dependency},
+    pipeline::outcome::Outcome,
     store,
 };
 
@@ -255,7 +256,7 @@ fn handle(ctx: &Context, delivery: Delivery, lane: Lane) -> impl Future<Output =
         let job = match decode(&delivery) {
             Ok(job) => job,
             Err(rejection) => {
-                return Box::pin(settle(ctx, delivery, Outcome::Rejected(rejection), false)).await;
+                return Box::pin(settle(ctx, delivery, Outcome::Refused(rejection), false)).await;
             }
         };
         let span = info_span!("job", job_id = %job.job_id, weeks = job.duration_weeks);
@@ -303,11 +304,7 @@ fn handle(ctx: &Context, delivery: Delivery, lane: Lane) -> impl Future<Output =
                 }
             }
         };
-        if matches!(end, Ok(crate::pipeline::job::JobEnd::Duplicate)) {
-            ctx.metrics.duplicate_deliveries.inc();
-        }
-        let outcome = Outcome::of(&job, end);
-        Box::pin(settle(ctx, delivery, outcome, acked_early).instrument(span)).await;
+        Box::pin(settle(ctx, delivery, end, acked_early).instrument(span)).await;
     }
 }
 

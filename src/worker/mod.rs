@@ -35,7 +35,7 @@ use crate::{
     config::{Prices, WorkerSettings},
     http::{self, Health},
     llm::{AnswerGate, Llm as _, Provider},
-    metrics::{Deferral, Dependency, Metrics},
+    metrics::{Dependency, Metrics},
     pipeline::{
         batch::{Generator, LadderSettings},
         budget::Budget,
@@ -122,15 +122,6 @@ impl Context {
         self.metrics.set_intake_paused(dependency, down);
         if dependency == Dependency::Provider {
             self.metrics.provider_ready.set(i64::from(!down));
-        }
-    }
-
-    fn hand_back_delay(&self, reason: Deferral) -> Duration {
-        match reason {
-            Deferral::Shutdown => Duration::ZERO,
-            Deferral::Provider => self.probe_interval,
-            Deferral::Database => self.retry_delay,
-            Deferral::User => user_turn_delay(0),
         }
     }
 }

@@ -26,56 +26,13 @@ use crate::{
         topology::{BULK_ROUTING_KEY, JOB_ROUTING_KEY, REJECTED_ROUTING_KEY},
     },
     domain::{
-        JobRequest, RejectReason, Rejection,
+        Rejection,
         event::{self, EventKind, JobFailure},
     },
-    llm::LlmError,
     metrics::{Deferral, Dependency},
-    pipeline::job::JobEnd,
-    store::{self, StoreError, with_retries},
+    pipeline::outcome::Outcome,
+    store::{self, with_retries},
 };
-
-/// What handling one delivery came to.
-#[derive(Debug)]
-pub(super) enum Outcome {
-    /// Finished, or nothing left to do (already done, or another replica has it).
-    Done,
-    /// The message is refused for good.
-    Rejected(Rejection),
-    /// The job killed its workers too often; already failed in the store, event queued.
-    Poison { abandoned: i32 },
-    /// Shutdown before the job finished: back to work, checkpoints kept.
-    HandedBack,
-    /// The provider refuses all requests: back to the queue, untouched by templates.
-    ProviderFault(LlmError),
-    /// The database stayed unreachable through the retries.
-    StoreDown(StoreError),
-    /// The user's other jobs fill `USER_MAX_IN_FLIGHT`: back to the queue, after a wait.
-    UserBusy,
-}
-
-impl Outcome {
-    /// What a job run's end means for its delivery.
-    pub(super) fn of(job: &JobRequest, end: Result<JobEnd, StoreError>) -> Self {
-        let refused = |reason| {
-            Self::Rejected(Rejection {
-                reason,
-                job_id: Some(job.job_id),
-                user_id: Some(job.user_id.clone()),
-            })
-        };
-        match end {
-            Ok(JobEnd::Completed | JobEnd::AlreadyFailed | JobEnd::Fenced | JobEnd::Duplicate) => Self::Done,
-            Ok(JobEnd::OtherUser) => refused(RejectReason::JobOwnedByAnotherUser),
-            Ok(JobEnd::Conflict) => refused(RejectReason::JobConflict),
-            Ok(JobEnd::Poison { abandoned }) => Self::Poison { abandoned },
-            Ok(JobEnd::HandedBack) => Self::HandedBack,
-            Ok(JobEnd::UserBusy) => Self::UserBusy,
-            Ok(JobEnd::ProviderFault(e)) => Self::ProviderFault(e),
-            Err(e) => Self::StoreDown(e),
-        }
-    }
-}
 
 /// How a delivery is settled with the broker.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,14 +50,16 @@ pub(super) enum Disposition {
 /// The single mapping from outcome to broker action.
 pub(super) fn disposition(outcome: &Outcome) -> Disposition {
     match outcome {
-        Outcome::Done => Disposition::Ack,
-        Outcome::Rejected(r) => Disposition::DeadLetter {
+        // Finished, or nothing left to do here (ended before, or another replica has it).
+        Outcome::Completed | Outcome::Failed | Outcome::Duplicate | Outcome::Fenced => Disposition::Ack,
+        Outcome::Refused(r) => Disposition::DeadLetter {
             reason: r.reason.code(),
         },
         Outcome::Poison { .. } => Disposition::DeadLetter {
             reason: JobFailure::PoisonJob.as_str(),
         },
-        Outcome::HandedBack => Disposition::HandBack {
+        // Straight back to work, for the next replica.
+        Outcome::Stopped => Disposition::HandBack {
             reason: Deferral::Shutdown,
         },
         // Intake pauses on a provider fault; the job waits out a probe interval.
@@ -123,7 +82,7 @@ pub(super) fn disposition(outcome: &Outcome) -> Disposition {
 pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, acked_early: bool) {
     let disposition = disposition(&outcome);
     match &outcome {
-        Outcome::Rejected(r) => {
+        Outcome::Refused(r) => {
             warn!(reason = r.reason.code(), error = %r.reason, job_id = ?r.job_id, "message rejected");
             ctx.metrics.job_rejected(&r.reason);
         }
@@ -136,7 +95,8 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
             error!(error = %e, "database unavailable; job handed back");
             ctx.pause(Dependency::Database);
         }
-        Outcome::Done | Outcome::HandedBack | Outcome::UserBusy => {}
+        Outcome::Duplicate => ctx.metrics.duplicate_deliveries.inc(),
+        Outcome::Completed | Outcome::Failed | Outcome::Fenced | Outcome::Stopped | Outcome::UserBusy => {}
     }
     let settled = match disposition {
         Disposition::Ack if acked_early => Ok(()),
@@ -144,7 +104,7 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
         Disposition::HandBack { reason } => hand_back(ctx, &delivery, reason, acked_early).await,
         Disposition::DeadLetter { reason } => {
             let message = match &outcome {
-                Outcome::Rejected(rejection) => {
+                Outcome::Refused(rejection) => {
                     queue_failed_event(ctx, rejection).await;
                     rejection.reason.to_string()
                 }
@@ -185,7 +145,11 @@ pub(super) async fn hand_back(
     acked_early: bool,
 ) -> lapin::Result<()> {
     let mut props = delivery.properties.clone();
+    // How long the job waits before it is tried again, by why it was handed back.
     let delay = match reason {
+        Deferral::Shutdown => Duration::ZERO,
+        Deferral::Provider => ctx.probe_interval,
+        Deferral::Database => ctx.retry_delay,
         // A job waiting for its user's turn waits longer each time (2, 4, 8, then 10 s), so a
         // long backlog of one user is not spun through the queue every 2 s.
         Deferral::User => {
@@ -195,7 +159,6 @@ pub(super) async fn hand_back(
             props = props.with_headers(headers);
             super::user_turn_delay(waits)
         }
-        _ => ctx.hand_back_delay(reason),
     };
     match republish(ctx, delivery, props, delay).await {
         Ok(()) => {
@@ -344,6 +307,7 @@ pub(super) async fn copy_to_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{domain::RejectReason, llm::LlmError};
 
     #[test]
     fn a_user_backlog_waits_longer_each_turn_up_to_ten_seconds() {
@@ -356,9 +320,16 @@ mod tests {
 
     #[test]
     fn outcomes_map_to_dispositions() {
-        assert_eq!(disposition(&Outcome::Done), Disposition::Ack);
+        for done in [
+            Outcome::Completed,
+            Outcome::Failed,
+            Outcome::Duplicate,
+            Outcome::Fenced,
+        ] {
+            assert_eq!(disposition(&done), Disposition::Ack);
+        }
         assert_eq!(
-            disposition(&Outcome::HandedBack),
+            disposition(&Outcome::Stopped),
             Disposition::HandBack {
                 reason: Deferral::Shutdown
             }
@@ -369,7 +340,7 @@ mod tests {
             user_id: None,
         };
         assert_eq!(
-            disposition(&Outcome::Rejected(rejection)),
+            disposition(&Outcome::Refused(rejection)),
             Disposition::DeadLetter { reason: "not_object" }
         );
         assert_eq!(
