@@ -35,11 +35,14 @@ use crate::{
     amqp::{PublishError, Publisher},
     domain::event::{EventKind, Unroutable},
     metrics::Metrics,
+    retry::RetryPolicy,
     store::{self, StoreError, outbox::Express},
 };
 
 const BATCH: i64 = 100;
 const POLL: Duration = Duration::from_millis(200);
+/// The pause between relay passes: a poll, doubling after each failed pass up to 6.4 s.
+const PAUSE: RetryPolicy = RetryPolicy::new(POLL, Duration::from_millis(200 * 32));
 /// How long a relay holds leased rows; past it another relay sends them.
 const LEASE: Duration = Duration::from_secs(60);
 /// Longest wait for one confirm; a broker that takes longer is treated as failing.
@@ -49,9 +52,10 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEP_SENT: Duration = Duration::from_secs(7 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: i64 = 5_000;
-/// Longest wait before an event that no queue took is tried again: each try re-sends the whole
-/// event (a 52-week completion is about 320 KB), so a backend that never binds costs little.
-const MAX_UNROUTED_DELAY: Duration = Duration::from_secs(300);
+/// When an event that no queue took is tried again: 1 s, 2 s, 4 s … up to five minutes. Quick
+/// for a backend that is just starting; cheap for one that never binds, since each try re-sends
+/// the whole event (a 52-week completion is about 320 KB).
+const UNROUTED: RetryPolicy = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(300));
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -111,7 +115,7 @@ pub(super) async fn run(bg: Background) {
                 }
             }
         }
-        let pause = POLL * 2u32.pow(failures.min(5));
+        let pause = PAUSE.nth_delay(failures);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = stop.cancelled() => {
@@ -315,11 +319,9 @@ fn event_headers(kind: &str, job_id: &str, user_id: Option<&str>, traceparent: O
     headers
 }
 
-/// 1 s, 2 s, 4 s … up to five minutes: quick for a backend that is just starting, cheap for one
-/// that never binds.
+/// The wait after an event's `attempts`-th try found no queue ([`UNROUTED`]).
 fn unrouted_delay(attempts: i32) -> Duration {
-    let exp = attempts.clamp(1, 10) as u32 - 1;
-    (Duration::from_secs(1) * 2u32.pow(exp)).min(MAX_UNROUTED_DELAY)
+    UNROUTED.nth_delay(attempts.max(1).unsigned_abs() - 1)
 }
 
 #[cfg(test)]
