@@ -14,7 +14,7 @@ use roadmap_worker::{
     config::DbSettings,
     store::{
         self,
-        jobs::{Claim, Claimant},
+        claim::{Claim, Claimant},
     },
 };
 use tokio::task::JoinSet;

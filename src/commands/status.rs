@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     cli::StatusArgs,
-    store::{self, status::JobStatus},
+    store::{self, jobs::JobState, status::JobStatus},
 };
 
 /// Jobs listed at most by `--running` / `--failed`.
@@ -30,7 +30,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let state = if args.failed { "failed" } else { "running" };
+    let state = if args.failed {
+        JobState::Failed
+    } else {
+        JobState::Running
+    };
     let since = args.since.map(|d| d.as_secs_f64());
     let jobs = store::status::list(&client, state, since, LIST_LIMIT)
         .await

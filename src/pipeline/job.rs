@@ -28,7 +28,7 @@ use crate::{
     retry::RetryPolicy,
     store::{
         self, StoreError,
-        jobs::{Claim, Claimant, OwnedJob},
+        claim::{Claim, Claimant, OwnedJob},
         lease::Lease,
         outbox::ExpressLane,
         with_retries,

@@ -33,15 +33,15 @@ pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<Store
     rows.into_iter()
         .map(|row| {
             Ok(StoredBatch {
-                index: row.get::<_, i32>(0) as u32,
-                weeks: row.get::<_, Json<Vec<Week>>>(1).0,
-                fallback_weeks: row.get::<_, i32>(2) as u32,
+                index: row.get::<_, i32>("batch_index") as u32,
+                weeks: row.get::<_, Json<Vec<Week>>>("weeks").0,
+                fallback_weeks: row.get::<_, i32>("fallback_weeks") as u32,
                 usage: Usage {
-                    llm_calls: row.get::<_, i32>(3) as u32,
-                    input_tokens: row.get::<_, i64>(4) as u64,
-                    output_tokens: row.get::<_, i64>(5) as u64,
-                    cached_input_tokens: row.get::<_, i64>(6) as u64,
-                    cost_nanos: row.get::<_, i64>(7) as u64,
+                    llm_calls: row.get::<_, i32>("llm_calls") as u32,
+                    input_tokens: row.get::<_, i64>("input_tokens") as u64,
+                    output_tokens: row.get::<_, i64>("output_tokens") as u64,
+                    cached_input_tokens: row.get::<_, i64>("cached_input_tokens") as u64,
+                    cost_nanos: row.get::<_, i64>("cost_nanos") as u64,
                 },
             })
         })
@@ -112,8 +112,9 @@ pub(super) async fn checkpoint(
                 FROM upd
                 ON CONFLICT (event_id) DO NOTHING
                 RETURNING 1)
-             SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM ins), (SELECT batches_done FROM upd),
-                    (SELECT count(*) FROM ob), coalesce((SELECT cancelled FROM fence), false)",
+             SELECT EXISTS (SELECT 1 FROM fence) AS owned, (SELECT count(*) FROM ins) AS inserted,
+                    (SELECT batches_done FROM upd) AS batches_done, (SELECT count(*) FROM ob) AS queued,
+                    coalesce((SELECT cancelled FROM fence), false) AS cancelled",
         )
         .await?;
     let (first, last) = (
@@ -152,16 +153,16 @@ pub(super) async fn checkpoint(
             ],
         )
         .await?;
-    if !row.get::<_, bool>(0) {
+    if !row.get::<_, bool>("owned") {
         return Err(StoreError::Fenced);
     }
-    let done: i32 = row.get(2);
+    let done: i32 = row.get("batches_done");
     let mut event = Progress::new(job_id, done as u32, batches_total);
     event.event_id = event_id;
     (event.input_tokens, event.output_tokens) = (at.input_tokens, at.output_tokens);
     Ok(Checkpoint {
-        fresh: row.get::<_, i64>(1) == 1,
-        progress: (row.get::<_, i64>(3) == 1).then_some(event),
-        cancelled: row.get(4),
+        fresh: row.get::<_, i64>("inserted") == 1,
+        progress: (row.get::<_, i64>("queued") == 1).then_some(event),
+        cancelled: row.get("cancelled"),
     })
 }

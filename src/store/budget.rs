@@ -47,14 +47,17 @@ pub async fn reserve(
                  tokens_tat = greatest(b.tokens_tat, now()) + make_interval(secs => $2),
                  requests_tat = greatest(b.requests_tat, now()) + make_interval(secs => $3),
                  updated_at = now()
-             RETURNING extract(epoch FROM b.tokens_tat - now())::float8,
-                       extract(epoch FROM b.requests_tat - now())::float8",
+             RETURNING extract(epoch FROM b.tokens_tat - now())::float8 AS tokens_ahead,
+                       extract(epoch FROM b.requests_tat - now())::float8 AS requests_ahead",
         )
         .await?;
     let row = client
         .query_one(&statement, &[&key, &tokens_secs, &requests_secs])
         .await?;
-    Ok(Ahead::from_secs(row.get(0), row.get(1)))
+    Ok(Ahead::from_secs(
+        row.get("tokens_ahead"),
+        row.get("requests_ahead"),
+    ))
 }
 
 /// Corrects `key` after a call: `tokens_secs` more (or, negative, less) than was reserved, and
@@ -93,8 +96,8 @@ pub async fn peek(pool: &Pool, key: &str) -> Result<Ahead, StoreError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT extract(epoch FROM tokens_tat - now())::float8,
-                    extract(epoch FROM requests_tat - now())::float8
+            "SELECT extract(epoch FROM tokens_tat - now())::float8 AS tokens_ahead,
+                    extract(epoch FROM requests_tat - now())::float8 AS requests_ahead
              FROM llm_budget WHERE budget_key = $1",
         )
         .await?;
@@ -102,6 +105,6 @@ pub async fn peek(pool: &Pool, key: &str) -> Result<Ahead, StoreError> {
         .query_opt(&statement, &[&key])
         .await?
         .map_or(Ahead::from_secs(0.0, 0.0), |row| {
-            Ahead::from_secs(row.get(0), row.get(1))
+            Ahead::from_secs(row.get("tokens_ahead"), row.get("requests_ahead"))
         }))
 }

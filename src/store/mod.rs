@@ -2,6 +2,7 @@
 
 pub mod batches;
 pub mod budget;
+pub mod claim;
 mod conninfo;
 pub mod jobs;
 pub mod lease;

@@ -232,20 +232,20 @@ pub async fn lease_unsent(
     Ok(rows
         .into_iter()
         .map(|r| {
-            let mut payload: serde_json::Value = r.get(3);
-            let roadmap: Option<serde_json::Value> = r.get(5);
+            let mut payload: serde_json::Value = r.get("payload");
+            let roadmap: Option<serde_json::Value> = r.get("roadmap");
             if let (Some(roadmap), Some(obj)) = (roadmap, payload.as_object_mut()) {
                 obj.insert("roadmap".into(), roadmap);
             }
-            let routing_key: String = r.get(2);
+            let routing_key: String = r.get("routing_key");
             Pending {
-                id: r.get(0),
-                event_id: r.get(1),
+                id: r.get("id"),
+                event_id: r.get("event_id"),
                 kind: routing_key.parse().ok(),
                 routing_key,
                 payload,
-                attempts: r.get(4),
-                traceparent: r.get(6),
+                attempts: r.get("attempts"),
+                traceparent: r.get("traceparent"),
             }
         })
         .collect())
@@ -316,10 +316,11 @@ pub async fn prune_sent(client: &impl GenericClient, keep: Duration, batch: i64)
 pub async fn backlog(client: &impl GenericClient) -> Result<(i64, f64), StoreError> {
     let row = client
         .query_one(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
+            "SELECT count(*) AS unsent,
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS oldest_secs
              FROM outbox WHERE sent_at IS NULL",
             &[],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.get("unsent"), row.get("oldest_secs")))
 }

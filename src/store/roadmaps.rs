@@ -43,7 +43,8 @@ pub(super) async fn complete(
                 FROM upd
                 ON CONFLICT (event_id) DO NOTHING
                 RETURNING 1)
-             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM rm), (SELECT count(*) FROM ob)",
+             SELECT (SELECT count(*) FROM upd) AS completed, (SELECT count(*) FROM rm) AS stored,
+                    (SELECT count(*) FROM ob) AS queued",
         )
         .await?;
     let lease_secs = express.map(|l| l.as_secs_f64());
@@ -67,7 +68,7 @@ pub(super) async fn complete(
             ],
         )
         .await?;
-    if row.get::<_, i64>(0) != 1 {
+    if row.get::<_, i64>("completed") != 1 {
         return Err(StoreError::Fenced);
     }
     Ok(())

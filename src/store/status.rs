@@ -6,14 +6,14 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{StoreError, jobs::JobState};
 
 /// One job as the database knows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
     pub job_id: Uuid,
     pub user_id: String,
-    pub status: String,
+    pub status: JobState,
     pub batches_done: i32,
     pub batches_total: i32,
     pub fallback_batches: i64,
@@ -41,11 +41,13 @@ pub struct JobStatus {
 }
 
 const COLUMNS: &str = "j.job_id, j.user_id, j.status, j.batches_done, j.batches_total,
-    coalesce(b.fallback, 0), coalesce(b.calls, 0) + coalesce((j.plan->'outline'->'usage'->>'llm_calls')::bigint, 0),
-    coalesce(b.input, 0) + coalesce((j.plan->'outline'->'usage'->>'input_tokens')::bigint, 0),
-    coalesce(b.output, 0) + coalesce((j.plan->'outline'->'usage'->>'output_tokens')::bigint, 0),
-    coalesce(b.cached, 0) + coalesce((j.plan->'outline'->'usage'->>'cached_input_tokens')::bigint, 0),
-    (coalesce(b.cost, 0) / 1e9)::float8 + coalesce((j.plan->'outline'->'usage'->>'cost')::float8, 0),
+    coalesce(b.fallback, 0) AS fallback_batches,
+    coalesce(b.calls, 0) + coalesce((j.plan->'outline'->'usage'->>'llm_calls')::bigint, 0) AS llm_calls,
+    coalesce(b.input, 0) + coalesce((j.plan->'outline'->'usage'->>'input_tokens')::bigint, 0) AS input_tokens,
+    coalesce(b.output, 0) + coalesce((j.plan->'outline'->'usage'->>'output_tokens')::bigint, 0) AS output_tokens,
+    coalesce(b.cached, 0) + coalesce((j.plan->'outline'->'usage'->>'cached_input_tokens')::bigint, 0)
+        AS cached_input_tokens,
+    (coalesce(b.cost, 0) / 1e9)::float8 + coalesce((j.plan->'outline'->'usage'->>'cost')::float8, 0) AS cost,
     j.owner, j.lease_until, j.claims, j.abandoned, j.failure_reason, j.created_at, j.updated_at,
     j.completed_at, j.roadmap_id, b.last_problem";
 
@@ -57,31 +59,31 @@ const FROM: &str = "FROM jobs j LEFT JOIN LATERAL (
                     FILTER (WHERE outcome <> 'ok'))[1] AS last_problem
         FROM batches WHERE job_id = j.job_id) b ON true";
 
-fn row_to_status(row: &tokio_postgres::Row) -> JobStatus {
-    JobStatus {
-        job_id: row.get(0),
-        user_id: row.get(1),
-        status: row.get(2),
-        batches_done: row.get(3),
-        batches_total: row.get(4),
-        fallback_batches: row.get(5),
-        llm_calls: row.get(6),
-        input_tokens: row.get(7),
-        output_tokens: row.get(8),
-        cached_input_tokens: row.get(9),
-        cost: row.get(10),
-        owner: row.get(11),
-        lease_until: row.get(12),
-        claims: row.get(13),
-        abandoned: row.get(14),
-        failure_reason: row.get(15),
-        created_at: row.get(16),
-        updated_at: row.get(17),
-        completed_at: row.get(18),
-        roadmap_id: row.get(19),
-        last_problem: row.get(20),
+fn row_to_status(row: &tokio_postgres::Row) -> Result<JobStatus, StoreError> {
+    Ok(JobStatus {
+        job_id: row.get("job_id"),
+        user_id: row.get("user_id"),
+        status: JobState::parse(row.get("status"))?,
+        batches_done: row.get("batches_done"),
+        batches_total: row.get("batches_total"),
+        fallback_batches: row.get("fallback_batches"),
+        llm_calls: row.get("llm_calls"),
+        input_tokens: row.get("input_tokens"),
+        output_tokens: row.get("output_tokens"),
+        cached_input_tokens: row.get("cached_input_tokens"),
+        cost: row.get("cost"),
+        owner: row.get("owner"),
+        lease_until: row.get("lease_until"),
+        claims: row.get("claims"),
+        abandoned: row.get("abandoned"),
+        failure_reason: row.get("failure_reason"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        completed_at: row.get("completed_at"),
+        roadmap_id: row.get("roadmap_id"),
+        last_problem: row.get("last_problem"),
         roadmap: None,
-    }
+    })
 }
 
 /// One job, with its roadmap if `with_roadmap` and it is completed; `None` if unknown.
@@ -94,23 +96,25 @@ pub async fn job(
     let Some(row) = client.query_opt(&sql, &[&job_id]).await? else {
         return Ok(None);
     };
-    let mut status = row_to_status(&row);
+    let mut status = row_to_status(&row)?;
     if with_roadmap && status.roadmap_id.is_some() {
         let roadmap = client
-            .query_opt("SELECT roadmap::text FROM roadmaps WHERE job_id = $1", &[&job_id])
+            .query_opt(
+                "SELECT roadmap::text AS roadmap FROM roadmaps WHERE job_id = $1",
+                &[&job_id],
+            )
             .await?;
         if let Some(row) = roadmap {
-            status.roadmap = Some(serde_json::from_str(row.get::<_, &str>(0))?);
+            status.roadmap = Some(serde_json::from_str(row.get::<_, &str>("roadmap"))?);
         }
     }
     Ok(Some(status))
 }
 
-/// Jobs in `status` (`running` or `failed`) updated within `since_secs` (all without it),
-/// newest first, at most `limit`.
+/// Jobs in `status` updated within `since_secs` (all without it), newest first, at most `limit`.
 pub async fn list(
     client: &tokio_postgres::Client,
-    status: &str,
+    status: JobState,
     since_secs: Option<f64>,
     limit: i64,
 ) -> Result<Vec<JobStatus>, StoreError> {
@@ -119,6 +123,8 @@ pub async fn list(
          WHERE j.status = $1 AND ($2::float8 IS NULL OR j.updated_at >= now() - make_interval(secs => $2))
          ORDER BY j.updated_at DESC LIMIT $3"
     );
-    let rows = client.query(&sql, &[&status, &since_secs, &limit]).await?;
-    Ok(rows.iter().map(row_to_status).collect())
+    let rows = client
+        .query(&sql, &[&status.as_str(), &since_secs, &limit])
+        .await?;
+    rows.iter().map(row_to_status).collect()
 }

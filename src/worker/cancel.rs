@@ -15,7 +15,11 @@ use uuid::Uuid;
 use super::{Context, settle};
 use crate::{
     domain::event::{CancelRejected, EventKind},
-    store::{self, jobs::CancelRequest, with_retries},
+    store::{
+        self,
+        jobs::{CancelRequest, JobState},
+        with_retries,
+    },
 };
 
 /// The reason code of a malformed cancel message in the dead-letter queue.
@@ -77,10 +81,9 @@ async fn handle(ctx: &Context, delivery: Delivery) {
             None
         }
         CancelRequest::Ended(status) => Some((
-            if status == "completed" {
-                "job_completed"
-            } else {
-                "job_failed"
+            match status {
+                JobState::Completed => "job_completed",
+                _ => "job_failed",
             },
             format!("the job has already {status}; nothing was changed"),
         )),

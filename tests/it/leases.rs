@@ -9,7 +9,7 @@ use roadmap_worker::{
     pipeline::{self, job::completion_event, leases::Leases},
     store::{
         self, StoreError,
-        jobs::{Claim, Claimant},
+        claim::{Claim, Claimant},
     },
     template,
 };

@@ -1,0 +1,242 @@
+//! Claiming a job: a new job_id is inserted owned by the claimant, a known one is taken over
+//! when its owner is gone or its lease has lapsed; either way the claim hands out the job's
+//! [`Lease`], the only way to write to it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::types::Json;
+
+use super::{
+    StoreError,
+    batches::{self, StoredBatch},
+    jobs::{APP_PREFIX, JobState},
+    lease::Lease,
+};
+use crate::domain::{JobRequest, Plan};
+
+/// The result of trying to take a job.
+#[derive(Debug)]
+pub enum Claim {
+    /// This replica owns the job; its lease fences every write it makes. Boxed: a job holds it
+    /// for its whole life, the other answers are a word.
+    Owned(Box<OwnedJob>),
+    /// Already completed: the completion event is in the outbox; nothing to do.
+    Completed,
+    /// Already ended as failed.
+    Failed,
+    /// The job_id belongs to another user.
+    OtherUser,
+    /// The same user sent other fields under this job_id: the stored request stands.
+    Conflict,
+    /// A live replica holds the lease and is working the job.
+    Busy,
+    /// The user has `USER_MAX_IN_FLIGHT` other jobs running: this one waits its turn, unclaimed.
+    UserBusy,
+}
+
+#[derive(Debug)]
+pub struct OwnedJob {
+    /// The job's lease: every write this replica makes to the job goes through it.
+    pub lease: Lease,
+    pub plan: Plan,
+    pub batches: Vec<StoredBatch>,
+    pub started_at: DateTime<Utc>,
+    /// How many times the job has been claimed, this claim included.
+    pub claims: i32,
+    /// How many claims took the job from an owner that died or lost its lease.
+    pub abandoned: i32,
+}
+
+/// A replica as it claims jobs: the same for every claim it makes.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub pool: Pool,
+    /// The replica's id: the owner of the leases it takes.
+    pub owner: String,
+    /// How long a lease lasts unless renewed.
+    pub lease: Duration,
+    /// Jobs of one user running at once across the fleet (`USER_MAX_IN_FLIGHT`).
+    pub user_limit: Option<u32>,
+}
+
+impl Claimant {
+    /// Claims `job` (see [`claim`]); a new job is stored with `plan`.
+    pub async fn claim(&self, job: &JobRequest, plan: &Plan, reclaim_own: bool) -> Result<Claim, StoreError> {
+        claim(self, job, plan, reclaim_own).await
+    }
+}
+
+/// Claims `job` for the claimant's `owner`. A new job is inserted with its plan; a known one is taken over when
+/// its lease has expired or its owner's database session is gone (the replica died), which lets
+/// a redelivered job resume in seconds rather than after the lease timeout.
+///
+/// `reclaim_own`: this replica is not working the job, so a live lease in its own name is the
+/// leftover of a claim whose commit reply was lost, not a job in progress; it is taken back.
+///
+/// A takeover counts as abandoned (towards poison) only when the previous owner's sessions are
+/// gone: a replica that died while working the job. An expired lease of a live owner (a database
+/// outage, a pause), a released one, and an owner that has not written since the database
+/// server restarted (which dropped its sessions) are not counted.
+async fn claim(
+    claimant: &Claimant,
+    job: &JobRequest,
+    plan: &Plan,
+    reclaim_own: bool,
+) -> Result<Claim, StoreError> {
+    let Claimant {
+        pool,
+        owner,
+        lease,
+        user_limit,
+    } = claimant;
+    let owner = owner.as_str();
+    let mut client = pool.get().await?;
+    let lease_secs = lease.as_secs_f64();
+    let request = Json(job);
+    if let Some(limit) = user_limit {
+        // The count and the claim are one transaction under a lock on the user, so that
+        // replicas claiming the same user's jobs at once take turns.
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&job.user_id],
+        )
+        .await?;
+        let running: i64 = tx
+            .query_one(
+                "SELECT count(*) AS running FROM jobs
+                 WHERE user_id = $1 AND job_id <> $2 AND status = 'running' AND lease_until > now()",
+                &[&job.user_id, &job.job_id],
+            )
+            .await?
+            .get("running");
+        if running >= i64::from(*limit) {
+            return Ok(Claim::UserBusy);
+        }
+        if let Some(owned) = insert_new(&tx, pool, job, plan, owner, lease_secs, &request).await? {
+            tx.commit().await?;
+            return Ok(Claim::Owned(Box::new(owned)));
+        }
+        return reclaim(tx, pool, job, owner, lease_secs, reclaim_own, &request).await;
+    }
+    // A new job is the common case: one statement in its own transaction. Only a job_id that
+    // exists already needs the locked read of `reclaim`.
+    if let Some(owned) = insert_new(&client, pool, job, plan, owner, lease_secs, &request).await? {
+        return Ok(Claim::Owned(Box::new(owned)));
+    }
+    let tx = client.transaction().await?;
+    reclaim(tx, pool, job, owner, lease_secs, reclaim_own, &request).await
+}
+
+/// Inserts a job_id seen for the first time, owned by `owner`; `None` if it exists.
+async fn insert_new(
+    db: &impl GenericClient,
+    pool: &Pool,
+    job: &JobRequest,
+    plan: &Plan,
+    owner: &str,
+    lease_secs: f64,
+    request: &Json<&JobRequest>,
+) -> Result<Option<OwnedJob>, StoreError> {
+    let insert = db
+        .prepare_cached(
+            "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, owner, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+             ON CONFLICT (job_id) DO NOTHING
+             RETURNING fencing_token, created_at",
+        )
+        .await?;
+    let inserted = db
+        .query_opt(
+            &insert,
+            &[
+                &job.job_id,
+                &job.user_id,
+                request,
+                &Json(plan),
+                &(plan.batches.len() as i32),
+                &owner,
+                &lease_secs,
+            ],
+        )
+        .await?;
+    Ok(inserted.map(|row| OwnedJob {
+        lease: Lease::new(pool.clone(), job.job_id, row.get("fencing_token")),
+        plan: plan.clone(),
+        batches: Vec::new(),
+        started_at: row.get("created_at"),
+        claims: 1,
+        abandoned: 0,
+    }))
+}
+
+/// Claims a job_id that exists already, in `tx`: ended, another user's, busy, or taken over.
+async fn reclaim(
+    tx: deadpool_postgres::Transaction<'_>,
+    pool: &Pool,
+    job: &JobRequest,
+    owner: &str,
+    lease_secs: f64,
+    reclaim_own: bool,
+    request: &Json<&JobRequest>,
+) -> Result<Claim, StoreError> {
+    let row = tx
+        .query_one(
+            "SELECT user_id, status, owner, lease_until > now() AS live,
+                    EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || owner) AS present,
+                    request = $3 AS same_request,
+                    updated_at < pg_postmaster_start_time() AS before_restart
+             FROM jobs WHERE job_id = $1 FOR UPDATE",
+            &[&job.job_id, &APP_PREFIX, request],
+        )
+        .await?;
+    if row.get::<_, &str>("user_id") != job.user_id {
+        return Ok(Claim::OtherUser);
+    }
+    if !row.get::<_, bool>("same_request") {
+        return Ok(Claim::Conflict);
+    }
+    match JobState::parse(row.get("status"))? {
+        JobState::Completed => return Ok(Claim::Completed),
+        JobState::Failed => return Ok(Claim::Failed),
+        JobState::Running => {}
+    }
+    let previous: Option<String> = row.get("owner");
+    let live: Option<bool> = row.get("live");
+    let present: bool = row.get("present");
+    let mine = previous.as_deref() == Some(owner);
+    if live == Some(true) && present && !(mine && reclaim_own) {
+        // Its owner (possibly this replica, for a duplicate delivery) is alive and holds the
+        // lease: that owner finishes the job.
+        return Ok(Claim::Busy);
+    }
+    // A server restart drops every replica's sessions, so an owner that has not written since
+    // the restart is missing for that reason, not because it died.
+    let before_restart: bool = row.get("before_restart");
+    let died = i32::from(previous.is_some() && !present && !before_restart);
+    let row = tx
+        .query_one(
+            "UPDATE jobs SET owner = $2, lease_until = now() + make_interval(secs => $3),
+                    fencing_token = fencing_token + 1, claims = claims + 1,
+                    abandoned = abandoned + $4,
+                    delivery_acked = false, redispatched_at = NULL, updated_at = now()
+             WHERE job_id = $1
+             RETURNING fencing_token, plan, created_at, claims, abandoned",
+            &[&job.job_id, &owner, &lease_secs, &died],
+        )
+        .await?;
+    let token: i64 = row.get("fencing_token");
+    let plan: Plan = row.get::<_, Json<Plan>>("plan").0;
+    let batches = batches::load(&tx, job.job_id).await?;
+    tx.commit().await?;
+    Ok(Claim::Owned(Box::new(OwnedJob {
+        lease: Lease::new(pool.clone(), job.job_id, token),
+        plan,
+        batches,
+        started_at: row.get("created_at"),
+        claims: row.get("claims"),
+        abandoned: row.get("abandoned"),
+    })))
+}
