@@ -52,7 +52,7 @@ pub(super) async fn consume(
     slots: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
-    let mut paused = ctx.paused.subscribe();
+    let mut paused = ctx.intake.paused.subscribe();
     loop {
         let tag = format!("{}-{}", ctx.runner.owner(), Uuid::new_v4().simple());
         let bulk_tag = format!("{tag}-bulk");
@@ -66,7 +66,7 @@ pub(super) async fn consume(
                 // A free slot: interactive work first, bulk work only when none is waiting.
                 Ok(permit) => tokio::select! {
                     biased;
-                    () = ctx.shutdown.cancelled() => break Ok(()),
+                    () = ctx.drain.shutdown.cancelled() => break Ok(()),
                     _ = paused.wait_for(|p| p.any()) => break Err(()),
                     next = consumer.next() => (next, Lane::Interactive, permit),
                     next = bulk.next() => (next, Lane::Bulk, permit),
@@ -78,7 +78,7 @@ pub(super) async fn consume(
                 Err(_) => {
                     let next = tokio::select! {
                         biased;
-                        () = ctx.shutdown.cancelled() => break Ok(()),
+                        () = ctx.drain.shutdown.cancelled() => break Ok(()),
                         _ = paused.wait_for(|p| p.any()) => break Err(()),
                         permit = slots.clone().acquire_owned() => {
                             drop(permit);
@@ -86,12 +86,12 @@ pub(super) async fn consume(
                         }
                         next = consumer.next() => next,
                     };
-                    if ctx.bulk.yield_one() {
+                    if ctx.intake.bulk.yield_one() {
                         info!("interactive job waiting; a bulk job yields its slot at its next batch");
                     }
                     let permit = tokio::select! {
                         permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-                        () = ctx.shutdown.cancelled() => {
+                        () = ctx.drain.shutdown.cancelled() => {
                             if let Some(Ok(delivery)) = next {
                                 let _ = settle::hand_back(ctx, &delivery, Deferral::Shutdown, false).await;
                             }
@@ -168,7 +168,7 @@ fn spawn_job(
         metrics.jobs_in_flight.inc();
         metrics
             .worker_slots_free
-            .set(ctx.concurrency as i64 - metrics.jobs_in_flight.get());
+            .set(ctx.settings.concurrency as i64 - metrics.jobs_in_flight.get());
         // A panic must not strand the delivery unacked on the channel: the job is given up as
         // abandoned (repeated panics end as a poison job) and its message goes back.
         let acker = delivery.acker.clone();
@@ -195,7 +195,7 @@ fn spawn_job(
         metrics.jobs_in_flight.dec();
         metrics
             .worker_slots_free
-            .set(ctx.concurrency as i64 - metrics.jobs_in_flight.get());
+            .set(ctx.settings.concurrency as i64 - metrics.jobs_in_flight.get());
         drop(permit);
     });
 }
@@ -203,19 +203,19 @@ fn spawn_job(
 /// Probes the paused dependencies every probe interval until all answer (`true`) or shutdown
 /// (`false`).
 async fn wait_for_dependencies(ctx: &Context) -> bool {
-    let down = *ctx.paused.borrow();
+    let down = *ctx.intake.paused.borrow();
     warn!(
         database = down.database,
         provider = down.provider,
-        probe_secs = ctx.probe_interval.as_secs(),
+        probe_secs = ctx.settings.probe_interval.as_secs(),
         "a dependency is down; intake paused"
     );
     loop {
         tokio::select! {
-            () = tokio::time::sleep(ctx.probe_interval) => {}
-            () = ctx.shutdown.cancelled() => return false,
+            () = tokio::time::sleep(ctx.settings.probe_interval) => {}
+            () = ctx.drain.shutdown.cancelled() => return false,
         }
-        let down = *ctx.paused.borrow();
+        let down = *ctx.intake.paused.borrow();
         if down.database {
             match store::ping(ctx.runner.pool()).await {
                 Ok(()) => ctx.set_paused(Dependency::Database, false),
@@ -228,7 +228,7 @@ async fn wait_for_dependencies(ctx: &Context) -> bool {
                 Err(e) => warn!(error = %e, "LLM provider still refuses requests"),
             }
         }
-        if !ctx.paused.borrow().any() {
+        if !ctx.intake.paused.borrow().any() {
             return true;
         }
     }
@@ -275,11 +275,15 @@ fn handle(ctx: &Context, delivery: Delivery, lane: Lane) -> impl Future<Output =
         {
             return;
         }
-        let turn = (lane == Lane::Bulk).then(|| ctx.bulk.start(&ctx.shutdown));
-        let stop = turn.as_ref().map_or(&ctx.shutdown, |t| &t.stop);
+        let turn = (lane == Lane::Bulk).then(|| ctx.intake.bulk.start(&ctx.drain.shutdown));
+        let stop = turn.as_ref().map_or(&ctx.drain.shutdown, |t| &t.stop);
         // Pinned where they are built: a future moved into place is kept twice.
-        let mut run = std::pin::pin!(ctx.runner.run(&job, stop, &ctx.abort).instrument(span.clone()));
-        let mut deadline = std::pin::pin!(tokio::time::sleep(ctx.ack_deadline));
+        let mut run = std::pin::pin!(
+            ctx.runner
+                .run(&job, stop, &ctx.drain.abort)
+                .instrument(span.clone())
+        );
+        let mut deadline = std::pin::pin!(tokio::time::sleep(ctx.settings.ack_deadline));
         let mut acked_early = false;
         let end = loop {
             tokio::select! {

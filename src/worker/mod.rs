@@ -53,29 +53,63 @@ pub struct Running {
     pub owner: String,
 }
 
-/// What every job task shares.
+/// What every job task and consumer shares: its dependencies, then the settings, the shared
+/// state and the drain's signals, each a value of its own.
 struct Context {
     runner: JobRunner,
-    /// Dependencies found down (Postgres past its retries, the provider refusing our key or
-    /// model); intake stays paused while any is, until a probe passes.
-    paused: watch::Sender<Paused>,
+    /// The current broker session's publisher; `None` between sessions.
+    publisher: watch::Receiver<Option<Publisher>>,
+    topology: Topology,
+    metrics: Metrics,
+    settings: IntakeSettings,
+    intake: IntakeState,
+    drain: Drain,
+}
+
+/// The settings of intake and settling, converted once from [`WorkerSettings`].
+#[derive(Debug, Clone, Copy)]
+struct IntakeSettings {
+    /// Jobs in flight at once (`WORKER_CONCURRENCY`): the broker's prefetch and the slots.
+    concurrency: u16,
+    /// How often a paused dependency is probed; also how long a job handed back for the
+    /// provider waits in the retry queue.
     probe_interval: Duration,
     /// How long a job handed back during a database outage waits in the retry queue.
     retry_delay: Duration,
     /// Times a message the broker dead-lettered is returned to work before its job fails.
     recover_limit: u32,
+    /// How long a delivery stays unacked before a long job acks it and Postgres tracks it.
     ack_deadline: Duration,
-    concurrency: u16,
-    /// The current broker session's publisher; `None` between sessions.
-    publisher: watch::Receiver<Option<Publisher>>,
-    topology: Topology,
-    metrics: Metrics,
-    /// Stops intake, and jobs between batches.
-    shutdown: CancellationToken,
-    /// The drain's grace is over: jobs stop the batch in flight too, and hand back.
-    abort: CancellationToken,
+}
+
+impl IntakeSettings {
+    fn from_settings(settings: &WorkerSettings) -> Self {
+        Self {
+            concurrency: settings.worker_concurrency,
+            probe_interval: settings.llm.probe_interval(),
+            retry_delay: settings.retry_delay(),
+            recover_limit: settings.recover_limit,
+            ack_deadline: settings.ack_deadline(),
+        }
+    }
+}
+
+/// What intake's tasks change while the worker runs.
+struct IntakeState {
+    /// Dependencies found down (Postgres past its retries, the provider refusing our key or
+    /// model); intake stays paused while any is, until a probe passes.
+    paused: watch::Sender<Paused>,
     /// The bulk jobs running here, to ask one to yield its slot to an interactive job.
     bulk: lanes::BulkJobs,
+}
+
+/// The drain's two signals, in the order they fire.
+#[derive(Debug, Clone, Default)]
+struct Drain {
+    /// Stops intake, and jobs between batches (the injected shutdown signal).
+    shutdown: CancellationToken,
+    /// The grace is over: jobs stop the batch in flight too, and hand back.
+    abort: CancellationToken,
 }
 
 /// The dependencies that intake waits for.
@@ -115,7 +149,7 @@ impl Context {
     }
 
     fn set_paused(&self, dependency: Dependency, down: bool) {
-        self.paused.send_modify(|p| match dependency {
+        self.intake.paused.send_modify(|p| match dependency {
             Dependency::Database => p.database = down,
             Dependency::Provider => p.provider = down,
         });
@@ -152,7 +186,7 @@ where
     loop {
         let delivery = tokio::select! {
             next = consumer.next() => next,
-            () = ctx.shutdown.cancelled() => return Ok(()),
+            () = ctx.drain.shutdown.cancelled() => return Ok(()),
         };
         match delivery {
             Some(Ok(delivery)) => handle(delivery).await,
@@ -237,18 +271,18 @@ pub async fn run(
     ));
     let ctx = Arc::new(Context {
         runner,
-        paused: watch::Sender::new(Paused::default()),
-        probe_interval: settings.llm.probe_interval(),
-        retry_delay: settings.retry_delay(),
-        recover_limit: settings.recover_limit,
-        ack_deadline: settings.ack_deadline(),
-        concurrency: settings.worker_concurrency,
         publisher: publisher_rx,
         topology,
         metrics: metrics.clone(),
-        shutdown,
-        abort: CancellationToken::new(),
-        bulk: lanes::BulkJobs::default(),
+        settings: IntakeSettings::from_settings(&settings),
+        intake: IntakeState {
+            paused: watch::Sender::new(Paused::default()),
+            bulk: lanes::BulkJobs::default(),
+        },
+        drain: Drain {
+            shutdown,
+            abort: CancellationToken::new(),
+        },
     });
     let links = SessionLinks {
         connection: connection_tx,
@@ -325,16 +359,24 @@ async fn sessions(
     mut links: SessionLinks,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<Option<(Arc<Connection>, Channel)>> {
-    let slots = Arc::new(Semaphore::new(ctx.concurrency as usize));
-    ctx.metrics.worker_slots_free.set(i64::from(ctx.concurrency));
+    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency as usize));
+    ctx.metrics
+        .worker_slots_free
+        .set(i64::from(ctx.settings.concurrency));
     let mut backoff = reconnect_backoff();
     let mut sessions = 0u32;
     loop {
         let session = tokio::select! {
-            s = open_session(settings, &ctx.topology, &links.running.owner, ctx.concurrency) => s,
-            () = ctx.shutdown.cancelled() => return Ok(None),
+            s = open_session(settings, &ctx.topology, &links.running.owner, ctx.settings.concurrency) => s,
+            () = ctx.drain.shutdown.cancelled() => return Ok(None),
         };
-        let (connection, publisher, channel, recover_channel) = match session {
+        let BrokerSession {
+            connection,
+            publisher,
+            jobs,
+            recover,
+            cancel,
+        } = match session {
             Ok(s) => s,
             // A broker that is unreachable at start is a configuration problem: say so.
             Err(e) if sessions == 0 => return Err(e),
@@ -347,7 +389,7 @@ async fn sessions(
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => continue,
-                    () = ctx.shutdown.cancelled() => return Ok(None),
+                    () = ctx.drain.shutdown.cancelled() => return Ok(None),
                 }
             }
         };
@@ -359,14 +401,14 @@ async fn sessions(
         backoff = reconnect_backoff();
         links.connection.send_replace(Some(connection.clone()));
         links.publisher.send_replace(Some(publisher));
-        // It ends with the session's channel; the next session starts another.
-        tokio::spawn(cancel::run(recover_channel.clone(), ctx.clone()));
-        tokio::spawn(recover::run(recover_channel, ctx.clone()));
+        // They end with the session's channels; the next session starts others.
+        tokio::spawn(cancel::run(cancel, ctx.clone()));
+        tokio::spawn(recover::run(recover, ctx.clone()));
         if let Some(tx) = links.started.take() {
             let _ = tx.send(links.running.clone());
         }
-        match consume::consume(&channel, ctx, &slots, tasks).await {
-            Ok(()) => return Ok(Some((connection, channel))),
+        match consume::consume(&jobs, ctx, &slots, tasks).await {
+            Ok(()) => return Ok(Some((connection, jobs))),
             Err(e) => {
                 // Jobs in flight go on: Postgres holds their state, and their redelivered
                 // messages wait for them (the owner is alive) instead of starting them again.
@@ -377,14 +419,27 @@ async fn sessions(
     }
 }
 
-/// Connects, declares the topology, and opens the publisher, the consumer channel and the
-/// recovery consumer's channel.
+/// One broker session: a connection and its channels, each consumer on its own so that each
+/// keeps its own prefetch.
+struct BrokerSession {
+    connection: Arc<Connection>,
+    /// Confirmed publishing (events, hand-backs, dead letters).
+    publisher: Publisher,
+    /// The work queues' consumer, with prefetch `WORKER_CONCURRENCY`.
+    jobs: Channel,
+    /// The recovery queue's consumer (it sets its own small prefetch).
+    recover: Channel,
+    /// The cancel queue's consumer (it sets its own small prefetch).
+    cancel: Channel,
+}
+
+/// Connects, declares the topology, and opens the publisher and the consumers' channels.
 async fn open_session(
     settings: &WorkerSettings,
     topology: &Topology,
     owner: &str,
     concurrency: u16,
-) -> anyhow::Result<(Arc<Connection>, Publisher, Channel, Channel)> {
+) -> anyhow::Result<BrokerSession> {
     let connection = Arc::new(amqp::connect(&settings.amqp, owner).await?);
     let setup = connection.create_channel().await.context("opening a channel")?;
     topology
@@ -393,17 +448,27 @@ async fn open_session(
         .context("declaring the RabbitMQ topology")?;
     let _ = setup.close(200, "topology declared".into()).await;
     let publisher = Publisher::new(&connection).await?;
-    let channel = connection
+    let jobs = connection
         .create_channel()
         .await
         .context("opening the consumer channel")?;
     // Two bounds: the broker sends no more than we can work; the semaphore enforces it.
-    channel.basic_qos(concurrency, BasicQosOptions::default()).await?;
+    jobs.basic_qos(concurrency, BasicQosOptions::default()).await?;
     let recover = connection
         .create_channel()
         .await
         .context("opening the recovery channel")?;
-    Ok((connection, publisher, channel, recover))
+    let cancel = connection
+        .create_channel()
+        .await
+        .context("opening the cancel channel")?;
+    Ok(BrokerSession {
+        connection,
+        publisher,
+        jobs,
+        recover,
+        cancel,
+    })
 }
 
 /// A broker session that failed is opened again after 0.25 s, doubling to 15 s, for good.
@@ -437,7 +502,7 @@ async fn drain(ctx: &Context, tasks: &mut JoinSet<()>, grace: Duration) {
         left = tasks.len(),
         "grace period over; stopping the batches in flight"
     );
-    ctx.abort.cancel();
+    ctx.drain.abort.cancel();
     if !join_within(tasks, ABORT_GRACE).await {
         warn!(left = tasks.len(), "jobs did not stop; aborting them");
         tasks.abort_all();

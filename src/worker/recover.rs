@@ -56,7 +56,7 @@ async fn recover(ctx: &Context, delivery: Delivery) {
         Err(rejection) => return refuse(ctx, delivery, &rejection).await,
     };
     let recoveries = settle::header_count(&delivery, RECOVERIES);
-    let result = if recoveries < ctx.recover_limit {
+    let result = if recoveries < ctx.settings.recover_limit {
         requeue(ctx, &delivery, recoveries + 1)
             .await
             .map(|()| Recovery::Requeued)
@@ -104,7 +104,7 @@ async fn give_up(ctx: &Context, delivery: &Delivery, job: &JobRequest) -> Result
     let reason = failure.as_str();
     let message = format!(
         "the broker gave up delivering the job after its delivery limit, {} times",
-        ctx.recover_limit + 1
+        ctx.settings.recover_limit + 1
     );
     // The event id derives from the job: a message recovered twice announces once.
     let mut event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message.clone());

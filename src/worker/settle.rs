@@ -148,8 +148,8 @@ pub(super) async fn hand_back(
     // How long the job waits before it is tried again, by why it was handed back.
     let delay = match reason {
         Deferral::Shutdown => Duration::ZERO,
-        Deferral::Provider => ctx.probe_interval,
-        Deferral::Database => ctx.retry_delay,
+        Deferral::Provider => ctx.settings.probe_interval,
+        Deferral::Database => ctx.settings.retry_delay,
         // A job waiting for its user's turn waits longer each time (2, 4, 8, then 10 s), so a
         // long backlog of one user is not spun through the queue every 2 s.
         Deferral::User => {
