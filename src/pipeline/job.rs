@@ -236,7 +236,12 @@ impl JobRunner {
             );
             warn!(abandoned = owned.abandoned, "poison job; failing it");
             let event = Failed::new(job.job_id, Some(job.user_id.clone()), reason, message);
-            Box::pin(with_retries(|| lease.fail(reason, &event))).await?;
+            match Box::pin(with_retries(|| lease.fail(reason, &event))).await {
+                Ok(()) => {}
+                // Another replica took the job over meanwhile: it decides, not a database fault.
+                Err(StoreError::Fenced) => return Ok(Outcome::Fenced),
+                Err(e) => return Err(e),
+            }
             metrics.job_failed(JobFailure::PoisonJob);
             return Ok(Outcome::Poison {
                 abandoned: owned.abandoned,

@@ -1,6 +1,6 @@
 //! The seams between a job's chains and what they write to: the job's fenced checkpoints and the
 //! express sink for committed events. Small traits with static dispatch (the chains are generic
-//! over them, so no call is boxed), implemented here by the store's [`Lease`] and the worker's
+//! over them, so no call is boxed), implemented here by the store's [`Lease`] and
 //! [`ExpressLane`], and in tests by in-memory stand-ins that run the chains in-process.
 
 use std::{future::Future, time::Duration};

@@ -100,7 +100,7 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
 }
 
 /// The pool for `settings`, after creating the database if it is missing and migrating it.
-/// `application_name` identifies this replica to other replicas (see `jobs::claim`).
+/// `application_name` identifies this replica to other replicas (see `claim::Claimant`).
 pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::Result<Pool> {
     let (mut config, tls) = tls::parse(settings)?;
     config.application_name(application_name);
