@@ -78,6 +78,15 @@ async fn run(
     }
 }
 
+/// Cancels `signal` once `after` has passed on the (paused) clock.
+fn fire_after(signal: &CancellationToken, after: Duration) {
+    let signal = signal.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        signal.cancel();
+    });
+}
+
 fn memory() -> MemoryCheckpoints {
     MemoryCheckpoints::new(Uuid::nil())
 }
@@ -253,11 +262,7 @@ async fn a_fenced_checkpoint_stops_every_chain_at_once() {
 async fn a_lost_lease_ends_the_run_at_once_even_mid_call() {
     let plan = plan(12);
     let signals = Signals::default();
-    let lost = signals.lost.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        lost.cancel();
-    });
+    fire_after(&signals.lost, Duration::from_secs(1));
     let run = run(&plan, vec![Step::Hang], memory(), vec![], None, &signals).await;
     assert!(matches!(run.end, Ok(ChainsEnd::Fenced)), "{:?}", run.end);
     assert!(run.checkpoints.stored().is_empty());
@@ -279,11 +284,7 @@ async fn a_provider_fault_stops_the_sibling_chains_calls_in_flight() {
 async fn shutdown_stops_between_batches_and_keeps_the_batch_in_flight() {
     let plan = plan(12);
     let signals = Signals::default();
-    let shutdown = signals.shutdown.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        shutdown.cancel();
-    });
+    fire_after(&signals.shutdown, Duration::from_secs(1));
     let steps = vec![Step::Slow(Duration::from_secs(5))];
     let run = run(&plan, steps, memory(), vec![], None, &signals).await;
     assert!(matches!(run.end, Ok(ChainsEnd::Stopped)), "{:?}", run.end);
@@ -299,11 +300,7 @@ async fn shutdown_stops_between_batches_and_keeps_the_batch_in_flight() {
 async fn abort_stops_the_batch_in_flight() {
     let plan = plan(12);
     let signals = Signals::default();
-    let abort = signals.abort.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        abort.cancel();
-    });
+    fire_after(&signals.abort, Duration::from_secs(1));
     let run = run(&plan, vec![Step::Hang], memory(), vec![], None, &signals).await;
     assert!(matches!(run.end, Ok(ChainsEnd::Stopped)), "{:?}", run.end);
     assert!(run.checkpoints.stored().is_empty());
