@@ -87,6 +87,12 @@ fn fire_after(signal: &CancellationToken, after: Duration) {
     });
 }
 
+/// Writes every batch of `plan` on `checkpoints`, the model answering well, nothing stored
+/// before, no cap, no signal.
+async fn run_on(plan: &Plan, checkpoints: MemoryCheckpoints) -> Run {
+    run(plan, vec![], checkpoints, vec![], None, &Signals::default()).await
+}
+
 fn memory() -> MemoryCheckpoints {
     MemoryCheckpoints::new(Uuid::nil())
 }
@@ -120,7 +126,7 @@ async fn every_batch_is_written_chain_by_chain_with_a_progress_event_each() {
         plan.chains().len() > 1,
         "the outlined plan runs chains side by side"
     );
-    let run = run(&plan, vec![], memory(), vec![], None, &Signals::default()).await;
+    let run = run_on(&plan, memory()).await;
     let Ok(ChainsEnd::Done(written)) = &run.end else {
         panic!("{:?}", run.end)
     };
@@ -159,15 +165,7 @@ async fn a_resumed_job_asks_only_for_the_batches_not_stored() {
 #[tokio::test(start_paused = true)]
 async fn a_cancel_stops_the_job_after_the_batch_that_saw_it() {
     let plan = plan(12);
-    let run = run(
-        &plan,
-        vec![],
-        memory().cancel_after(2),
-        vec![],
-        None,
-        &Signals::default(),
-    )
-    .await;
+    let run = run_on(&plan, memory().cancel_after(2)).await;
     assert!(matches!(run.end, Ok(ChainsEnd::Cancelled(2))), "{:?}", run.end);
     assert_eq!(run.llm.asked(), [(1, 3), (4, 6)]);
 }
@@ -202,15 +200,7 @@ async fn a_cancel_seen_by_one_chain_stops_its_siblings_after_their_batch() {
 #[tokio::test(start_paused = true)]
 async fn a_cancel_after_the_last_batch_leaves_the_roadmap_whole() {
     let plan = plan(6);
-    let run = run(
-        &plan,
-        vec![],
-        memory().cancel_after(2),
-        vec![],
-        None,
-        &Signals::default(),
-    )
-    .await;
+    let run = run_on(&plan, memory().cancel_after(2)).await;
     assert!(matches!(run.end, Ok(ChainsEnd::Done(_))), "{:?}", run.end);
 }
 
@@ -309,15 +299,7 @@ async fn abort_stops_the_batch_in_flight() {
 #[tokio::test(start_paused = true)]
 async fn a_short_database_outage_is_ridden_out() {
     let plan = plan(6);
-    let run = run(
-        &plan,
-        vec![],
-        memory().outage(3),
-        vec![],
-        None,
-        &Signals::default(),
-    )
-    .await;
+    let run = run_on(&plan, memory().outage(3)).await;
     assert!(matches!(run.end, Ok(ChainsEnd::Done(_))), "{:?}", run.end);
     assert_eq!(stored_indexes(&run), [0, 1]);
     assert_eq!(
@@ -330,14 +312,6 @@ async fn a_short_database_outage_is_ridden_out() {
 #[tokio::test(start_paused = true)]
 async fn a_database_outage_past_the_retries_is_an_error() {
     let plan = plan(6);
-    let run = run(
-        &plan,
-        vec![],
-        memory().outage(100),
-        vec![],
-        None,
-        &Signals::default(),
-    )
-    .await;
+    let run = run_on(&plan, memory().outage(100)).await;
     assert!(matches!(run.end, Err(StoreError::Pool(_))), "{:?}", run.end);
 }
