@@ -198,6 +198,23 @@ async fn a_cancel_seen_by_one_chain_stops_its_siblings_after_their_batch() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_chain_whose_checkpoint_missed_the_cancel_learns_it_from_a_sibling() {
+    let plan = outlined_plan(24);
+    let next = plan.chains()[0][1];
+    // The first chain's checkpoint is stored before the cancel (it is the first of two) but
+    // answers late; meanwhile a sibling's checkpoint reports the cancel. The first chain must
+    // not start its next batch.
+    let checkpoints = memory().cancel_after(2).slow(0, Duration::from_secs(5));
+    let run = run_on(&plan, checkpoints).await;
+    assert!(matches!(run.end, Ok(ChainsEnd::Cancelled(_))), "{:?}", run.end);
+    assert!(
+        !run.llm.asked().contains(&(next.first, next.last)),
+        "the first chain started its next batch after the cancel: {:?}",
+        run.llm.asked()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cancel_after_the_last_batch_leaves_the_roadmap_whole() {
     let plan = plan(6);
     let run = run_on(&plan, memory().cancel_after(2)).await;

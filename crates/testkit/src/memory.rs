@@ -36,6 +36,9 @@ struct State {
     /// Transient failures still to answer before the next checkpoint goes through.
     outages: u32,
     attempts: u32,
+    /// Checkpoints of these batches answer only after this long (their outcome is decided when
+    /// they arrive, as a statement's is when it takes its lock).
+    slow: BTreeMap<u32, Duration>,
 }
 
 /// A job's checkpoints in memory; clones share them.
@@ -71,6 +74,12 @@ impl MemoryCheckpoints {
         self
     }
 
+    /// The checkpoint of batch `index` answers `delay` after it arrives.
+    pub fn slow(self, index: u32, delay: Duration) -> Self {
+        self.state().slow.insert(index, delay);
+        self
+    }
+
     /// The stored batches, by index.
     pub fn stored(&self) -> Vec<Stored> {
         self.state().stored.values().cloned().collect()
@@ -93,7 +102,22 @@ impl Checkpoints for MemoryCheckpoints {
         batch: &BatchResult,
         _express: Option<Duration>,
     ) -> Result<Checkpoint, StoreError> {
-        let mut state = self.state();
+        let (answer, delay) = {
+            let mut state = self.state();
+            (
+                self.write(&mut state, at, batch),
+                state.slow.get(&at.index).copied(),
+            )
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        answer
+    }
+}
+
+impl MemoryCheckpoints {
+    fn write(&self, state: &mut State, at: Position, batch: &BatchResult) -> Result<Checkpoint, StoreError> {
         state.attempts += 1;
         if state.outages > 0 {
             state.outages -= 1;
