@@ -10,6 +10,7 @@
 
 mod cancel;
 mod consume;
+mod context;
 mod lanes;
 mod recover;
 mod relay;
@@ -30,12 +31,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use self::context::{Context, Drain, IntakeSettings, IntakeState, Paused};
+
 use crate::{
     amqp::{self, Publisher, Topology},
     config::{Prices, WorkerSettings},
     http::{self, Health},
     llm::{AnswerGate, Llm as _, Provider},
-    metrics::{Dependency, Metrics},
+    metrics::Metrics,
     pipeline::{
         batch::{Generator, LadderSettings},
         budget::Budget,
@@ -51,113 +54,6 @@ pub struct Running {
     pub metrics: Metrics,
     pub metrics_addr: SocketAddr,
     pub owner: String,
-}
-
-/// What every job task and consumer shares: its dependencies, then the settings, the shared
-/// state and the drain's signals, each a value of its own.
-struct Context {
-    runner: JobRunner,
-    /// The current broker session's publisher; `None` between sessions.
-    publisher: watch::Receiver<Option<Publisher>>,
-    topology: Topology,
-    metrics: Metrics,
-    settings: IntakeSettings,
-    intake: IntakeState,
-    drain: Drain,
-}
-
-/// The settings of intake and settling, converted once from [`WorkerSettings`].
-#[derive(Debug, Clone, Copy)]
-struct IntakeSettings {
-    /// Jobs in flight at once (`WORKER_CONCURRENCY`): the broker's prefetch and the slots.
-    concurrency: u16,
-    /// How often a paused dependency is probed; also how long a job handed back for the
-    /// provider waits in the retry queue.
-    probe_interval: Duration,
-    /// How long a job handed back during a database outage waits in the retry queue.
-    retry_delay: Duration,
-    /// Times a message the broker dead-lettered is returned to work before its job fails.
-    recover_limit: u32,
-    /// How long a delivery stays unacked before a long job acks it and Postgres tracks it.
-    ack_deadline: Duration,
-}
-
-impl IntakeSettings {
-    fn from_settings(settings: &WorkerSettings) -> Self {
-        Self {
-            concurrency: settings.worker_concurrency,
-            probe_interval: settings.llm.probe_interval(),
-            retry_delay: settings.retry_delay(),
-            recover_limit: settings.recover_limit,
-            ack_deadline: settings.ack_deadline(),
-        }
-    }
-}
-
-/// What intake's tasks change while the worker runs.
-struct IntakeState {
-    /// Dependencies found down (Postgres past its retries, the provider refusing our key or
-    /// model); intake stays paused while any is, until a probe passes.
-    paused: watch::Sender<Paused>,
-    /// The bulk jobs running here, to ask one to yield its slot to an interactive job.
-    bulk: lanes::BulkJobs,
-}
-
-/// The drain's two signals, in the order they fire.
-#[derive(Debug, Clone, Default)]
-struct Drain {
-    /// Stops intake, and jobs between batches (the injected shutdown signal).
-    shutdown: CancellationToken,
-    /// The grace is over: jobs stop the batch in flight too, and hand back.
-    abort: CancellationToken,
-}
-
-/// The dependencies that intake waits for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Paused {
-    database: bool,
-    provider: bool,
-}
-
-impl Paused {
-    fn any(self) -> bool {
-        self.database || self.provider
-    }
-}
-
-impl Context {
-    fn publisher(&self) -> Option<Publisher> {
-        self.publisher.borrow().clone()
-    }
-
-    /// Publishes a job message to the work queue (mandatory, confirmed).
-    async fn publish_job(
-        &self,
-        body: &[u8],
-        props: lapin::BasicProperties,
-        routing_key: &str,
-    ) -> Result<(), amqp::PublishError> {
-        let publisher = self.publisher().ok_or(amqp::PublishError::NotConnected)?;
-        publisher
-            .publish(&self.topology.jobs_exchange, routing_key, body, props, true)
-            .await
-    }
-
-    /// Pauses intake until `dependency` passes a probe.
-    fn pause(&self, dependency: Dependency) {
-        self.set_paused(dependency, true);
-    }
-
-    fn set_paused(&self, dependency: Dependency, down: bool) {
-        self.intake.paused.send_modify(|p| match dependency {
-            Dependency::Database => p.database = down,
-            Dependency::Provider => p.provider = down,
-        });
-        self.metrics.set_intake_paused(dependency, down);
-        if dependency == Dependency::Provider {
-            self.metrics.provider_ready.set(i64::from(!down));
-        }
-    }
 }
 
 /// Consumes `queue` on `channel` (consumer tag `<replica>-<role>-<id>`), one delivery at a time

@@ -14,7 +14,6 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::post,
@@ -33,6 +32,7 @@ use roadmap_worker::{
     llm::{estimate_tokens, mock},
 };
 
+mod dialects;
 mod faults;
 mod quota;
 mod serve;
@@ -131,9 +131,9 @@ impl MockLlmServer {
             stall_from: stall_rx,
         };
         let routes = Router::new()
-            .route("/v1/chat/completions", post(openai))
-            .route("/chat/completions", post(openai))
-            .route("/v1beta/models/{model_action}", post(gemini))
+            .route("/v1/chat/completions", post(dialects::openai))
+            .route("/chat/completions", post(dialects::openai))
+            .route("/v1beta/models/{model_action}", post(dialects::gemini))
             .with_state(state);
         let app = if prefix.is_empty() {
             routes
@@ -387,139 +387,4 @@ fn respond(envelope: Value, filler: Option<Filler>) -> Response {
         Some(filler) => faults::streamed(StatusCode::OK, &envelope, filler),
         None => Json(envelope).into_response(),
     }
-}
-
-fn count_version(state: &AppState, version: axum::http::Version) {
-    if version == axum::http::Version::HTTP_2 {
-        state.shared.lock().expect("mock state").http2_requests += 1;
-    }
-}
-
-async fn openai(
-    State(state): State<AppState>,
-    version: axum::http::Version,
-    Json(body): Json<Value>,
-) -> Response {
-    count_version(&state, version);
-    let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let content = |role: &str| {
-        messages
-            .iter()
-            .filter(|m| m["role"] == role)
-            .filter_map(|m| m["content"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let max_tokens = body["max_tokens"]
-        .as_u64()
-        .or_else(|| body["max_completion_tokens"].as_u64());
-    // The week numbers a schema pins, wherever the dialect puts the schema.
-    let pinned =
-        |schema: &Value| schema["properties"]["weeks"]["items"]["properties"]["number"]["enum"].to_string();
-    let format = match body["response_format"]["type"].as_str() {
-        Some("json_schema") => format!(
-            "json_schema{}",
-            pinned(&body["response_format"]["json_schema"]["schema"])
-        ),
-        Some("json_object") if body["response_format"].get("schema").is_some() => {
-            format!("json_object_schema{}", pinned(&body["response_format"]["schema"]))
-        }
-        Some(other) => other.to_owned(),
-        None if body.get("guided_json").is_some() => format!("guided_json{}", pinned(&body["guided_json"])),
-        None => "none".to_owned(),
-    };
-    let (system, user) = (content("system"), content("user"));
-    let ticket = match admit(&state, &system, &user, max_tokens) {
-        Ok(ticket) => ticket,
-        Err(refused) => return *refused,
-    };
-    let cache_key = body["prompt_cache_key"].as_str().map(str::to_owned);
-    let (response, used) =
-        match prepare(&state, "openai", &system, &user, max_tokens, format, cache_key).await {
-            Err(response) => (response, 0),
-            Ok(a) => (
-                respond(
-                    json!({
-                        "id": "chatcmpl-mock",
-                        "object": "chat.completion",
-                        "model": body["model"],
-                        "choices": [{
-                            "index": 0,
-                            "message": {"role": "assistant", "content": a.text},
-                            "finish_reason": if a.truncated { "length" } else { "stop" },
-                        }],
-                        "usage": {
-                            "prompt_tokens_details": {"cached_tokens": a.cached_tokens},
-                            "prompt_tokens": a.input_tokens,
-                            "completion_tokens": a.output_tokens,
-                            "total_tokens": a.input_tokens + a.output_tokens,
-                        },
-                    }),
-                    a.filler,
-                ),
-                a.input_tokens + a.output_tokens,
-            ),
-        };
-    settle(&state, ticket, used, response)
-}
-
-async fn gemini(
-    State(state): State<AppState>,
-    version: axum::http::Version,
-    Json(body): Json<Value>,
-) -> Response {
-    count_version(&state, version);
-    let texts = |v: &Value| {
-        v["parts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let system = texts(&body["systemInstruction"]);
-    let user: String = body["contents"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(texts)
-        .collect::<Vec<_>>()
-        .join("\n");
-    let max_tokens = body["generationConfig"]["maxOutputTokens"].as_u64();
-    let config = &body["generationConfig"];
-    let format = if config.get("responseSchema").is_some() {
-        let number = &config["responseSchema"]["properties"]["weeks"]["items"]["properties"]["number"];
-        format!("response_schema[{}-{}]", number["minimum"], number["maximum"])
-    } else if config.get("responseMimeType").is_some() {
-        "json".to_owned()
-    } else {
-        "none".to_owned()
-    };
-    let ticket = match admit(&state, &system, &user, max_tokens) {
-        Ok(ticket) => ticket,
-        Err(refused) => return *refused,
-    };
-    let (response, used) = match prepare(&state, "gemini", &system, &user, max_tokens, format, None).await {
-        Err(response) => (response, 0),
-        Ok(a) => (
-            respond(
-                json!({
-                    "candidates": [{
-                        "content": {"role": "model", "parts": [{"text": a.text}]},
-                        "finishReason": if a.truncated { "MAX_TOKENS" } else { "STOP" },
-                    }],
-                    "usageMetadata": {
-                        "promptTokenCount": a.input_tokens,
-                        "cachedContentTokenCount": a.cached_tokens,
-                        "candidatesTokenCount": a.output_tokens,
-                        "totalTokenCount": a.input_tokens + a.output_tokens,
-                    },
-                }),
-                a.filler,
-            ),
-            a.input_tokens + a.output_tokens,
-        ),
-    };
-    settle(&state, ticket, used, response)
 }
