@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens};
+use super::{FinishReason, LlmError, LlmRequest, LlmResponse};
 use crate::{
     domain::{
         Day, Week,
@@ -29,17 +29,7 @@ impl MockLlm {
             status: "http_400",
             message,
         })?;
-        Ok(LlmResponse {
-            usage: TokenUsage {
-                input: estimate_tokens(&request.system) + estimate_tokens(&request.prompt),
-                output: estimate_tokens(&text),
-                cached_input: 0,
-            },
-            text,
-            finish: FinishReason::Stop,
-            admission: Default::default(),
-            limits: Default::default(),
-        })
+        Ok(LlmResponse::estimated(request, text, FinishReason::Stop))
     }
 }
 

@@ -51,6 +51,24 @@ pub struct LlmResponse {
     pub limits: RateLimits,
 }
 
+impl LlmResponse {
+    /// An answer from an offline model (the embedded mock, a test's script), its usage estimated
+    /// from the text as for a provider that reports none.
+    pub fn estimated(request: &LlmRequest, text: String, finish: FinishReason) -> Self {
+        Self {
+            usage: TokenUsage {
+                input: estimate_tokens(&request.system) + estimate_tokens(&request.prompt),
+                output: estimate_tokens(&text),
+                cached_input: 0,
+            },
+            text,
+            finish,
+            admission: Admission::default(),
+            limits: RateLimits::default(),
+        }
+    }
+}
+
 /// What is left of a provider's rate limits, from its response headers where it sends them
 /// (OpenAI's `x-ratelimit-remaining-*`, Anthropic's `anthropic-ratelimit-*-remaining`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -98,14 +98,10 @@ impl Invalid {
         }
     }
 
-    fn feedback(&self) -> String {
+    fn verdict(&self) -> Verdict {
         match self {
-            Self::Answer(e) => e.to_string(),
-            Self::Weeks(problems) => problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
+            Self::Answer(e) => Verdict::invalid([e]),
+            Self::Weeks(problems) => Verdict::invalid(problems),
         }
     }
 }
@@ -204,11 +200,8 @@ impl<L: Llm> Generator<L> {
                 }
             };
             let cut = matches!(verdict, Verdict::CutOff { .. });
-            let problem = match &verdict {
-                Verdict::Invalid { problem } => Some(problem.clone()),
-                _ => None,
-            };
-            match ladder.step(last, verdict) {
+            let problem = verdict.problem();
+            match ladder.step(last, &verdict) {
                 Move::Reask => info!(first, last, problem, "answer invalid; re-asking once"),
                 Move::Fallback(template) => {
                     warn!(weeks = %format!("{}-{}", template.start(), template.end()), problem, "template weeks");
@@ -276,9 +269,7 @@ impl<L: Llm> Generator<L> {
             }
             Err(invalid) => {
                 self.metrics.batch_failed(invalid.fault());
-                Verdict::Invalid {
-                    problem: invalid.feedback(),
-                }
+                invalid.verdict()
             }
         }
     }

@@ -80,6 +80,26 @@ pub enum Verdict {
     GaveUp,
 }
 
+impl Verdict {
+    /// An invalid answer with these problems, told back to the model in one line.
+    pub fn invalid<T: std::fmt::Display>(problems: impl IntoIterator<Item = T>) -> Self {
+        let problem = problems
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::Invalid { problem }
+    }
+
+    /// What was wrong with the answer, if it was invalid.
+    pub fn problem(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { problem } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
 /// Where a verdict moved the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Move {
@@ -148,8 +168,8 @@ impl Ladder {
     }
 
     /// Moves the batch by the verdict on the answer to the request for `..=asked_last`.
-    pub fn step(&mut self, asked_last: u32, verdict: Verdict) -> Move {
-        match verdict {
+    pub fn step(&mut self, asked_last: u32, verdict: &Verdict) -> Move {
+        match *verdict {
             Verdict::Complete => {
                 self.next = asked_last + 1;
                 self.feedback = None;
@@ -170,13 +190,13 @@ impl Ladder {
                     Move::Next
                 }
             }
-            Verdict::Invalid { problem } => {
+            Verdict::Invalid { ref problem } => {
                 if self.reasks_left == 0 {
                     self.fallback(asked_last)
                 } else {
                     self.reasks_left -= 1;
                     self.rungs.reasked = true;
-                    self.feedback = Some(vec![problem]);
+                    self.feedback = Some(vec![problem.clone()]);
                     Move::Reask
                 }
             }
@@ -222,7 +242,7 @@ mod tests {
     fn a_complete_answer_writes_the_batch_in_one_request() {
         let mut ladder = Ladder::new(4..=6, 3, &POLICY);
         assert_eq!(asked(&ladder), Some((4, 6, false)));
-        assert_eq!(ladder.step(6, Verdict::Complete), Move::Next);
+        assert_eq!(ladder.step(6, &Verdict::Complete), Move::Next);
         assert_eq!(ladder.ask(), None);
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Ok);
         assert_eq!(ladder.learned_span(), None);
@@ -231,11 +251,11 @@ mod tests {
     #[test]
     fn a_cut_keeps_its_weeks_and_asks_the_rest_in_requests_that_fit() {
         let mut ladder = Ladder::new(1..=6, 6, &POLICY);
-        assert_eq!(ladder.step(6, Verdict::CutOff { kept: 2 }), Move::Next);
+        assert_eq!(ladder.step(6, &Verdict::CutOff { kept: 2 }), Move::Next);
         assert_eq!(asked(&ladder), Some((3, 4, false)));
-        assert_eq!(ladder.step(4, Verdict::Complete), Move::Next);
+        assert_eq!(ladder.step(4, &Verdict::Complete), Move::Next);
         assert_eq!(asked(&ladder), Some((5, 6, false)));
-        ladder.step(6, Verdict::Complete);
+        ladder.step(6, &Verdict::Complete);
         assert_eq!(ladder.ask(), None);
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Truncated);
         assert_eq!(ladder.learned_span(), Some(2));
@@ -244,10 +264,13 @@ mod tests {
     #[test]
     fn a_cut_with_no_complete_week_halves_the_span_down_to_a_template_week() {
         let mut ladder = Ladder::new(1..=3, 3, &POLICY);
-        assert_eq!(ladder.step(3, Verdict::CutOff { kept: 0 }), Move::Next);
+        assert_eq!(ladder.step(3, &Verdict::CutOff { kept: 0 }), Move::Next);
         assert_eq!(asked(&ladder), Some((1, 1, false)));
         // One week does not fit either: that week comes from the template, the rest goes on.
-        assert_eq!(ladder.step(1, Verdict::CutOff { kept: 0 }), Move::Fallback(1..=1));
+        assert_eq!(
+            ladder.step(1, &Verdict::CutOff { kept: 0 }),
+            Move::Fallback(1..=1)
+        );
         assert_eq!(asked(&ladder), Some((2, 2, false)));
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Fallback);
     }
@@ -255,7 +278,7 @@ mod tests {
     #[test]
     fn more_weeks_than_asked_for_count_as_the_weeks_asked() {
         let mut ladder = Ladder::new(1..=3, 2, &POLICY);
-        assert_eq!(ladder.step(2, Verdict::CutOff { kept: 5 }), Move::Next);
+        assert_eq!(ladder.step(2, &Verdict::CutOff { kept: 5 }), Move::Next);
         assert_eq!(asked(&ladder), Some((3, 3, false)));
     }
 
@@ -265,11 +288,11 @@ mod tests {
         let invalid = || Verdict::Invalid {
             problem: "week 2 has 6 days".into(),
         };
-        assert_eq!(ladder.step(3, invalid()), Move::Reask);
+        assert_eq!(ladder.step(3, &invalid()), Move::Reask);
         let ask = ladder.ask().expect("a re-ask");
         assert_eq!((ask.first, ask.last), (1, 3));
         assert_eq!(ask.feedback, Some(&["week 2 has 6 days".to_owned()][..]));
-        assert_eq!(ladder.step(3, invalid()), Move::Fallback(1..=3));
+        assert_eq!(ladder.step(3, &invalid()), Move::Fallback(1..=3));
         assert_eq!(ladder.ask(), None);
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Fallback);
     }
@@ -277,11 +300,11 @@ mod tests {
     #[test]
     fn a_good_re_ask_clears_the_feedback_and_spends_the_batchs_re_ask() {
         let mut ladder = Ladder::new(1..=4, 2, &POLICY);
-        ladder.step(2, Verdict::Invalid { problem: "x".into() });
-        ladder.step(2, Verdict::Complete);
+        ladder.step(2, &Verdict::Invalid { problem: "x".into() });
+        ladder.step(2, &Verdict::Complete);
         assert_eq!(asked(&ladder), Some((3, 4, false)));
         // The batch's one re-ask is spent: the next invalid answer falls back at once.
-        let moved = ladder.step(4, Verdict::Invalid { problem: "y".into() });
+        let moved = ladder.step(4, &Verdict::Invalid { problem: "y".into() });
         assert_eq!(moved, Move::Fallback(3..=4));
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Fallback);
     }
@@ -290,15 +313,15 @@ mod tests {
     fn no_re_asks_in_the_policy_means_straight_to_the_template() {
         let policy = LadderPolicy { reasks: 0, ..POLICY };
         let mut ladder = Ladder::new(1..=3, 3, &policy);
-        let moved = ladder.step(3, Verdict::Invalid { problem: "x".into() });
+        let moved = ladder.step(3, &Verdict::Invalid { problem: "x".into() });
         assert_eq!(moved, Move::Fallback(1..=3));
     }
 
     #[test]
     fn a_call_that_gave_up_templates_the_rest_of_the_batch() {
         let mut ladder = Ladder::new(1..=6, 2, &POLICY);
-        ladder.step(2, Verdict::Complete);
-        assert_eq!(ladder.step(4, Verdict::GaveUp), Move::Fallback(3..=6));
+        ladder.step(2, &Verdict::Complete);
+        assert_eq!(ladder.step(4, &Verdict::GaveUp), Move::Fallback(3..=6));
         assert_eq!(ladder.ask(), None);
     }
 
@@ -310,14 +333,14 @@ mod tests {
         assert_eq!(
             ladder.step(
                 0,
-                Verdict::Invalid {
+                &Verdict::Invalid {
                     problem: "cut".into()
                 }
             ),
             Move::Reask
         );
         assert_eq!(asked(&ladder), Some((0, 0, true)));
-        ladder.step(0, Verdict::Complete);
+        ladder.step(0, &Verdict::Complete);
         assert_eq!(ladder.ask(), None);
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Reasked);
     }
@@ -329,9 +352,9 @@ mod tests {
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Retried);
         ladder.truncated();
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Truncated);
-        ladder.step(1, Verdict::Invalid { problem: "x".into() });
+        ladder.step(1, &Verdict::Invalid { problem: "x".into() });
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Reasked);
-        ladder.step(1, Verdict::GaveUp);
+        ladder.step(1, &Verdict::GaveUp);
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Fallback);
     }
 }

@@ -53,7 +53,7 @@ impl<L: Llm> Generator<L> {
                     ladder.truncated();
                     self.invalid(
                         AnswerFault::Truncated,
-                        "the answer was cut off at the output limit: keep titles and goals short".to_owned(),
+                        ["the answer was cut off at the output limit: keep titles and goals short"],
                     )
                 }
                 Ok(answer) => match parse::parse_outline(&answer.text) {
@@ -62,16 +62,9 @@ impl<L: Llm> Generator<L> {
                             written = Some(checked);
                             Verdict::Complete
                         }
-                        Err(problems) => self.invalid(
-                            AnswerFault::InvalidSchema,
-                            problems
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                        ),
+                        Err(problems) => self.invalid(AnswerFault::InvalidSchema, problems),
                     },
-                    Err(e) => self.invalid(e.fault(), e.to_string()),
+                    Err(e) => self.invalid(e.fault(), [&e]),
                 },
                 Err(err @ LlmError::Config { .. }) => return Err(ProviderFault(err)),
                 Err(err) => {
@@ -79,12 +72,9 @@ impl<L: Llm> Generator<L> {
                     Verdict::GaveUp
                 }
             };
-            let problem = match &verdict {
-                Verdict::Invalid { problem } => Some(problem.clone()),
-                _ => None,
-            };
+            let problem = verdict.problem();
             // The outline's ladder asks for the single unit 0.
-            match ladder.step(0, verdict) {
+            match ladder.step(0, &verdict) {
                 Move::Reask => info!(problem, "outline invalid; re-asking once"),
                 Move::Fallback(_) => warn!(problem, "template outline"),
                 Move::Next => {}
@@ -110,8 +100,12 @@ impl<L: Llm> Generator<L> {
     }
 
     /// An invalid outline, counted by its fault.
-    fn invalid(&self, fault: AnswerFault, problem: String) -> Verdict {
+    fn invalid<T: std::fmt::Display>(
+        &self,
+        fault: AnswerFault,
+        problems: impl IntoIterator<Item = T>,
+    ) -> Verdict {
         self.metrics().batch_failed(fault);
-        Verdict::Invalid { problem }
+        Verdict::invalid(problems)
     }
 }

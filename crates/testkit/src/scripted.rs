@@ -11,7 +11,7 @@ use std::{
 
 use roadmap_worker::{
     domain::brief::{Brief, OutlineBrief},
-    llm::{FinishReason, Llm, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, mock},
+    llm::{FinishReason, Llm, LlmError, LlmRequest, LlmResponse, mock},
 };
 use serde_json::Value;
 
@@ -142,17 +142,7 @@ impl Llm for ScriptedLlm {
             }
             Step::CutAfter { weeks } => (cut_after(&valid()?, weeks), FinishReason::Length),
         };
-        Ok(LlmResponse {
-            usage: TokenUsage {
-                input: estimate_tokens(&request.system) + estimate_tokens(&request.prompt),
-                output: estimate_tokens(&text),
-                cached_input: 0,
-            },
-            text,
-            finish,
-            admission: Default::default(),
-            limits: Default::default(),
-        })
+        Ok(LlmResponse::estimated(request, text, finish))
     }
 
     fn name(&self) -> &'static str {
