@@ -92,13 +92,16 @@ pub struct Metrics {
     /// 1 while intake is paused because a dependency is down, by reason (database, provider).
     pub intake_paused: IntGaugeVec,
     /// Deliveries handed back without spending the broker's delivery limit, by reason
-    /// (database, provider: through the retry queue; shutdown: straight back to work).
+    /// (database: through the retry queue; provider, user_limit: parked in Postgres;
+    /// shutdown, no_slot: straight back to work).
     pub deliveries_deferred: IntCounterVec,
     /// Messages the broker dead-lettered on its own and the worker accounted for, by outcome
     /// (requeued: back to work; failed: failed with an event; done: the job had ended).
     pub deliveries_recovered: IntCounterVec,
     /// Duplicate deliveries of a job a live replica is working, settled at once.
     pub duplicate_deliveries: IntCounter,
+    /// Side consumers (cancel, recover) started again after the broker closed their channel.
+    pub consumer_restarts: IntCounterVec,
 }
 
 /// A label vocabulary: a closed set of values, each started at 0.
@@ -130,6 +133,7 @@ labels! {
         Provider => "provider",
         Shutdown => "shutdown",
         User => "user_limit",
+        NoSlot => "no_slot",
     }
 }
 
@@ -264,6 +268,9 @@ impl Metrics {
         for outcome in Recovery::ALL {
             self.deliveries_recovered.with_label_values(&[outcome.as_str()]);
         }
+        for consumer in ["cancel", "recover"] {
+            self.consumer_restarts.with_label_values(&[consumer]);
+        }
         for direction in Direction::ALL {
             self.llm_tokens.with_label_values(&[direction.as_str()]);
         }
@@ -384,6 +391,11 @@ impl Metrics {
         self.deliveries_deferred
             .with_label_values(&[reason.as_str()])
             .inc();
+    }
+
+    /// A side consumer (`cancel`, `recover`) consuming again on a new channel.
+    pub fn consumer_restarted(&self, consumer: &str) {
+        self.consumer_restarts.with_label_values(&[consumer]).inc();
     }
 
     pub fn delivery_recovered(&self, outcome: Recovery) {

@@ -20,7 +20,9 @@ pub const REJECTED_ROUTING_KEY: &str = "roadmap.generate.rejected";
 /// Names derived from a namespace; the default namespace `roadmap` gives the contract's names:
 /// `roadmap.jobs`, `roadmap.generate`, `roadmap.events`, plus `roadmap.dlx` and
 /// `roadmap.generate.dead` for dead letters, `roadmap.generate.retry` for delayed retries and
-/// `roadmap.generate.recover` for what the broker dead-letters on its own.
+/// `roadmap.generate.recover` for what the broker dead-letters on its own, and
+/// `roadmap.cancel.retry` and `roadmap.generate.recover.retry`, where a cancel or a recovery
+/// that met a database error waits on a path of its own, never the job path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub jobs_exchange: String,
@@ -32,9 +34,14 @@ pub struct Topology {
     pub events_exchange: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
-    /// Jobs waiting out a dependency outage: each message carries its own TTL and expires back
-    /// into the work queue, so waiting spends none of the work queue's delivery limit.
+    /// Jobs waiting out a database outage (every other wait is kept in Postgres): each message
+    /// carries the same TTL and expires back into the work queue, so waiting spends none of the
+    /// work queue's delivery limit.
     pub retry_queue: String,
+    /// Cancels waiting out a database outage; they expire back into the cancel queue.
+    pub cancel_retry_queue: String,
+    /// Recoveries waiting out a database outage; they expire back into the recovery queue.
+    pub recover_retry_queue: String,
     /// Messages the broker dead-lettered without the worker's say (delivery limit); the worker
     /// consumes it and gives each an account (back to work, or failed with an event).
     pub recover_queue: String,
@@ -54,14 +61,18 @@ impl Topology {
             dead_letter_queue: format!("{namespace}.generate.dead"),
             retry_queue: format!("{namespace}.generate.retry"),
             recover_queue: format!("{namespace}.generate.recover"),
+            cancel_retry_queue: format!("{namespace}.cancel.retry"),
+            recover_retry_queue: format!("{namespace}.generate.recover.retry"),
             delivery_limit,
         }
     }
 
     /// Every queue, for tools and tests that remove a namespace.
-    pub fn queues(&self) -> [&str; 6] {
+    pub fn queues(&self) -> [&str; 8] {
         [
             &self.queue,
+            &self.cancel_retry_queue,
+            &self.recover_retry_queue,
             &self.bulk_queue,
             &self.cancel_queue,
             &self.dead_letter_queue,
@@ -142,20 +153,30 @@ impl Topology {
             JOB_ROUTING_KEY,
         )
         .await?;
-        // A classic queue: per-message TTLs expire in order when every message waits about as
-        // long, and an expired message is dead-lettered back to the work queue's exchange.
-        let mut retry_args = FieldTable::default();
-        retry_args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.jobs_exchange.as_str().into()),
-        );
-        retry_args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(JOB_ROUTING_KEY.into()),
-        );
-        channel
-            .queue_declare(self.retry_queue.as_str().into(), queue_options, retry_args)
-            .await?;
+        // Classic queues: per-message TTLs expire in order because every message in one of
+        // them waits as long, and an expired message is dead-lettered back where it came from.
+        for (queue, exchange, key) in [
+            (&self.retry_queue, &self.jobs_exchange, JOB_ROUTING_KEY),
+            (&self.cancel_retry_queue, &self.jobs_exchange, CANCEL_ROUTING_KEY),
+            (
+                &self.recover_retry_queue,
+                &self.dead_letter_exchange,
+                JOB_ROUTING_KEY,
+            ),
+        ] {
+            let mut retry_args = FieldTable::default();
+            retry_args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(exchange.as_str().into()),
+            );
+            retry_args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(key.into()),
+            );
+            channel
+                .queue_declare(queue.as_str().into(), queue_options, retry_args)
+                .await?;
+        }
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         args.insert(

@@ -62,7 +62,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 
 /// One job's block of text.
 pub fn describe(job: &JobStatus, now: DateTime<Utc>) -> String {
-    let mut out = format!("job {}  user {}\n", job.job_id, job.user_id);
+    let mut out = format!(
+        "job {}  user {}\n",
+        job.job_id,
+        job.user_id.as_deref().unwrap_or("(none)")
+    );
     out += &format!(
         "  state      {}  (batches {}/{}, {} fallback)\n",
         job.status, job.batches_done, job.batches_total, job.fallback_batches
@@ -118,7 +122,11 @@ fn line(job: &JobStatus, now: DateTime<Utc>) -> String {
     };
     format!(
         "{}  {:<9} {:>2}/{:<2} batches  {}  updated {ago} ago  {detail}",
-        job.job_id, job.status, job.batches_done, job.batches_total, job.user_id
+        job.job_id,
+        job.status,
+        job.batches_done,
+        job.batches_total,
+        job.user_id.as_deref().unwrap_or("(none)")
     )
 }
 

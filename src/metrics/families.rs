@@ -223,6 +223,11 @@ impl Metrics {
                 "roadmap_duplicate_deliveries_total",
                 "Duplicate deliveries of a job in progress, settled at once.",
             ),
+            consumer_restarts: counter_vec(
+                "roadmap_consumer_restarts_total",
+                "Cancel and recovery consumers started again on a new channel.",
+                &["consumer"],
+            ),
             registry,
         }
         .with_known_labels()

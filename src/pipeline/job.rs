@@ -60,6 +60,8 @@ pub struct JobRunner {
     output_cap: Option<u64>,
     /// Takeovers from dead owners after which a job is failed as poison.
     poison_after: i32,
+    /// How long a job parked for a provider fault waits (`LLM_PROBE_INTERVAL_SECS`).
+    provider_wait: Duration,
 }
 
 impl JobRunner {
@@ -78,6 +80,7 @@ impl JobRunner {
             parallelism: settings.batch.job_parallelism as usize,
             express: ExpressLane::default(),
             poison_after: settings.job_poison_after,
+            provider_wait: settings.llm.probe_interval(),
             output_cap: settings.budget.job_max_output_tokens,
         }
     }
@@ -161,21 +164,20 @@ impl JobRunner {
                 }
                 return match other? {
                     Claim::Owned(_) => unreachable!("handled above"),
-                    Claim::Completed => {
-                        // Published again after it completed: the backend may have lost the
-                        // result, so the stored completion event goes out again, same event id.
+                    // Published again after it ended: the backend may have lost the result,
+                    // so the stored outcome event goes out again, same event id.
+                    ended @ (Claim::Completed | Claim::Failed) => {
                         let reannounced = Box::pin(with_retries(|| async {
                             let client = self.pool().get().await?;
-                            store::outbox::reannounce_completion(&client, job.job_id).await
+                            store::outbox::reannounce_outcome(&client, job.job_id).await
                         }))
                         .await?;
-                        debug!(
-                            reannounced,
-                            "job already completed; its completion event is sent again"
-                        );
-                        Ok(Outcome::Completed)
+                        debug!(reannounced, "job already ended; its outcome event is sent again");
+                        Ok(match ended {
+                            Claim::Completed => Outcome::Completed,
+                            _ => Outcome::Failed,
+                        })
                     }
-                    Claim::Failed => Ok(Outcome::Failed),
                     Claim::OtherUser => Ok(refused(job, RejectReason::JobOwnedByAnotherUser)),
                     Claim::Conflict => Ok(refused(job, RejectReason::JobConflict)),
                     Claim::UserBusy => {
@@ -247,6 +249,15 @@ impl JobRunner {
                 abandoned: owned.abandoned,
             });
         }
+        if owned.cancel_requested {
+            // Asked while an earlier owner had it; that owner never reached a checkpoint.
+            let message = format!(
+                "cancelled by its user after {} of {} batches; the batches written are kept",
+                owned.batches.len(),
+                owned.plan.batches.len()
+            );
+            return Box::pin(self.fail_running(job, lease, JobFailure::Cancelled, message)).await;
+        }
         metrics.jobs_started.inc();
         if !owned.batches.is_empty() {
             metrics.jobs_resumed.inc();
@@ -281,10 +292,7 @@ impl JobRunner {
             };
             let (phases, outline) = match generated {
                 Ok(written) => written,
-                Err(fault) => {
-                    self.stop(lease).await;
-                    return Ok(Outcome::ProviderFault(fault.0));
-                }
+                Err(fault) => return Ok(self.provider_fault(lease, fault.0).await),
             };
             plan = Plan::outlined(phases, outline, job.duration_weeks, self.batch_weeks);
             match Box::pin(with_retries(|| lease.set_plan(&plan))).await {
@@ -310,11 +318,8 @@ impl JobRunner {
             ChainsEnd::Done(written) => written,
             ChainsEnd::Fenced => return Ok(Outcome::Fenced),
             ChainsEnd::Stopped => return Ok(self.stop(lease).await),
-            ChainsEnd::Fault(fault) => {
-                // Keep what is stored; the job goes back to the queue for a healthy provider.
-                self.stop(lease).await;
-                return Ok(Outcome::ProviderFault(fault));
-            }
+            // Keep what is stored; the job waits for a healthy provider.
+            ChainsEnd::Fault(fault) => return Ok(self.provider_fault(lease, fault).await),
             ChainsEnd::Capped(spent) => {
                 let message = format!(
                     "the job used {spent} output tokens, at or over JOB_MAX_OUTPUT_TOKENS ({}); stopped before its \
@@ -382,16 +387,32 @@ impl JobRunner {
         Ok(Outcome::Failed)
     }
 
-    /// Stops the job here, its checkpoints kept: the lease is released at once, so that the
-    /// next replica need not wait for it.
+    /// Stops the job here, its checkpoints kept: the lease is given up at once, so that the
+    /// next replica need not wait for it, and the row records that a copy goes back to work
+    /// now (the settle re-publishes it), so that the sweeper sends another only if that one is
+    /// lost.
     async fn stop(&self, lease: &Lease) -> Outcome {
         // Boxed: `work` awaits this at several points, and each would otherwise give every job
-        // in flight room for the release's database future.
-        let released = Box::pin(lease.release()).await;
-        if let Err(e) = released {
-            warn!(error = %e, "could not release the lease; it will expire");
+        // in flight room for the park's database future.
+        let parked = Box::pin(lease.park(Duration::ZERO, true)).await;
+        if let Err(e) = parked {
+            warn!(error = %e, "could not give up the lease; it will expire");
         }
         Outcome::Stopped
+    }
+
+    /// The provider refuses every request: the job is parked in Postgres for a probe interval
+    /// (its row is its record while it waits; the sweeper dispatches it again).
+    async fn provider_fault(&self, lease: &Lease, fault: LlmError) -> Outcome {
+        let parked = Box::pin(lease.park(self.provider_wait, false)).await;
+        match parked {
+            Ok(()) | Err(StoreError::Fenced) => Outcome::ProviderFault { fault, parked: true },
+            Err(e) => {
+                warn!(error = %e, "could not park the job in the database; it waits in the broker");
+                release_when_back(lease.clone());
+                Outcome::ProviderFault { fault, parked: false }
+            }
+        }
     }
 }
 

@@ -25,10 +25,12 @@ pub enum Outcome {
     /// Shutdown came before the job finished; its checkpoints are kept for the next replica.
     Stopped,
     /// The LLM provider refuses every request (bad key, unknown model): the job waits for an
-    /// operator, untouched by templates.
-    ProviderFault(LlmError),
+    /// operator, untouched by templates. `parked`: its wait is recorded in Postgres (the
+    /// delivery can go); otherwise the database is away too and the broker keeps the wait.
+    ProviderFault { fault: LlmError, parked: bool },
     /// The database stayed unreachable through the store's retries.
     StoreDown(StoreError),
-    /// The user has `USER_MAX_IN_FLIGHT` jobs running elsewhere: not claimed, to wait its turn.
+    /// The user has `USER_MAX_IN_FLIGHT` jobs running elsewhere: not claimed, parked in
+    /// Postgres to wait its turn.
     UserBusy,
 }

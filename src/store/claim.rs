@@ -32,7 +32,8 @@ pub enum Claim {
     Conflict,
     /// A live replica holds the lease and is working the job.
     Busy,
-    /// The user has `USER_MAX_IN_FLIGHT` other jobs running: this one waits its turn, unclaimed.
+    /// The user has `USER_MAX_IN_FLIGHT` other jobs running: this one is parked in Postgres,
+    /// unclaimed, to wait its turn (the sweeper dispatches it again when the wait is over).
     UserBusy,
 }
 
@@ -47,7 +48,15 @@ pub struct OwnedJob {
     pub claims: i32,
     /// How many claims took the job from an owner that died or lost its lease.
     pub abandoned: i32,
+    /// Its user asked to cancel it while an earlier owner had it: it ends before any batch.
+    pub cancel_requested: bool,
 }
+
+/// A job over its user's `USER_MAX_IN_FLIGHT` waits 2 s, then twice as long each turn up to
+/// 10 s: short at first, so that a freed turn is taken soon; longer for a long backlog, whose
+/// every try is a claim.
+const USER_TURN_FIRST: Duration = Duration::from_secs(2);
+const USER_TURN_MAX: Duration = Duration::from_secs(10);
 
 /// A replica as it claims jobs: the same for every claim it makes.
 #[derive(Debug, Clone)]
@@ -113,13 +122,19 @@ async fn claim(
             .await?
             .get("running");
         if running >= i64::from(*limit) {
-            return Ok(Claim::UserBusy);
+            if park_new(&tx, job, plan, &request).await? {
+                tx.commit().await?;
+                return Ok(Claim::UserBusy);
+            }
+            let taker = Taker::ParkForUser;
+            return reclaim(tx, pool, job, owner, lease_secs, taker, &request).await;
         }
         if let Some(owned) = insert_new(&tx, pool, job, plan, owner, lease_secs, &request).await? {
             tx.commit().await?;
             return Ok(Claim::Owned(Box::new(owned)));
         }
-        return reclaim(tx, pool, job, owner, lease_secs, reclaim_own, &request).await;
+        let taker = Taker::Claim { reclaim_own };
+        return reclaim(tx, pool, job, owner, lease_secs, taker, &request).await;
     }
     // A new job is the common case: one statement in its own transaction. Only a job_id that
     // exists already needs the locked read of `reclaim`.
@@ -127,7 +142,51 @@ async fn claim(
         return Ok(Claim::Owned(Box::new(owned)));
     }
     let tx = client.transaction().await?;
-    reclaim(tx, pool, job, owner, lease_secs, reclaim_own, &request).await
+    reclaim(
+        tx,
+        pool,
+        job,
+        owner,
+        lease_secs,
+        Taker::Claim { reclaim_own },
+        &request,
+    )
+    .await
+}
+
+/// Stores a job_id seen for the first time as parked for its user's turn; `false` if it exists.
+async fn park_new(
+    db: &impl GenericClient,
+    job: &JobRequest,
+    plan: &Plan,
+    request: &Json<&JobRequest>,
+) -> Result<bool, StoreError> {
+    let n = db
+        .execute(
+            "INSERT INTO jobs (job_id, user_id, request, plan, batches_total, owner, lease_until,
+                               delivery_acked, not_before, waits)
+             VALUES ($1, $2, $3, $4, $5, NULL, NULL, true, now() + make_interval(secs => $6), 1)
+             ON CONFLICT (job_id) DO NOTHING",
+            &[
+                &job.job_id,
+                &job.user_id,
+                request,
+                &Json(plan),
+                &(plan.batches.len() as i32),
+                &USER_TURN_FIRST.as_secs_f64(),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// What [`reclaim`] does with a job it may take.
+#[derive(Debug, Clone, Copy)]
+enum Taker {
+    /// Takes it over. `reclaim_own`: see [`claim`].
+    Claim { reclaim_own: bool },
+    /// The user is at `USER_MAX_IN_FLIGHT`: parks it for a longer turn instead.
+    ParkForUser,
 }
 
 /// Inserts a job_id seen for the first time, owned by `owner`; `None` if it exists.
@@ -169,6 +228,7 @@ async fn insert_new(
         started_at: row.get("created_at"),
         claims: 1,
         abandoned: 0,
+        cancel_requested: false,
     }))
 }
 
@@ -179,7 +239,7 @@ async fn reclaim(
     job: &JobRequest,
     owner: &str,
     lease_secs: f64,
-    reclaim_own: bool,
+    taker: Taker,
     request: &Json<&JobRequest>,
 ) -> Result<Claim, StoreError> {
     let row = tx
@@ -192,21 +252,34 @@ async fn reclaim(
             &[&job.job_id, &APP_PREFIX, request],
         )
         .await?;
-    if row.get::<_, &str>("user_id") != job.user_id {
+    // A row without a user is a refusal of a message that named none: the job_id's outcome
+    // stands for whoever sends it again.
+    if row
+        .get::<_, Option<&str>>("user_id")
+        .is_some_and(|u| u != job.user_id)
+    {
         return Ok(Claim::OtherUser);
+    }
+    let state = JobState::parse(row.get("status"))?;
+    // A failed job_id has had its one outcome, whatever request comes under it now (a refused
+    // message corrected, a job cancelled before it arrived): its failure is announced again.
+    if state == JobState::Failed {
+        return Ok(Claim::Failed);
     }
     if !row.get::<_, bool>("same_request") {
         return Ok(Claim::Conflict);
     }
-    match JobState::parse(row.get("status"))? {
-        JobState::Completed => return Ok(Claim::Completed),
-        JobState::Failed => return Ok(Claim::Failed),
-        JobState::Running => {}
+    if state == JobState::Completed {
+        return Ok(Claim::Completed);
     }
     let previous: Option<String> = row.get("owner");
     let live: Option<bool> = row.get("live");
     let present: bool = row.get("present");
     let mine = previous.as_deref() == Some(owner);
+    let reclaim_own = match taker {
+        Taker::Claim { reclaim_own } => reclaim_own,
+        Taker::ParkForUser => false,
+    };
     if live == Some(true) && present && !(mine && reclaim_own) {
         // Its owner (possibly this replica, for a duplicate delivery) is alive and holds the
         // lease: that owner finishes the job.
@@ -216,14 +289,34 @@ async fn reclaim(
     // the restart is missing for that reason, not because it died.
     let before_restart: bool = row.get("before_restart");
     let died = i32::from(previous.is_some() && !present && !before_restart);
+    if let Taker::ParkForUser = taker {
+        // Not ours to run yet: parked for a longer turn, its row the record of the wait.
+        tx.execute(
+            "UPDATE jobs SET owner = NULL, lease_until = NULL, abandoned = abandoned + $2,
+                    delivery_acked = true, redispatched_at = NULL, waits = waits + 1,
+                    not_before = now() + make_interval(secs => LEAST($3 * power(2, waits), $4)),
+                    updated_at = now()
+             WHERE job_id = $1",
+            &[
+                &job.job_id,
+                &died,
+                &USER_TURN_FIRST.as_secs_f64(),
+                &USER_TURN_MAX.as_secs_f64(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(Claim::UserBusy);
+    }
     let row = tx
         .query_one(
             "UPDATE jobs SET owner = $2, lease_until = now() + make_interval(secs => $3),
                     fencing_token = fencing_token + 1, claims = claims + 1,
-                    abandoned = abandoned + $4,
+                    abandoned = abandoned + $4, not_before = NULL, waits = 0,
                     delivery_acked = false, redispatched_at = NULL, updated_at = now()
              WHERE job_id = $1
-             RETURNING fencing_token, plan, created_at, claims, abandoned",
+             RETURNING fencing_token, plan, created_at, claims, abandoned,
+                       cancel_requested_at IS NOT NULL AS cancel_requested",
             &[&job.job_id, &owner, &lease_secs, &died],
         )
         .await?;
@@ -238,5 +331,6 @@ async fn reclaim(
         started_at: row.get("created_at"),
         claims: row.get("claims"),
         abandoned: row.get("abandoned"),
+        cancel_requested: row.get("cancel_requested"),
     })))
 }

@@ -120,6 +120,30 @@ pub(super) async fn release(pool: &Pool, job_id: Uuid, token: i64) -> Result<(),
     Ok(())
 }
 
+/// Parks the job in Postgres, unowned, until `wait` has passed: the row is its record while it
+/// waits (the delivery is acked), and the sweeper dispatches it again once it is due.
+/// `copy_sent`: the caller publishes a copy now (a hand-back at shutdown), so the sweeper sends
+/// none until that copy has had its time to be claimed. `Fenced` if another replica has it.
+pub(super) async fn park(
+    pool: &Pool,
+    job_id: Uuid,
+    token: i64,
+    wait: Duration,
+    copy_sent: bool,
+) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE jobs SET owner = NULL, lease_until = NULL, delivery_acked = true,
+                    not_before = now() + make_interval(secs => $3),
+                    redispatched_at = CASE WHEN $4 THEN now() END, updated_at = now()
+             WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'",
+            &[&job_id, &token, &wait.as_secs_f64(), &copy_sent],
+        )
+        .await?;
+    if n == 1 { Ok(()) } else { Err(StoreError::Fenced) }
+}
+
 /// Gives up a job whose task panicked: the lease is released and the job counted as abandoned,
 /// so that a job that keeps crashing its task ends as poison.
 pub(super) async fn abandon(pool: &Pool, job_id: Uuid, token: i64) -> Result<(), StoreError> {
@@ -158,46 +182,6 @@ pub(super) async fn fail(
     super::outbox::insert(&tx, event.event_id, Some(job_id), EventKind::Failed, event).await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// What became of a cancel request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelRequest {
-    /// Recorded: the replica working the job stops at its next checkpoint.
-    Requested,
-    /// Recorded before: nothing changes.
-    AlreadyRequested,
-    /// The job has ended (`completed` or `failed`): nothing changes.
-    Ended(JobState),
-    /// No job of this user has this id (another user's job is not revealed).
-    Unknown,
-}
-
-/// Records that `user_id` asks to cancel `job_id`, if it is theirs and running.
-pub async fn request_cancel(pool: &Pool, job_id: Uuid, user_id: &str) -> Result<CancelRequest, StoreError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_opt(
-            "WITH job AS (SELECT status, cancel_requested_at FROM jobs WHERE job_id = $1 AND user_id = $2),
-                  upd AS (UPDATE jobs SET cancel_requested_at = now(), updated_at = now()
-                          WHERE job_id = $1 AND user_id = $2 AND status = 'running' AND cancel_requested_at IS NULL
-                          RETURNING 1)
-             SELECT job.status, job.cancel_requested_at IS NOT NULL AS before,
-                    (SELECT count(*) FROM upd) AS now
-             FROM job",
-            &[&job_id, &user_id],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Ok(CancelRequest::Unknown);
-    };
-    let (before, now): (bool, i64) = (row.get("before"), row.get("now"));
-    Ok(match JobState::parse(row.get("status"))? {
-        ended @ (JobState::Completed | JobState::Failed) => CancelRequest::Ended(ended),
-        JobState::Running if now == 1 => CancelRequest::Requested,
-        JobState::Running if before => CancelRequest::AlreadyRequested,
-        JobState::Running => CancelRequest::Requested,
-    })
 }
 
 /// Fails a job that no live replica is working, whether or not it was ever claimed, and queues
@@ -263,44 +247,79 @@ pub struct Stranded {
     pub request: serde_json::Value,
 }
 
+/// Which running jobs a sweep looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Parked jobs whose wait is over (cheap, by index: run every second).
+    Due,
+    /// Every running job that no delivery will bring back (see [`sweep`]).
+    Stranded,
+}
+
 /// Finds running jobs that no delivery will bring back, and stamps them so that neither this
 /// nor another replica's sweeper re-publishes them again before they are claimed (a claim clears
 /// the stamp; a long queue must not fill up with copies of one job):
+/// - parked jobs (no owner, the row is their record) whose wait is over;
 /// - the delivery was acked (early, or as a duplicate) and the owner's database sessions are
-///   gone (it died), or nobody owns it;
-/// - the lease expired more than a lease ago (a safety net for anything else that slipped).
+///   gone (it died);
+/// - the lease expired more than a lease ago (a safety net for anything else that slipped);
+/// - a job released without an owner whose copy has not been claimed for `restamp_after` (the
+///   copy waited in a queue that was purged, or was lost with a broker).
 ///
 /// A stamp older than `restamp_after` no longer counts: the copy it stands for may have been
 /// lost (a sweeper killed between stamp and publish, a queue purged), so the job is swept again.
 pub async fn sweep(
     pool: &Pool,
+    scope: Sweep,
     lease: Duration,
     restamp_after: Duration,
     limit: i64,
 ) -> Result<Vec<Stranded>, StoreError> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
-            "UPDATE jobs SET redispatched_at = now()
-             WHERE job_id IN (
-                SELECT job_id FROM jobs j
-                WHERE status = 'running'
-                  AND (redispatched_at IS NULL OR redispatched_at < now() - make_interval(secs => $4::float8))
-                  AND ((delivery_acked AND (owner IS NULL OR NOT EXISTS (
-                           SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || j.owner)))
-                       OR lease_until < now() - make_interval(secs => $1::float8))
-                ORDER BY updated_at
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED)
-             RETURNING job_id, request",
-            &[
-                &lease.as_secs_f64(),
-                &APP_PREFIX,
-                &limit,
-                &restamp_after.as_secs_f64(),
-            ],
-        )
-        .await?;
+    let rows = match scope {
+        Sweep::Due => {
+            client
+                .query(
+                    "UPDATE jobs SET redispatched_at = now()
+                     WHERE job_id IN (
+                        SELECT job_id FROM jobs
+                        WHERE status = 'running' AND owner IS NULL AND not_before <= now()
+                          AND delivery_acked AND redispatched_at IS NULL
+                        ORDER BY not_before
+                        LIMIT $1
+                        FOR UPDATE SKIP LOCKED)
+                     RETURNING job_id, request",
+                    &[&limit],
+                )
+                .await?
+        }
+        Sweep::Stranded => {
+            client
+                .query(
+                    "UPDATE jobs SET redispatched_at = now()
+                     WHERE job_id IN (
+                        SELECT job_id FROM jobs j
+                        WHERE status = 'running'
+                          AND (redispatched_at IS NULL OR redispatched_at < now() - make_interval(secs => $4::float8))
+                          AND ((owner IS NULL AND (not_before IS NULL OR not_before <= now())
+                                AND (delivery_acked OR updated_at < now() - make_interval(secs => $4::float8)))
+                               OR (owner IS NOT NULL AND delivery_acked AND NOT EXISTS (
+                                   SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || j.owner))
+                               OR lease_until < now() - make_interval(secs => $1::float8))
+                        ORDER BY updated_at
+                        LIMIT $3
+                        FOR UPDATE SKIP LOCKED)
+                     RETURNING job_id, request",
+                    &[
+                        &lease.as_secs_f64(),
+                        &APP_PREFIX,
+                        &limit,
+                        &restamp_after.as_secs_f64(),
+                    ],
+                )
+                .await?
+        }
+    };
     Ok(rows
         .into_iter()
         .map(|r| Stranded {

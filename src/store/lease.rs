@@ -77,6 +77,11 @@ impl Lease {
         jobs::release(&self.pool, self.job_id, self.token).await
     }
 
+    /// Parks the job unowned in Postgres until `wait` has passed (see [`jobs::park`]).
+    pub async fn park(&self, wait: Duration, copy_sent: bool) -> Result<(), StoreError> {
+        jobs::park(&self.pool, self.job_id, self.token, wait, copy_sent).await
+    }
+
     /// Gives up a job whose task panicked, counting it as abandoned (towards poison).
     pub async fn abandon(&self) -> Result<(), StoreError> {
         jobs::abandon(&self.pool, self.job_id, self.token).await

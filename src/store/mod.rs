@@ -6,6 +6,7 @@ pub mod claim;
 mod conninfo;
 pub mod jobs;
 pub mod lease;
+pub mod ledger;
 pub mod outbox;
 pub mod roadmaps;
 pub mod status;

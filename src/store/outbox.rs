@@ -69,24 +69,26 @@ impl ExpressLane {
     }
 }
 
-/// How long after a completion event was sent a copy of its job can have it sent again: a
-/// burst of duplicate publishes gets one re-announcement, not one each.
+/// How long after an outcome event was sent a copy of its job can have it sent again: a burst
+/// of duplicate publishes gets one re-announcement, not one each.
 pub const REANNOUNCE_AFTER: Duration = Duration::from_secs(2);
 
-/// Sends a completed job's completion event again, with its original event id: a backend that
-/// lost the result publishes the job again to fetch it. Completion rows are never trimmed (they
-/// hold the event without its roadmap, a few hundred bytes), so this works for any completed
-/// job; `false` if there is no such event, or it was sent less than [`REANNOUNCE_AFTER`] ago.
-pub async fn reannounce_completion(client: &impl GenericClient, job_id: Uuid) -> Result<bool, StoreError> {
+/// Sends an ended job's outcome event (`roadmap.completed` or `roadmap.failed`) again, with its
+/// original event id: a backend that lost the result publishes the job again to fetch it.
+/// Outcome rows are kept as long as their job (they hold the event without its roadmap, a few
+/// hundred bytes); `false` if there is no such event, or it was sent less than
+/// [`REANNOUNCE_AFTER`] ago.
+pub async fn reannounce_outcome(client: &impl GenericClient, job_id: Uuid) -> Result<bool, StoreError> {
     let updated = client
         .execute(
             "UPDATE outbox SET sent_at = NULL, relay_until = now(), attempts = 0, unrouted = false
-             WHERE job_id = $1 AND routing_key = $3
+             WHERE job_id = $1 AND routing_key IN ($3, $4)
                AND sent_at < now() - make_interval(secs => $2)",
             &[
                 &job_id,
                 &REANNOUNCE_AFTER.as_secs_f64(),
                 &EventKind::Completed.routing_key(),
+                &EventKind::Failed.routing_key(),
             ],
         )
         .await?;

@@ -12,7 +12,8 @@ use super::{StoreError, jobs::JobState};
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
     pub job_id: Uuid,
-    pub user_id: String,
+    /// `None` for a refused message that named no user.
+    pub user_id: Option<String>,
     pub status: JobState,
     pub batches_done: i32,
     pub batches_total: i32,

@@ -1,9 +1,11 @@
 //! The cancel queue's consumer. A job's user publishes a cancel message (routing key
-//! `roadmap.cancel`); whichever replica takes it records the request in Postgres, and the
-//! replica working the job sees it at its next checkpoint and stops there (the job fails with
-//! reason `cancelled`, its batches kept). A cancel that changes nothing (the job has ended, or
-//! no job of that user has that id) is answered with a `roadmap.cancel_rejected` event; a
-//! malformed one is dead-lettered with its reason.
+//! `roadmap.cancel`); whichever replica takes it records the request in Postgres. The replica
+//! working the job sees it at its next checkpoint and stops there (the job fails with reason
+//! `cancelled`, its batches kept); a job that no replica holds (not arrived yet, or waiting)
+//! ends at once, and a copy that arrives later never runs. A cancel that changes nothing (the
+//! job has ended, or the job_id is another user's) is answered with a
+//! `roadmap.cancel_rejected` event; a malformed one is dead-lettered with its reason. A cancel
+//! that cannot be recorded (the database is away) waits in its own retry queue.
 
 use std::sync::Arc;
 
@@ -14,32 +16,29 @@ use uuid::Uuid;
 
 use super::{Context, settle};
 use crate::{
+    amqp,
+    domain::event::JobFailure,
     domain::event::{CancelRejected, EventKind},
-    store::{
-        self,
-        jobs::{CancelRequest, JobState},
-        with_retries,
-    },
+    metrics::Deferral,
+    store::{self, jobs::JobState, ledger::CancelRequest, with_retries},
 };
 
 /// The reason code of a malformed cancel message in the dead-letter queue.
 const INVALID_CANCEL: &str = "invalid_cancel";
 
-/// Consumes the cancel queue on `channel` until the channel or the worker stops.
-pub(super) async fn run(channel: Channel, ctx: Arc<Context>) {
-    if let Err(e) = consume(&channel, &ctx).await {
-        warn!(error = %e, "the cancel consumer stopped; it restarts with the next broker session");
-    }
+/// Consumes the cancel queue on channels of its own until the connection or the worker stops.
+pub(super) async fn run(connection: std::sync::Arc<lapin::Connection>, ctx: Arc<Context>) {
+    super::keep_consuming(&connection, &ctx, "cancel", |channel| consume(channel, &ctx)).await;
 }
 
 /// Cancel messages taken at once: each is one quick statement.
 const PREFETCH: u16 = 8;
 
-async fn consume(channel: &Channel, ctx: &Context) -> lapin::Result<()> {
+async fn consume(channel: Channel, ctx: &Context) -> lapin::Result<()> {
     channel
         .basic_qos(PREFETCH, lapin::options::BasicQosOptions::default())
         .await?;
-    super::consume_each(channel, ctx, &ctx.topology.cancel_queue, "cancel", |d| {
+    super::consume_each(&channel, ctx, &ctx.topology.cancel_queue, "cancel", |d| {
         handle(ctx, d)
     })
     .await
@@ -72,18 +71,21 @@ async fn handle(ctx: &Context, delivery: Delivery) {
         }
     };
     let pool = ctx.runner.pool();
-    let answer = match with_retries(|| store::jobs::request_cancel(pool, job_id, &user_id)).await {
+    let answer = match with_retries(|| store::ledger::request_cancel(pool, job_id, &user_id)).await {
         Ok(answer) => answer,
         Err(e) => {
-            // Back to the queue: the request is not lost while the database is away.
             warn!(error = %e, %job_id, "could not record a cancel; it is tried again");
-            let _ = settle::hand_back(ctx, &delivery, crate::metrics::Deferral::Database, false).await;
-            return;
+            return wait(ctx, delivery).await;
         }
     };
     let rejection = match answer {
         CancelRequest::Requested | CancelRequest::AlreadyRequested => {
             info!(%job_id, ?answer, "cancel recorded; the job stops at its next batch");
+            None
+        }
+        CancelRequest::Cancelled => {
+            info!(%job_id, "no replica had the job; it is cancelled and will not run");
+            ctx.metrics.job_failed(JobFailure::Cancelled);
             None
         }
         CancelRequest::Ended(status) => Some((
@@ -95,7 +97,7 @@ async fn handle(ctx: &Context, delivery: Delivery) {
         )),
         CancelRequest::Unknown => Some((
             "unknown_job",
-            "no job of this user has this job_id (or it has not started yet); nothing was changed".to_owned(),
+            "no job of this user has this job_id; nothing was changed".to_owned(),
         )),
     };
     if let Some((reason, message)) = rejection {
@@ -108,9 +110,33 @@ async fn handle(ctx: &Context, delivery: Delivery) {
         .await;
         if let Err(e) = queued {
             warn!(error = %e, %job_id, "could not queue the cancel's answer; the cancel is tried again");
-            let _ = settle::hand_back(ctx, &delivery, crate::metrics::Deferral::Database, false).await;
-            return;
+            return wait(ctx, delivery).await;
         }
     }
     let _ = delivery.ack(BasicAckOptions::default()).await;
+}
+
+/// The database is away: the cancel waits in the cancel retry queue (never the job path, where
+/// it would be refused as a malformed job) and comes back to this queue after RETRY_DELAY_SECS.
+/// If even that copy cannot be made, the delivery goes back to the cancel queue.
+async fn wait(ctx: &Context, delivery: Delivery) {
+    let props = amqp::republished(&delivery.properties);
+    let queue = &ctx.topology.cancel_retry_queue;
+    match ctx
+        .publish_delayed(queue, &delivery.data, props, ctx.settings.retry_delay)
+        .await
+    {
+        Ok(()) => {
+            ctx.metrics.delivery_deferred(Deferral::Database);
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            warn!(error = %e, "could not delay a cancel; it goes back to its queue");
+            let requeue = lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            let _ = delivery.nack(requeue).await;
+        }
+    }
 }

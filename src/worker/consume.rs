@@ -4,11 +4,11 @@
 //!
 //! When Postgres stays down past the store's retries, or the provider refuses our key or model,
 //! intake stops (`basic.cancel`): the queue keeps the jobs instead of every replica spinning
-//! them through failed claims. Deliveries already prefetched are handed back once, through the
-//! retry queue, and a probe every LLM_PROBE_INTERVAL_SECS resumes intake once the dependency
+//! them through failed claims. Deliveries already prefetched are handed back once (through the
+//! retry queue while the database is down), and a probe every LLM_PROBE_INTERVAL_SECS resumes intake once the dependency
 //! answers again. `/readyz` and `roadmap_intake_paused{reason}` show why meanwhile.
 
-use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{collections::VecDeque, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -21,6 +21,7 @@ use lapin::{
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
+    time::Instant,
 };
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
@@ -45,6 +46,11 @@ const EARLY_ACK_RETRY: Duration = Duration::from_secs(30);
 /// as tasks in `tasks`, bounded by `slots`; they outlive a failed session and are drained by
 /// the caller at shutdown. Interactive jobs take their turn before bulk ones (see [`lanes`]).
 ///
+/// Every delivery is taken from its consumer as it arrives and waits here for a slot, at most
+/// AMQP_ACK_DEADLINE_SECS (which operators keep below the broker's consumer timeout): one that
+/// finds no slot by then goes back to its queue, so that no delivery ages unacked towards the
+/// consumer timeout, which would close the channel under every job on it.
+///
 /// [`lanes`]: super::lanes
 pub(super) async fn consume(
     channel: &Channel,
@@ -53,64 +59,69 @@ pub(super) async fn consume(
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let mut paused = ctx.intake.paused.subscribe();
+    let slot_wait = ctx.settings.ack_deadline;
     loop {
         let tag = format!("{}-{}", ctx.runner.owner(), Uuid::new_v4().simple());
         let bulk_tag = format!("{tag}-bulk");
         let mut consumer = start_consumer(channel, &ctx.topology.queue, &tag).await?;
         let mut bulk = start_consumer(channel, &ctx.topology.bulk_queue, &bulk_tag).await?;
         info!(queue = %ctx.topology.queue, bulk_queue = %ctx.topology.bulk_queue, "consuming");
+        let mut waiting = WaitingRoom::default();
         // Take deliveries until shutdown (Ok) or a dependency fault (Err).
         let stopped: Result<(), ()> = loop {
             while tasks.try_join_next().is_some() {}
-            let (next, lane, permit) = match slots.clone().try_acquire_owned() {
-                // A free slot: interactive work first, bulk work only when none is waiting.
-                Ok(permit) => tokio::select! {
-                    biased;
-                    () = ctx.drain.shutdown.cancelled() => break Ok(()),
-                    _ = paused.wait_for(|p| p.any()) => break Err(()),
-                    next = consumer.next() => (next, Lane::Interactive, permit),
-                    next = bulk.next() => (next, Lane::Bulk, permit),
-                    // A finished task keeps its cell (the size of a job's future) until joined;
-                    // an idle replica after a burst would hold thousands.
-                    Some(_) = tasks.join_next() => continue,
-                },
-                // Every slot busy: an interactive job that arrives has a bulk job yield its slot.
-                Err(_) => {
-                    let next = tokio::select! {
-                        biased;
-                        () = ctx.drain.shutdown.cancelled() => break Ok(()),
-                        _ = paused.wait_for(|p| p.any()) => break Err(()),
-                        permit = slots.clone().acquire_owned() => {
-                            drop(permit);
-                            continue;
-                        }
-                        next = consumer.next() => next,
-                    };
-                    if ctx.intake.bulk.yield_one() {
-                        info!("interactive job waiting; a bulk job yields its slot at its next batch");
-                    }
-                    let permit = tokio::select! {
-                        permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-                        () = ctx.drain.shutdown.cancelled() => {
-                            if let Some(Ok(delivery)) = next {
-                                let _ = settle::hand_back(ctx, &delivery, Deferral::Shutdown, false).await;
-                            }
-                            break Ok(());
-                        }
-                    };
-                    (next, Lane::Interactive, permit)
+            // Free slots go to waiting deliveries, interactive ones first.
+            while let Some(permit) = waiting
+                .has_any()
+                .then(|| slots.clone().try_acquire_owned().ok())
+                .flatten()
+            {
+                let (delivery, lane) = waiting.next().expect("a delivery is waiting");
+                spawn_job(ctx, tasks, delivery, lane, permit);
+            }
+            let expiry = waiting.oldest().map(|since| since + slot_wait);
+            let next = tokio::select! {
+                biased;
+                () = ctx.drain.shutdown.cancelled() => break Ok(()),
+                _ = paused.wait_for(|p| p.any()) => break Err(()),
+                // A slot came free: the loop hands it out.
+                permit = slots.clone().acquire_owned(), if waiting.has_any() => {
+                    drop(permit);
+                    continue;
                 }
+                next = consumer.next() => (next, Lane::Interactive),
+                next = bulk.next() => (next, Lane::Bulk),
+                () = sleep_until_some(expiry) => (None, Lane::Interactive),
+                // A finished task keeps its cell (the size of a job's future) until joined;
+                // an idle replica after a burst would hold thousands.
+                Some(_) = tasks.join_next() => continue,
             };
+            if expiry.is_some_and(|at| at <= Instant::now()) {
+                for delivery in waiting.expire(slot_wait) {
+                    warn!("no slot came free within AMQP_ACK_DEADLINE_SECS; the job goes back to its queue");
+                    let _ = settle::hand_back(ctx, &delivery, Deferral::NoSlot, false).await;
+                }
+                if next.0.is_none() {
+                    continue;
+                }
+            }
             let delivery = match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Err(anyhow::Error::new(e).context("the consumer failed")),
-                None => return Err(anyhow::anyhow!("the broker closed the consumer")),
+                (Some(Ok(delivery)), lane) => (delivery, lane),
+                (Some(Err(e)), _) => return Err(anyhow::Error::new(e).context("the consumer failed")),
+                (None, _) => return Err(anyhow::anyhow!("the broker closed the consumer")),
             };
-            spawn_job(ctx, tasks, delivery, lane, permit);
+            // Every slot busy: an interactive job that arrives has a bulk job yield its slot.
+            if delivery.1 == Lane::Interactive
+                && slots.available_permits() == 0
+                && ctx.intake.bulk.yield_one()
+            {
+                info!("interactive job waiting; a bulk job yields its slot at its next batch");
+            }
+            waiting.push(delivery.0, delivery.1);
         };
         // Stop intake in both cases, so nothing new arrives while we drain or wait. Deliveries
         // the broker had already pushed to this consumer go back without spending a delivery:
-        // at once on shutdown, through the retry queue while a dependency is down.
+        // through the retry queue while the database is down, else straight to their queue.
         for t in [&tag, &bulk_tag] {
             let _ = channel
                 .basic_cancel(t.as_str().into(), BasicCancelOptions::default())
@@ -123,6 +134,9 @@ pub(super) async fn consume(
         } else {
             Deferral::Provider
         };
+        for delivery in waiting.drain() {
+            let _ = settle::hand_back(ctx, &delivery, reason, false).await;
+        }
         for queue in [&mut consumer, &mut bulk] {
             while let Ok(Some(Ok(delivery))) =
                 tokio::time::timeout(Duration::from_millis(50), queue.next()).await
@@ -137,6 +151,69 @@ pub(super) async fn consume(
             return Ok(());
         }
         info!("dependencies answer again; resuming intake");
+    }
+}
+
+/// Sleeps until `at`, or for ever without it.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Deliveries taken from the work queues that wait for a slot, by lane, oldest first.
+#[derive(Default)]
+struct WaitingRoom {
+    interactive: VecDeque<(Delivery, Instant)>,
+    bulk: VecDeque<(Delivery, Instant)>,
+}
+
+impl WaitingRoom {
+    fn push(&mut self, delivery: Delivery, lane: Lane) {
+        let entry = (delivery, Instant::now());
+        match lane {
+            Lane::Interactive => self.interactive.push_back(entry),
+            Lane::Bulk => self.bulk.push_back(entry),
+        }
+    }
+
+    fn has_any(&self) -> bool {
+        !self.interactive.is_empty() || !self.bulk.is_empty()
+    }
+
+    /// The next delivery for a free slot: interactive work first.
+    fn next(&mut self) -> Option<(Delivery, Lane)> {
+        if let Some((delivery, _)) = self.interactive.pop_front() {
+            return Some((delivery, Lane::Interactive));
+        }
+        self.bulk.pop_front().map(|(delivery, _)| (delivery, Lane::Bulk))
+    }
+
+    /// When the longest-waiting delivery arrived.
+    fn oldest(&self) -> Option<Instant> {
+        let first = |q: &VecDeque<(Delivery, Instant)>| q.front().map(|(_, at)| *at);
+        match (first(&self.interactive), first(&self.bulk)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes out the deliveries that have waited `limit` or longer.
+    fn expire(&mut self, limit: Duration) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for queue in [&mut self.interactive, &mut self.bulk] {
+            while queue.front().is_some_and(|(_, at)| at.elapsed() >= limit) {
+                out.extend(queue.pop_front().map(|(delivery, _)| delivery));
+            }
+        }
+        out
+    }
+
+    fn drain(&mut self) -> Vec<Delivery> {
+        let mut out: Vec<Delivery> = self.interactive.drain(..).map(|(d, _)| d).collect();
+        out.extend(self.bulk.drain(..).map(|(d, _)| d));
+        out
     }
 }
 

@@ -32,8 +32,7 @@ pub(super) struct Context {
 pub(super) struct IntakeSettings {
     /// Jobs in flight at once (`WORKER_CONCURRENCY`): the broker's prefetch and the slots.
     pub(super) concurrency: u16,
-    /// How often a paused dependency is probed; also how long a job handed back for the
-    /// provider waits in the retry queue.
+    /// How often a paused dependency is probed.
     pub(super) probe_interval: Duration,
     /// How long a job handed back during a database outage waits in the retry queue.
     pub(super) retry_delay: Duration,
@@ -102,6 +101,20 @@ impl Context {
         publisher
             .publish(&self.topology.jobs_exchange, routing_key, body, props, true)
             .await
+    }
+
+    /// Publishes a message to `queue`, a retry queue, to wait there for `delay` (its TTL) and
+    /// expire back to where the queue sends it. `props` should be [`amqp::republished`].
+    pub(super) async fn publish_delayed(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: lapin::BasicProperties,
+        delay: Duration,
+    ) -> Result<(), amqp::PublishError> {
+        let publisher = self.publisher().ok_or(amqp::PublishError::NotConnected)?;
+        let props = props.with_expiration(delay.as_millis().to_string().into());
+        publisher.publish("", queue, body, props, true).await
     }
 
     /// Pauses intake until `dependency` passes a probe.

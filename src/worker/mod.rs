@@ -92,15 +92,37 @@ where
     }
 }
 
-/// How long a job over its user's `USER_MAX_IN_FLIGHT` waits in the retry queue before it is
-/// tried again, after `waits` earlier waits: 2 s, 4 s, 8 s, then 10 s. Short at first, so that
-/// a freed turn is taken soon; longer for a long backlog, whose every try is a claim statement
-/// and a re-publish.
-fn user_turn_delay(waits: u32) -> Duration {
-    USER_TURN_WAIT.nth_delay(waits)
+/// Runs a side consumer (cancel, recovery) on channels of its own for the life of
+/// `connection`: when the broker closes its channel (a consumer timeout, a channel error) or
+/// cancels its consumer, a new channel is opened after a backoff, so that the consumer does not
+/// stay dead until the work queues' channel fails. Returns at shutdown or when the connection
+/// is gone (the next broker session starts the consumer again).
+async fn keep_consuming<F, Fut>(connection: &Connection, ctx: &Context, role: &str, mut consume: F)
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: std::future::Future<Output = lapin::Result<()>>,
+{
+    let mut backoff = reconnect_backoff();
+    loop {
+        let ended = match connection.create_channel().await {
+            Ok(channel) => consume(channel).await,
+            Err(e) => Err(e),
+        };
+        if ctx.drain.shutdown.is_cancelled() || !connection.status().connected() {
+            return;
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(15));
+        match ended {
+            Ok(()) => warn!(role, "the broker cancelled a consumer; consuming again"),
+            Err(e) => warn!(role, error = %e, "a consumer's channel failed; consuming again"),
+        }
+        ctx.metrics.consumer_restarted(role);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = ctx.drain.shutdown.cancelled() => return,
+        }
+    }
 }
-
-const USER_TURN_WAIT: RetryPolicy = RetryPolicy::new(Duration::from_secs(2), Duration::from_secs(10));
 
 /// What the background tasks (relay, sweeper) share. They stop on `stop`, which fires after the
 /// drain, so that the relay's last pass still has the broker.
@@ -270,8 +292,6 @@ async fn sessions(
             connection,
             publisher,
             jobs,
-            recover,
-            cancel,
         } = match session {
             Ok(s) => s,
             // A broker that is unreachable at start is a configuration problem: say so.
@@ -297,9 +317,9 @@ async fn sessions(
         backoff = reconnect_backoff();
         links.connection.send_replace(Some(connection.clone()));
         links.publisher.send_replace(Some(publisher));
-        // They end with the session's channels; the next session starts others.
-        tokio::spawn(cancel::run(cancel, ctx.clone()));
-        tokio::spawn(recover::run(recover, ctx.clone()));
+        // They end with the session's connection; the next session starts others.
+        tokio::spawn(cancel::run(connection.clone(), ctx.clone()));
+        tokio::spawn(recover::run(connection.clone(), ctx.clone()));
         if let Some(tx) = links.started.take() {
             let _ = tx.send(links.running.clone());
         }
@@ -321,12 +341,9 @@ struct BrokerSession {
     connection: Arc<Connection>,
     /// Confirmed publishing (events, hand-backs, dead letters).
     publisher: Publisher,
-    /// The work queues' consumer, with prefetch `WORKER_CONCURRENCY`.
+    /// The work queues' consumers, with prefetch `WORKER_CONCURRENCY`. The cancel and
+    /// recovery consumers open channels of their own (see [`keep_consuming`]).
     jobs: Channel,
-    /// The recovery queue's consumer (it sets its own small prefetch).
-    recover: Channel,
-    /// The cancel queue's consumer (it sets its own small prefetch).
-    cancel: Channel,
 }
 
 /// Connects, declares the topology, and opens the publisher and the consumers' channels.
@@ -350,20 +367,10 @@ async fn open_session(
         .context("opening the consumer channel")?;
     // Two bounds: the broker sends no more than we can work; the semaphore enforces it.
     jobs.basic_qos(concurrency, BasicQosOptions::default()).await?;
-    let recover = connection
-        .create_channel()
-        .await
-        .context("opening the recovery channel")?;
-    let cancel = connection
-        .create_channel()
-        .await
-        .context("opening the cancel channel")?;
     Ok(BrokerSession {
         connection,
         publisher,
         jobs,
-        recover,
-        cancel,
     })
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicQosOptions},
+    options::{BasicAckOptions, BasicNackOptions, BasicQosOptions},
     types::{AMQPValue, ShortString},
 };
 use tracing::{info, warn};
@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{Context, consume, settle};
 use crate::{
-    amqp::{PublishError, topology::JOB_ROUTING_KEY},
+    amqp::{self, PublishError, topology::JOB_ROUTING_KEY},
     domain::{
         JobRequest, Rejection,
         event::{Failed, JobFailure},
@@ -35,16 +35,14 @@ const RECOVERIES: &str = "x-roadmap-recoveries";
 /// Messages taken at once; recovery is rare and each is quick.
 const PREFETCH: u16 = 4;
 
-/// Consumes the recovery queue on `channel` until the channel or the worker stops.
-pub(super) async fn run(channel: Channel, ctx: Arc<Context>) {
-    if let Err(e) = consume(&channel, &ctx).await {
-        warn!(error = %e, "the recovery consumer stopped; it restarts with the next broker session");
-    }
+/// Consumes the recovery queue on channels of its own until the connection or the worker stops.
+pub(super) async fn run(connection: std::sync::Arc<lapin::Connection>, ctx: Arc<Context>) {
+    super::keep_consuming(&connection, &ctx, "recover", |channel| consume(channel, &ctx)).await;
 }
 
-async fn consume(channel: &Channel, ctx: &Context) -> lapin::Result<()> {
+async fn consume(channel: Channel, ctx: &Context) -> lapin::Result<()> {
     channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-    super::consume_each(channel, ctx, &ctx.topology.recover_queue, "recover", |d| {
+    super::consume_each(&channel, ctx, &ctx.topology.recover_queue, "recover", |d| {
         recover(ctx, d)
     })
     .await
@@ -66,9 +64,8 @@ async fn recover(ctx: &Context, delivery: Delivery) {
     let recovery = match result {
         Ok(recovery) => recovery,
         Err(e) => {
-            // Left unacked: the broker offers it again when this channel closes.
-            warn!(job_id = %job.job_id, error = %e, "could not account for a dead-lettered job; it stays queued");
-            return;
+            warn!(job_id = %job.job_id, error = %e, "could not account for a dead-lettered job; it is tried again");
+            return wait(ctx, delivery).await;
         }
     };
     info!(job_id = %job.job_id, recoveries, outcome = recovery.as_str(), "dead-lettered job accounted for");
@@ -88,11 +85,36 @@ enum RecoverError {
     Broker(#[from] lapin::Error),
 }
 
+/// Nothing could be done now (the database or the broker is away): the message waits in the
+/// recovery retry queue and comes back here after RETRY_DELAY_SECS. Every delivery is settled:
+/// one left unacked would starve this consumer and, past the broker's consumer timeout, close
+/// its channel. If even that copy cannot be made, it goes back to the recovery queue.
+async fn wait(ctx: &Context, delivery: Delivery) {
+    let props = amqp::republished(&delivery.properties);
+    let queue = &ctx.topology.recover_retry_queue;
+    match ctx
+        .publish_delayed(queue, &delivery.data, props, ctx.settings.retry_delay)
+        .await
+    {
+        Ok(()) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            warn!(error = %e, "could not delay a recovery; it goes back to its queue");
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            let _ = delivery.nack(requeue).await;
+        }
+    }
+}
+
 /// Back to the work queue with the count raised; a fresh message starts a fresh delivery count.
 async fn requeue(ctx: &Context, delivery: &Delivery, recoveries: u32) -> Result<(), RecoverError> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(ShortString::from(RECOVERIES), AMQPValue::LongUInt(recoveries));
-    let props = delivery.properties.clone().with_headers(headers);
+    let props = amqp::republished(&delivery.properties.clone().with_headers(headers));
     ctx.publish_job(&delivery.data, props, JOB_ROUTING_KEY).await?;
     Ok(())
 }
@@ -124,11 +146,11 @@ async fn give_up(ctx: &Context, delivery: &Delivery, job: &JobRequest) -> Result
     Ok(Recovery::Failed)
 }
 
-/// A malformed message: refused as at intake. Unlike at intake, a failed copy leaves the message
-/// here (unacked, offered again later): the recovery queue has no dead-letter queue behind it.
+/// A malformed message: refused as at intake. Unlike at intake, a failed copy makes the message
+/// wait and come back here: the recovery queue has no dead-letter queue behind it.
 async fn refuse(ctx: &Context, delivery: Delivery, rejection: &Rejection) {
     let code = rejection.reason.code();
-    settle::queue_failed_event(ctx, rejection).await;
+    settle::record_refusal(ctx, rejection, &delivery.data).await;
     match settle::copy_to_dead_letters(ctx, &delivery, code, &rejection.reason.to_string()).await {
         Ok(()) => {
             ctx.metrics.delivery_recovered(Recovery::Failed);
@@ -136,6 +158,9 @@ async fn refuse(ctx: &Context, delivery: Delivery, rejection: &Rejection) {
                 warn!(error = %e, "could not ack a refused recovered message");
             }
         }
-        Err(e) => warn!(error = %e, reason = code, "could not file a refused message; it stays queued"),
+        Err(e) => {
+            warn!(error = %e, reason = code, "could not file a refused message; it is tried again");
+            wait(ctx, delivery).await;
+        }
     }
 }

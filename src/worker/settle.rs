@@ -1,20 +1,24 @@
 //! Settling deliveries: the one place where an outcome becomes ack, hand-back or dead-letter.
 //!
+//! # Waits are kept in Postgres
+//!
+//! A job that must wait (its user's turn, a provider fault) is parked in its row with the time
+//! it is due, and its delivery is acked: the row is its record, and the sweeper dispatches it
+//! again. The broker keeps a job only while Postgres is down: then the copy goes through the
+//! retry queue, persistent, without the broker's dead-letter history.
+//!
 //! # Hand-backs spend no delivery
 //!
 //! A quorum queue counts every `nack(requeue)` against its `x-delivery-limit`, so a fleet that
 //! restarts or waits out an outage with requeues would dead-letter healthy jobs. A job handed
-//! back is instead re-published (straight to the work queue on shutdown; through the retry
-//! queue, whose per-message TTL expires it back, while a dependency is down) and then acked. A
-//! requeue is left only as the last resort when no broker session can take the copy.
-
-use std::time::Duration;
+//! back is instead re-published (straight to its work queue, or through the retry queue while
+//! the database is down) and then acked. A requeue is left only as the last resort when no
+//! broker session can take the copy.
 
 use lapin::{
-    BasicProperties,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
-    types::{AMQPValue, LongString, ShortString},
+    types::{AMQPValue, LongString},
 };
 use tracing::{error, warn};
 use uuid::Uuid;
@@ -22,12 +26,12 @@ use uuid::Uuid;
 use super::Context;
 use crate::{
     amqp::{
-        PublishError,
+        self, PublishError,
         topology::{BULK_ROUTING_KEY, JOB_ROUTING_KEY, REJECTED_ROUTING_KEY},
     },
     domain::{
         Rejection,
-        event::{self, EventKind, JobFailure},
+        event::{self, JobFailure},
     },
     metrics::{Deferral, Dependency},
     pipeline::outcome::Outcome,
@@ -50,8 +54,14 @@ pub(super) enum Disposition {
 /// The single mapping from outcome to broker action.
 pub(super) fn disposition(outcome: &Outcome) -> Disposition {
     match outcome {
-        // Finished, or nothing left to do here (ended before, or another replica has it).
-        Outcome::Completed | Outcome::Failed | Outcome::Duplicate | Outcome::Fenced => Disposition::Ack,
+        // Finished, or nothing left to do here (ended before, or another replica has it), or
+        // waiting in Postgres (the row is the record; the sweeper dispatches it when due).
+        Outcome::Completed
+        | Outcome::Failed
+        | Outcome::Duplicate
+        | Outcome::Fenced
+        | Outcome::UserBusy
+        | Outcome::ProviderFault { parked: true, .. } => Disposition::Ack,
         Outcome::Refused(r) => Disposition::DeadLetter {
             reason: r.reason.code(),
         },
@@ -62,17 +72,10 @@ pub(super) fn disposition(outcome: &Outcome) -> Disposition {
         Outcome::Stopped => Disposition::HandBack {
             reason: Deferral::Shutdown,
         },
-        // Intake pauses on a provider fault; the job waits out a probe interval.
-        Outcome::ProviderFault(_) => Disposition::HandBack {
-            reason: Deferral::Provider,
-        },
-        // Intake pauses too; waiting in the retry queue keeps the message from spinning.
-        Outcome::StoreDown(_) => Disposition::HandBack {
+        // The database is away: the broker keeps the job, through the retry queue, until it is
+        // back.
+        Outcome::StoreDown(_) | Outcome::ProviderFault { parked: false, .. } => Disposition::HandBack {
             reason: Deferral::Database,
-        },
-        // Through the retry queue: the wait holds no worker slot and spends no delivery.
-        Outcome::UserBusy => Disposition::HandBack {
-            reason: Deferral::User,
         },
     }
 }
@@ -87,16 +90,18 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
             ctx.metrics.job_rejected(&r.reason);
         }
         Outcome::Poison { abandoned } => error!(abandoned, "poison job dead-lettered"),
-        Outcome::ProviderFault(e) => {
-            error!(error = %e, "LLM provider refuses requests; job handed back");
+        Outcome::ProviderFault { fault, .. } => {
+            error!(error = %fault, "LLM provider refuses requests; the job waits for it");
+            ctx.metrics.delivery_deferred(Deferral::Provider);
             ctx.pause(Dependency::Provider);
         }
+        Outcome::UserBusy => ctx.metrics.delivery_deferred(Deferral::User),
         Outcome::StoreDown(e) => {
             error!(error = %e, "database unavailable; job handed back");
             ctx.pause(Dependency::Database);
         }
         Outcome::Duplicate => ctx.metrics.duplicate_deliveries.inc(),
-        Outcome::Completed | Outcome::Failed | Outcome::Fenced | Outcome::Stopped | Outcome::UserBusy => {}
+        Outcome::Completed | Outcome::Failed | Outcome::Fenced | Outcome::Stopped => {}
     }
     let settled = match disposition {
         Disposition::Ack if acked_early => Ok(()),
@@ -105,7 +110,7 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
         Disposition::DeadLetter { reason } => {
             let message = match &outcome {
                 Outcome::Refused(rejection) => {
-                    queue_failed_event(ctx, rejection).await;
+                    record_refusal(ctx, rejection, &delivery.data).await;
                     rejection.reason.to_string()
                 }
                 _ => "the job failed its workers too many times".to_owned(),
@@ -118,9 +123,6 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
         warn!(error = %e, "could not settle a delivery; it will be redelivered");
     }
 }
-
-/// The header that counts how often a job waited for its user's turn (`USER_MAX_IN_FLIGHT`).
-const USER_WAITS: &str = "x-roadmap-user-waits";
 
 /// A whole-number header of `delivery`, 0 when absent or of another type.
 pub(super) fn header_count(delivery: &Delivery, name: &str) -> u32 {
@@ -137,30 +139,35 @@ pub(super) fn header_count(delivery: &Delivery, name: &str) -> u32 {
     }
 }
 
-/// Re-publishes the message (delayed for a dependency outage), then acks the delivery.
+/// Re-publishes the message (through the retry queue while the database is down, else straight
+/// to its work queue), then acks the delivery.
 pub(super) async fn hand_back(
     ctx: &Context,
     delivery: &Delivery,
     reason: Deferral,
     acked_early: bool,
 ) -> lapin::Result<()> {
-    let mut props = delivery.properties.clone();
-    // How long the job waits before it is tried again, by why it was handed back.
-    let delay = match reason {
-        Deferral::Shutdown => Duration::ZERO,
-        Deferral::Provider => ctx.settings.probe_interval,
-        Deferral::Database => ctx.settings.retry_delay,
-        // A job waiting for its user's turn waits longer each time (2, 4, 8, then 10 s), so a
-        // long backlog of one user is not spun through the queue every 2 s.
-        Deferral::User => {
-            let waits = header_count(delivery, USER_WAITS);
-            let mut headers = props.headers().clone().unwrap_or_default();
-            headers.insert(USER_WAITS.into(), AMQPValue::LongUInt(waits.saturating_add(1)));
-            props = props.with_headers(headers);
-            super::user_turn_delay(waits)
+    let props = amqp::republished(&delivery.properties);
+    let published = match reason {
+        Deferral::Database => {
+            ctx.publish_delayed(
+                &ctx.topology.retry_queue,
+                &delivery.data,
+                props,
+                ctx.settings.retry_delay,
+            )
+            .await
+        }
+        // Back to the queue it came from (a bulk job to the bulk queue).
+        _ => {
+            let key = match delivery.routing_key.as_str() {
+                BULK_ROUTING_KEY => BULK_ROUTING_KEY,
+                _ => JOB_ROUTING_KEY,
+            };
+            ctx.publish_job(&delivery.data, props, key).await
         }
     };
-    match republish(ctx, delivery, props, delay).await {
+    match published {
         Ok(()) => {
             ctx.metrics.delivery_deferred(reason);
             if acked_early {
@@ -185,33 +192,12 @@ pub(super) async fn hand_back(
     }
 }
 
-/// Puts the message back to work: at once on the jobs exchange, or after `delay` through the
-/// retry queue (by the default exchange), with its original properties.
-async fn republish(
-    ctx: &Context,
-    delivery: &Delivery,
-    props: BasicProperties,
-    delay: Duration,
-) -> Result<(), PublishError> {
-    if delay.is_zero() {
-        // Back to the queue it came from (a bulk job to the bulk queue).
-        let key = match delivery.routing_key.as_str() {
-            BULK_ROUTING_KEY => BULK_ROUTING_KEY,
-            _ => JOB_ROUTING_KEY,
-        };
-        return ctx.publish_job(&delivery.data, props, key).await;
-    }
-    let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
-    let props: BasicProperties = props.with_expiration(ShortString::from(delay.as_millis().to_string()));
-    publisher
-        .publish("", &ctx.topology.retry_queue, &delivery.data, props, true)
-        .await
-}
-
-/// Queues `roadmap.failed` for a refused message whose job_id is readable, unless a job with
-/// that id exists (a refusal never announces a second outcome for a job). The event id is
-/// stable per job, reason and sender, so a redelivered refusal is not announced twice.
-pub(super) async fn queue_failed_event(ctx: &Context, rejection: &Rejection) {
+/// Records a refused message whose job_id is readable as that job's outcome: a failed row
+/// and its `roadmap.failed` event, unless the job_id is known already (a refusal never gives a
+/// job a second outcome; a copy under an ended job_id has its outcome announced again). The
+/// event id is stable per job, reason and sender, so a redelivered refusal is not announced
+/// twice.
+pub(super) async fn record_refusal(ctx: &Context, rejection: &Rejection, body: &[u8]) {
     let Some(job_id) = rejection.job_id else {
         return;
     };
@@ -225,15 +211,11 @@ pub(super) async fn queue_failed_event(ctx: &Context, rejection: &Rejection) {
     let key = format!("rejected:{code}:{}", rejection.user_id.as_deref().unwrap_or(""));
     failed.event_id = Uuid::new_v5(&job_id, key.as_bytes());
     let pool = ctx.runner.pool();
-    let queued = with_retries(|| async {
-        let client = pool.get().await?;
-        store::outbox::insert_refusal(&client, failed.event_id, job_id, EventKind::Failed, &failed).await
-    })
-    .await;
-    match queued {
+    let recorded = with_retries(|| store::ledger::refuse(pool, rejection, body, &failed)).await;
+    match recorded {
         Ok(true) => ctx.metrics.job_failed(&rejection.reason),
         Ok(false) => {}
-        Err(e) => warn!(error = %e, "could not queue the failed event"),
+        Err(e) => warn!(error = %e, "could not record the refusal"),
     }
 }
 
@@ -310,21 +292,13 @@ mod tests {
     use crate::{domain::RejectReason, llm::LlmError};
 
     #[test]
-    fn a_user_backlog_waits_longer_each_turn_up_to_ten_seconds() {
-        let waits: Vec<u64> = (0..6)
-            .map(|n| crate::worker::user_turn_delay(n).as_secs())
-            .collect();
-        assert_eq!(waits, [2, 4, 8, 10, 10, 10]);
-        assert_eq!(crate::worker::user_turn_delay(u32::MAX).as_secs(), 10);
-    }
-
-    #[test]
     fn outcomes_map_to_dispositions() {
         for done in [
             Outcome::Completed,
             Outcome::Failed,
             Outcome::Duplicate,
             Outcome::Fenced,
+            Outcome::UserBusy,
         ] {
             assert_eq!(disposition(&done), Disposition::Ack);
         }
@@ -347,13 +321,26 @@ mod tests {
             disposition(&Outcome::Poison { abandoned: 3 }),
             Disposition::DeadLetter { reason: "poison_job" }
         );
-        let fault = LlmError::Config {
+        let fault = || LlmError::Config {
             status: "http_401",
             message: String::new(),
         };
-        assert!(matches!(
-            disposition(&Outcome::ProviderFault(fault)),
-            Disposition::HandBack { .. }
-        ));
+        // Parked in Postgres: the delivery goes. Not parked (the database is away too): the
+        // broker keeps the job until the database is back.
+        let parked = Outcome::ProviderFault {
+            fault: fault(),
+            parked: true,
+        };
+        assert_eq!(disposition(&parked), Disposition::Ack);
+        let unparked = Outcome::ProviderFault {
+            fault: fault(),
+            parked: false,
+        };
+        assert_eq!(
+            disposition(&unparked),
+            Disposition::HandBack {
+                reason: Deferral::Database
+            }
+        );
     }
 }

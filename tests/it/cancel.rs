@@ -104,10 +104,10 @@ async fn a_cancel_recorded_elsewhere_stops_the_replica_working_the_job() {
         .expect("a first progress event");
     // What the replica that took the cancel message does: one statement on the job's row.
     let other = env.pool("replica-b").await;
-    let answer = store::jobs::request_cancel(&other, job_id, "user-1")
+    let answer = store::ledger::request_cancel(&other, job_id, "user-1")
         .await
         .unwrap();
-    assert_eq!(answer, store::jobs::CancelRequest::Requested);
+    assert_eq!(answer, store::ledger::CancelRequest::Requested);
     let end = events
         .wait_for_end(job_id, Duration::from_secs(30), |_| {})
         .await

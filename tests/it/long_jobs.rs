@@ -58,18 +58,30 @@ async fn a_sweep_stamp_whose_copy_was_lost_expires() {
     .await
     .unwrap();
     let lease = Duration::from_secs(60);
-    let swept = roadmap_worker::store::jobs::sweep(&pool, lease, Duration::from_secs(300), 10)
-        .await
-        .unwrap();
+    let swept = roadmap_worker::store::jobs::sweep(
+        &pool,
+        roadmap_worker::store::jobs::Sweep::Stranded,
+        lease,
+        Duration::from_secs(300),
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         swept.iter().map(|s| s.job_id).collect::<Vec<_>>(),
         vec![job_id],
         "a 10-minute-old stamp expired"
     );
     // Freshly stamped now: not again until the stamp is old.
-    let again = roadmap_worker::store::jobs::sweep(&pool, lease, Duration::from_secs(300), 10)
-        .await
-        .unwrap();
+    let again = roadmap_worker::store::jobs::sweep(
+        &pool,
+        roadmap_worker::store::jobs::Sweep::Stranded,
+        lease,
+        Duration::from_secs(300),
+        10,
+    )
+    .await
+    .unwrap();
     assert!(again.is_empty(), "swept twice in a row: {again:?}");
     drop(pool);
     env.cleanup().await;

@@ -23,6 +23,7 @@ mod idempotency;
 mod ladder;
 mod layers;
 mod leases;
+mod ledger;
 mod long_jobs;
 mod metrics;
 mod outbox;
