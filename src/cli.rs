@@ -34,47 +34,73 @@ pub enum Command {
     Status(Box<StatusArgs>),
     /// Ask the fleet to stop a job at its next batch (as its user), and wait for the answer.
     Cancel(CancelArgs),
-    /// Work with the dead-letter queue: list, show, replay, purge.
-    Dlq(DlqArgs),
+    /// Work with the dead letters (kept in Postgres): list, show, replay, purge.
+    Dlq(Box<DlqArgs>),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DlqArgs {
+    #[command(flatten)]
+    pub db: DbSettings,
     #[command(flatten)]
     pub amqp: AmqpSettings,
     #[command(subcommand)]
     pub action: DlqAction,
 }
 
+/// Which dead letters a replay or purge acts on; the conditions given must all hold.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqSelector {
+    /// A dead letter's number in `dlq list`; repeat for several.
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<i64>,
+    /// The dead letters with this reason code.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// The dead letters of this job.
+    #[arg(long, value_name = "JOB_ID")]
+    pub job: Option<uuid::Uuid>,
+}
+
+/// Every action first moves what waits in the broker's dead-letter queue into Postgres, then
+/// works on the `dead_letters` table only: reading changes nothing, and numbers stay put.
 #[derive(Debug, Clone, Subcommand)]
 pub enum DlqAction {
-    /// Count the dead letters by reason and list each one's job, age and reason.
+    /// Count the dead letters by reason and list each one's number, reason, job, age and where
+    /// the job stands.
     List {
         #[arg(long)]
         json: bool,
-    },
-    /// Print one dead letter: headers, properties and body (the first without a selector).
-    Show {
-        /// Its number in `dlq list`.
-        index: Option<usize>,
-        #[arg(long)]
-        job: Option<String>,
-    },
-    /// Republish matching dead letters to the work queue with their original properties; one
-    /// still broken comes back with its reason.
-    Replay {
         #[arg(long)]
         reason: Option<String>,
+        #[arg(long, value_name = "JOB_ID")]
+        job: Option<uuid::Uuid>,
+    },
+    /// Print one dead letter: reason, message, properties, headers and body (the lowest number
+    /// without a selector).
+    Show {
+        /// Its number in `dlq list`.
+        id: Option<i64>,
+        /// The job's first dead letter.
+        #[arg(long, value_name = "JOB_ID", conflicts_with = "id")]
+        job: Option<uuid::Uuid>,
         #[arg(long)]
-        job: Option<String>,
+        json: bool,
+    },
+    /// Republish the selected dead letters to the work queue with their stored properties, then
+    /// delete them; one still broken comes back with its reason. A job that already has its
+    /// outcome (completed or failed) is not run again: the worker keeps its one outcome.
+    Replay {
+        #[command(flatten)]
+        select: DlqSelector,
         /// Replace the content type (for a backend that labelled its messages wrongly).
         #[arg(long)]
         content_type: Option<String>,
     },
-    /// Delete the dead letters with `--reason` for good; `--yes` confirms.
+    /// Delete the selected dead letters for good; `--yes` confirms.
     Purge {
-        #[arg(long)]
-        reason: String,
+        #[command(flatten)]
+        select: DlqSelector,
         #[arg(long)]
         yes: bool,
     },

@@ -32,7 +32,8 @@ pub struct Metrics {
     pub jobs_failed: IntCounterVec,
     /// Messages refused at intake, by reason code.
     pub jobs_rejected: IntCounterVec,
-    /// Messages moved to the dead-letter queue, by reason code.
+    /// Messages dead-lettered (filed in `dead_letters`, or in the broker's dead-letter queue
+    /// while Postgres is away), by reason code.
     pub dead_lettered: IntCounterVec,
     pub jobs_in_flight: IntGauge,
     /// Free job slots on this replica; with `jobs_in_flight`, the autoscaling signal.
@@ -296,8 +297,8 @@ impl Metrics {
         self.jobs_rejected.with_label_values(&[reason.code()]).inc();
     }
 
-    /// A message copied to the dead-letter queue, by the `x-reject-reason` code it carries there
-    /// (a [`RejectReason`] code, a [`JobFailure`], or a cancel's own).
+    /// A message filed as a dead letter, by its reason code (a [`RejectReason`] code, a
+    /// [`JobFailure`], or a cancel's own).
     pub fn message_dead_lettered(&self, code: &str) {
         self.dead_lettered.with_label_values(&[code]).inc();
     }

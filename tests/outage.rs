@@ -73,22 +73,28 @@ async fn all_complete(events: &mut roadmap_worker::client::EventWatcher, ids: &[
     }
 }
 
-/// Every job completed exactly once, none failed or running, none counted as abandoned, and the
-/// dead-letter and recovery queues are empty.
+/// Every job completed exactly once, none failed or running, none counted as abandoned, no dead
+/// letter filed (table or queue), and the recovery queue is empty.
 async fn check_ledger(env: &TestEnv, jobs: usize) {
     let db = env.db().await;
     let row = db
         .query_one(
             "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
                     count(*) FILTER (WHERE status = 'running'), COALESCE(max(abandoned), 0),
-                    (SELECT count(*) FROM roadmaps)
+                    (SELECT count(*) FROM roadmaps), (SELECT count(*) FROM dead_letters)
              FROM jobs",
             &[],
         )
         .await
         .unwrap();
-    let (completed, failed, running, abandoned, roadmaps): (i64, i64, i64, i32, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let (completed, failed, running, abandoned, roadmaps, dead): (i64, i64, i64, i32, i64, i64) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
     println!(
         "ledger: {completed} completed, {failed} failed, {running} running, max abandoned {abandoned}, {roadmaps} roadmaps"
     );
@@ -98,10 +104,11 @@ async fn check_ledger(env: &TestEnv, jobs: usize) {
         abandoned, 0,
         "no graceful hand-back or outage counted against a job"
     );
+    assert_eq!(dead, 0, "dead letters filed in Postgres");
     assert_eq!(
         queue_len(env, &env.topology.dead_letter_queue).await,
         0,
-        "dead letters"
+        "dead letters filed in the broker"
     );
     assert_eq!(
         queue_len(env, &env.topology.recover_queue).await,

@@ -1,5 +1,7 @@
-//! RabbitMQ: connecting, the topology every replica declares, and publishing with confirms.
+//! RabbitMQ: connecting, the topology every replica declares, publishing with confirms, and
+//! properties as readable JSON (how dead letters keep them).
 
+pub mod properties;
 mod publisher;
 pub mod topology;
 

@@ -35,7 +35,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Status(args) => status::status(*args).await,
         Command::Cancel(args) => cancel(args).await,
-        Command::Dlq(args) => dlq::dlq(args).await,
+        Command::Dlq(args) => dlq::dlq(*args).await,
     }
 }
 

@@ -131,7 +131,8 @@ fn line(job: &JobStatus, now: DateTime<Utc>) -> String {
 }
 
 /// `42s`, `5m10s`, `3h4m`, `2d3h`.
-fn age(d: Duration) -> String {
+/// A duration as people write it: 42s, 5m10s, 3h4m, 2d5h.
+pub(super) fn age(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),

@@ -86,7 +86,7 @@ impl Metrics {
             ),
             dead_lettered: counter_vec(
                 "roadmap_messages_dead_lettered_total",
-                "Messages moved to the dead-letter queue, by reason.",
+                "Messages dead-lettered (filed for `roadmap-worker dlq`), by reason.",
                 &["reason"],
             ),
             jobs_in_flight: gauge("roadmap_jobs_in_flight", "Jobs being worked on by this replica."),

@@ -4,6 +4,7 @@ pub mod batches;
 pub mod budget;
 pub mod claim;
 mod conninfo;
+pub mod dead_letters;
 pub mod jobs;
 pub mod lease;
 pub mod ledger;
@@ -120,8 +121,8 @@ pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::R
         .context("building the Postgres pool")
 }
 
-/// One plain connection to the configured database, for read-only tools: nothing is created or
-/// migrated.
+/// One plain connection to the configured database, for the operator's tools (`status`, `dlq`):
+/// nothing is created or migrated.
 pub async fn connect_readonly(
     settings: &DbSettings,
     application_name: &str,

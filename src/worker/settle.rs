@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::Context;
 use crate::{
     amqp::{
-        self, PublishError,
+        self, PublishError, properties,
         topology::{BULK_ROUTING_KEY, JOB_ROUTING_KEY, REJECTED_ROUTING_KEY},
     },
     domain::{
@@ -35,7 +35,7 @@ use crate::{
     },
     metrics::{Deferral, Dependency},
     pipeline::outcome::Outcome,
-    store::{self, with_retries},
+    store::{self, dead_letters::NewDeadLetter, with_retries},
 };
 
 /// How a delivery is settled with the broker.
@@ -249,27 +249,62 @@ pub(super) async fn dead_letter(
     }
 }
 
-/// Publishes a copy of the message to the dead-letter exchange, with `x-reject-reason` and
-/// `x-reject-message`, and counts it.
+/// Files the message as a dead letter with its reason, and counts it: a row in `dead_letters`,
+/// where `dlq` reads it under a stable id without disturbing it. Only when Postgres cannot take
+/// the row (after the store's retries) does a copy go to the dead-letter exchange, with
+/// `x-reject-reason`, `x-reject-message` and `x-dead-letter-id` (the row's identity, so that
+/// `dlq` moves the copy into the table once). `Ok` means the letter is filed in one of the two.
 pub(super) async fn copy_to_dead_letters(
     ctx: &Context,
     delivery: &Delivery,
     code: &str,
     message: &str,
 ) -> Result<(), PublishError> {
+    let letter_id = Uuid::new_v4();
+    let stored_properties = properties::to_json(&delivery.properties);
+    let letter = NewDeadLetter {
+        letter_id,
+        job_id: properties::readable_job_id(&delivery.data, &delivery.properties),
+        reason: code,
+        message,
+        routing_key: Some(delivery.routing_key.as_str()),
+        properties: &stored_properties,
+        body: &delivery.data,
+        created_at: None,
+    };
+    let pool = ctx.runner.pool();
+    // The same letter_id on every try: an insert whose commit was not heard files nothing twice.
+    let filed = with_retries(|| async {
+        let client = pool.get().await?;
+        store::dead_letters::insert(&**client, &letter).await
+    })
+    .await;
+    match filed {
+        Ok(_) => {
+            ctx.metrics.message_dead_lettered(code);
+            return Ok(());
+        }
+        Err(e) => {
+            warn!(error = %e, reason = code, "could not file a dead letter in Postgres; copying it to the dead-letter exchange")
+        }
+    }
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(
-        "x-reject-reason".into(),
+        properties::REJECT_REASON.into(),
         AMQPValue::LongString(LongString::from(code)),
     );
     headers.insert(
-        "x-reject-message".into(),
+        properties::REJECT_MESSAGE.into(),
         AMQPValue::LongString(LongString::from(message)),
     );
-    // For `dlq list`: how long it has waited there.
+    // For `dlq`, which files the copy with the time it was dead-lettered, not moved.
     headers.insert(
-        "x-dead-lettered-at".into(),
+        properties::DEAD_LETTERED_AT.into(),
         AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+    );
+    headers.insert(
+        properties::DEAD_LETTER_ID.into(),
+        AMQPValue::LongString(LongString::from(letter_id.to_string())),
     );
     let props = delivery.properties.clone().with_headers(headers);
     let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;

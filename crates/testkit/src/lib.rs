@@ -10,14 +10,15 @@ use std::{
 };
 
 use clap::Parser as _;
-use lapin::{Connection, options::BasicGetOptions};
+use lapin::{Connection, options::BasicGetOptions, types::AMQPValue};
 use mock_llm::{FaultPlan, MockLlmServer, QuotaSettings};
 use roadmap_worker::{
-    amqp::{self, Publisher, Topology},
+    amqp::{self, Publisher, Topology, properties},
     cli::{Cli, Command},
     client::{self, EventWatcher},
     config::{AmqpSettings, WorkerSettings},
     domain::Plan,
+    store::dead_letters as letters,
     worker::{self, Running},
 };
 use serde_json::{Value, json};
@@ -256,10 +257,42 @@ impl TestEnv {
         roadmap_worker::store::connect(&db, &name).await.unwrap()
     }
 
-    /// Takes every message now in the dead-letter queue (they are removed), with its reason.
+    /// Takes every dead letter filed so far (they are removed), with its reason: the rows of
+    /// `dead_letters`, then whatever waits in the broker's dead-letter queue (copies filed
+    /// while Postgres was away). Headers are the message's own plus `x-reject-reason` and
+    /// `x-reject-message`, as a broker copy carries them.
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
-        let channel = self.connection.create_channel().await.unwrap();
         let mut out = Vec::new();
+        // No database or no table yet (no worker has migrated it): nothing filed there.
+        if let Ok((client, conn)) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            if let Ok(rows) = letters::list(&client, &letters::Filter::default(), i64::MAX).await {
+                let ids: Vec<i64> = rows.iter().map(|l| l.id).collect();
+                let taken = letters::delete(&client, &ids)
+                    .await
+                    .expect("taking the dead letters");
+                for letter in taken {
+                    let mut headers = letter
+                        .properties
+                        .get("headers")
+                        .and_then(Value::as_object)
+                        .map(properties::table_from_json)
+                        .unwrap_or_default();
+                    for (name, value) in [
+                        (properties::REJECT_REASON, &letter.reason),
+                        (properties::REJECT_MESSAGE, &letter.message),
+                    ] {
+                        headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
+                    }
+                    out.push(DeadLetter {
+                        reason: Some(letter.reason),
+                        headers,
+                        body: letter.body,
+                    });
+                }
+            }
+        }
+        let channel = self.connection.create_channel().await.unwrap();
         while let Some(msg) = channel
             .basic_get(
                 self.topology.dead_letter_queue.as_str().into(),
@@ -269,8 +302,8 @@ impl TestEnv {
             .unwrap()
         {
             let headers = msg.delivery.properties.headers().clone().unwrap_or_default();
-            let reason = match headers.inner().get("x-reject-reason") {
-                Some(lapin::types::AMQPValue::LongString(s)) => Some(s.to_string()),
+            let reason = match headers.inner().get(properties::REJECT_REASON) {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
                 _ => None,
             };
             out.push(DeadLetter {
@@ -348,7 +381,7 @@ pub fn amqp_settings(namespace: &str) -> AmqpSettings {
     }
 }
 
-/// A dead letter as the broker holds it.
+/// A filed dead letter: its reason, the message's headers with the reason's, and its bytes.
 #[derive(Debug)]
 pub struct DeadLetter {
     pub reason: Option<String>,
