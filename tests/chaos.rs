@@ -5,41 +5,18 @@
 
 use std::{
     collections::HashMap,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use mock_llm::FaultPlan;
-use testkit::{TestEnv, job};
+use testkit::{
+    TestEnv, job,
+    services::{pg_ctl, restart_rabbitmq},
+};
 use uuid::Uuid;
 
 const REPLICAS: usize = 3;
 const JOBS: u32 = 48;
-
-fn sh(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(status.success(), "{program} {args:?} failed");
-}
-
-fn restart_rabbitmq() {
-    sh("rabbitmqctl", &["-q", "stop_app"]);
-    sh("rabbitmqctl", &["-q", "start_app"]);
-}
-
-fn restart_postgres() {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .expect("a Debian PostgreSQL cluster")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .max()
-        .unwrap();
-    sh(
-        "pg_ctlcluster",
-        &["--skip-systemctl-redirect", &version, "main", "restart"],
-    );
-}
 
 /// A small deterministic generator, so a failing run can be repeated.
 struct Lcg(u64);
@@ -133,7 +110,7 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
             rabbit_restarted = true;
         } else if elapsed >= 10 && !pg_restarted {
             println!("chaos: restarting Postgres");
-            restart_postgres();
+            pg_ctl("restart");
             pg_restarted = true;
         } else if elapsed < 30 {
             let victim = rng.next(REPLICAS as u64) as usize;

@@ -8,40 +8,11 @@
 //!   during 52-week jobs: every job completes, none fails, none is left running, and no
 //!   restart is counted against a job.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use mock_llm::FaultPlan;
-use testkit::{TestEnv, job, sigterm};
+use testkit::{TestEnv, job, services::stop_postgres, sigterm};
 use uuid::Uuid;
-
-fn pg_ctl(action: &str) {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .expect("a Debian PostgreSQL cluster")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .max()
-        .unwrap();
-    let mut args = vec!["--skip-systemctl-redirect", version.as_str(), "main", action];
-    if action == "stop" {
-        args.extend(["-m", "fast"]);
-    }
-    let status = Command::new("pg_ctlcluster")
-        .args(&args)
-        .status()
-        .expect("pg_ctlcluster");
-    assert!(status.success(), "pg_ctlcluster {args:?} failed");
-}
-
-/// Starts Postgres again even if the test panics while it is stopped.
-struct PostgresBack;
-
-impl Drop for PostgresBack {
-    fn drop(&mut self) {
-        pg_ctl("start");
-    }
-}
 
 /// Counts messages left in a queue (ready ones; the workers are stopped by then).
 async fn queue_len(env: &TestEnv, queue: &str) -> u32 {
@@ -140,8 +111,7 @@ async fn a_long_postgres_outage_loses_no_job() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let outage = Duration::from_secs(75);
     println!("outage: stopping Postgres for {outage:?}");
-    pg_ctl("stop");
-    let back = PostgresBack;
+    let back = stop_postgres();
     for i in 0..4 {
         let (id, body) = job(6, &format!("Queued during outage {i}"));
         env.publish(&body).await;

@@ -481,3 +481,4 @@ pub mod memory;
 mod process;
 pub mod runs;
 pub mod scripted;
+pub mod services;

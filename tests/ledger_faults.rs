@@ -1,0 +1,213 @@
+//! The ledger under broker and database faults (not part of `cargo test`: it restarts the
+//! machine's RabbitMQ, stops its Postgres and shortens the broker's consumer timeout). Run alone:
+//! `cargo test --test ledger_faults -- --nocapture --test-threads=1`.
+//!
+//! - Jobs published transient, parked by a provider that refuses our key, then a RabbitMQ
+//!   restart: all complete (their waits are rows, not messages).
+//! - A cancel during a database outage: the job ends `cancelled`, nothing is refused.
+//! - The recovery consumer meeting a database outage with more messages than its prefetch: each
+//!   is accounted for once the database is back, and the cancel consumer still answers twice the
+//!   consumer timeout later.
+//! - Two slots, interactive and bulk jobs longer than a short consumer timeout: no channel is
+//!   closed, nothing is dead-lettered, everything completes.
+
+use std::time::Duration;
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable},
+};
+use mock_llm::{Fault, FaultPlan, RatedFault};
+use serde_json::json;
+use testkit::{
+    TestEnv, eventually, job,
+    services::{restart_rabbitmq, short_consumer_timeout, stop_postgres},
+};
+
+/// Every dead letter, in the table and in the broker's queue.
+async fn dead_letters(env: &TestEnv) -> usize {
+    env.dead_letters().await.len()
+}
+
+async fn count(env: &TestEnv, sql: &str) -> i64 {
+    env.db().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_jobs_parked_by_a_401_survive_a_broker_restart() {
+    let refusing = FaultPlan {
+        rates: vec![RatedFault {
+            rate: 1.0,
+            fault: Fault::AuthFailure,
+        }],
+        ..Default::default()
+    };
+    let env = TestEnv::with_plan(refusing).await;
+    let worker = env.start_worker(&[]).await;
+    for i in 0..4 {
+        let (_, body) = job(3, &format!("Transient role {i}"));
+        // pika's default: no delivery_mode, so the broker keeps the message in memory only.
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        env.publish_with(body.to_string().as_bytes(), props).await;
+    }
+    eventually(Duration::from_secs(30), "every job parked in its row", || async {
+        let parked = count(
+            &env,
+            "SELECT count(*) FROM jobs WHERE status = 'running' AND owner IS NULL AND delivery_acked",
+        )
+        .await;
+        (parked == 4).then_some(())
+    })
+    .await;
+    println!("broker: restarting RabbitMQ with 4 jobs parked");
+    restart_rabbitmq();
+    env.mock.set_plan(FaultPlan::default());
+    eventually(Duration::from_secs(120), "every job completed", || async {
+        let done = count(&env, "SELECT count(*) FROM jobs WHERE status = 'completed'").await;
+        (done == 4).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_a_database_outage_cancels_the_job() {
+    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(800)).await;
+    let worker = env
+        .start_worker(&["--retry-delay-secs", "1", "--job-parallelism", "1"])
+        .await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(24, "Data Engineer");
+    env.publish(&body).await;
+    let first = events.next(Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(first.routing_key, "roadmap.progress");
+    let back = stop_postgres();
+    println!("outage: Postgres stopped; the user cancels");
+    roadmap_worker::client::publish_cancel(&env.publisher, &env.topology, job_id, "user-1")
+        .await
+        .unwrap();
+    // Longer than the store's retries, so the cancel has to wait on its own path.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    drop(back);
+    println!("outage: Postgres back");
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(120), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.failed", "{}", end.body);
+    assert_eq!(end.body["reason"], "cancelled", "{}", end.body);
+    assert_eq!(dead_letters(&env).await, 0, "nothing refused, no missing_field");
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recovery_consumer_settles_every_delivery_through_an_outage() {
+    let timeout = Duration::from_secs(5);
+    let _broker = short_consumer_timeout(timeout.as_millis() as u64);
+    let env = TestEnv::new().await;
+    let worker = env
+        .start_worker(&["--retry-delay-secs", "1", "--recover-limit", "0"])
+        .await;
+    let mut events = env.watcher().await;
+    let back = stop_postgres();
+    // More than the recovery consumer's prefetch, as the broker dead-letters them.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (id, body) = job(3, &format!("Recovered role {i}"));
+        let mut headers = FieldTable::default();
+        headers.insert("x-roadmap-recoveries".into(), AMQPValue::LongUInt(1));
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        env.publisher
+            .publish(
+                &env.topology.dead_letter_exchange,
+                roadmap_worker::amqp::topology::JOB_ROUTING_KEY,
+                body.to_string().as_bytes(),
+                props,
+                true,
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    tokio::time::sleep(timeout * 5).await;
+    drop(back);
+    println!("outage: Postgres back");
+    for id in &ids {
+        let end = events
+            .wait_for_end(*id, Duration::from_secs(90), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(end.body["reason"], "delivery_limit", "{}", end.body);
+    }
+    tokio::time::sleep(timeout * 2).await;
+    // The cancel consumer still answers: a cancel of a job not seen yet ends it at once.
+    let (late, _) = job(3, "Never published");
+    roadmap_worker::client::publish_cancel(&env.publisher, &env.topology, late, "user-1")
+        .await
+        .unwrap();
+    let end = events
+        .wait_for_end(late, Duration::from_secs(30), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.body["reason"], "cancelled", "{}", end.body);
+    let metrics = &worker.running.metrics;
+    assert_eq!(
+        metrics.amqp_reconnects.get(),
+        0,
+        "no channel of the session was closed"
+    );
+    for consumer in ["cancel", "recover"] {
+        let restarts = metrics.consumer_restarts.with_label_values(&[consumer]).get();
+        assert_eq!(restarts, 0, "the {consumer} consumer's channel was never closed");
+    }
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_slots_and_jobs_longer_than_the_consumer_timeout_close_no_channel() {
+    let timeout = Duration::from_secs(6);
+    let _broker = short_consumer_timeout(timeout.as_millis() as u64);
+    // Each job takes about 5 calls of 1.5 s: longer than the consumer timeout.
+    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(1500)).await;
+    let worker = env
+        .start_worker(&[
+            "--worker-concurrency",
+            "2",
+            "--amqp-ack-deadline-secs",
+            "2",
+            "--job-parallelism",
+            "1",
+        ])
+        .await;
+    let mut events = env.watcher().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (id, mut body) = job(12, &format!("Slot role {i}"));
+        if i % 2 == 1 {
+            body["priority"] = json!("bulk");
+        }
+        env.publish(&body).await;
+        ids.push(id);
+    }
+    for id in &ids {
+        let end = events
+            .wait_for_end(*id, Duration::from_secs(240), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    }
+    let metrics = &worker.running.metrics;
+    assert_eq!(
+        metrics.amqp_reconnects.get(),
+        0,
+        "no channel was closed under the jobs"
+    );
+    assert_eq!(dead_letters(&env).await, 0, "nothing dead-lettered");
+    worker.stop().await;
+    env.cleanup().await;
+}
