@@ -7,6 +7,7 @@ mod conninfo;
 pub mod jobs;
 pub mod lease;
 pub mod outbox;
+pub mod retention;
 pub mod roadmaps;
 pub mod status;
 mod tls;
