@@ -223,6 +223,11 @@ impl Metrics {
                 "roadmap_duplicate_deliveries_total",
                 "Duplicate deliveries of a job in progress, settled at once.",
             ),
+            retention_deleted: counter_vec(
+                "roadmap_retention_deleted_rows_total",
+                "Rows the retention pass deleted (finished jobs past RETAIN_DAYS and what they kept), by table.",
+                &["table"],
+            ),
             registry,
         }
         .with_known_labels()
