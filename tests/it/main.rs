@@ -35,6 +35,7 @@ mod prompt_cache;
 mod prompt_injection;
 mod reconnect;
 mod resume;
+mod retention;
 mod secrets;
 mod settings;
 mod shutdown;
