@@ -26,10 +26,15 @@ $$;
 ALTER TABLE jobs ADD COLUMN batch_totals jsonb;
 
 -- Finished jobs by the moment they ended, so that the retention pass finds those past
--- RETAIN_DAYS by an index range instead of reading every job. Every end sets completed_at;
--- updated_at stands in should a row lack it. Running jobs, the ones the claim and the sweeper
--- look at, are left out.
-CREATE INDEX jobs_finished_at ON jobs ((coalesce(completed_at, updated_at))) WHERE status <> 'running';
+-- RETAIN_DAYS by an index range instead of reading every job. Running jobs, the ones the claim
+-- and the sweeper look at, are left out. completed_at alone: it is written once, when the job
+-- ends, where an index on updated_at (which every checkpoint and renewal writes) would cost every
+-- one of those updates its HOT path and new index entries.
+CREATE INDEX jobs_finished_at ON jobs (completed_at) WHERE status <> 'running';
+
+-- Every end sets completed_at; a finished row that lacks it (from a version before that) is
+-- dated by its last write, so that it too is found by the index above.
+UPDATE jobs SET completed_at = updated_at WHERE status <> 'running' AND completed_at IS NULL;
 
 -- Outcome events (completed, failed) stay as long as their job: a job published again
 -- re-announces its outcome from its stored event. This finds a job's outcome rows, for that

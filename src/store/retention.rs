@@ -36,9 +36,11 @@ impl Purged {
     }
 }
 
-/// Deletes every finished job (completed or failed) that ended more than `retain` ago, `batch`
-/// jobs per statement until none is left, with its batches, roadmap and outcome events; then the
-/// failure events of refused messages older than `retain`, which no job row takes along.
+/// Deletes every finished job (completed or failed) that ended more than `retain` ago (its
+/// `completed_at`, which every end sets; V14 dated older rows that lacked it by their
+/// `updated_at`), `batch` jobs per statement until none is left, with its batches, roadmap and
+/// outcome events; then the failure events of refused messages older than `retain`, which no
+/// job row takes along.
 ///
 /// A job's progress events are not looked for: the relay trims them 7 days after they were
 /// sent, like every event but outcomes, and an index of every row by job would cost each
@@ -66,7 +68,7 @@ pub async fn purge(client: &impl GenericClient, retain: Duration, batch: i64) ->
             .query_one(
                 "WITH doomed AS (
                     SELECT job_id FROM jobs
-                    WHERE status <> 'running' AND coalesce(completed_at, updated_at) < $1
+                    WHERE status <> 'running' AND completed_at < $1
                     LIMIT $2
                     FOR UPDATE SKIP LOCKED),
                  b AS (DELETE FROM batches WHERE job_id IN (SELECT job_id FROM doomed) RETURNING 1),
