@@ -58,22 +58,25 @@ pub async fn storage() {
     let vacuumed = sizes(&db).await;
     println!("[8] storage: {JOBS} {WEEKS}-week jobs completed on the embedded mock, every event confirmed");
     println!(
-        "    {:<10} {:>8} {:>16} {:>14}",
-        "table", "rows", "as left (KiB)", "vacuumed (KiB)"
+        "    {:<10} {:>8} {:>16} {:>16} {:>22}",
+        "table", "rows", "as left (KiB)", "vacuumed (KiB)", "of it, indexes (KiB)"
     );
     let kib = |bytes: i64| bytes as f64 / 1024.0;
     let (mut total_left, mut total_vacuumed) = (0, 0);
-    for ((table, rows, as_left), (_, _, vacuumed)) in left.iter().zip(&vacuumed) {
+    for (left, vacuumed) in left.iter().zip(&vacuumed) {
         println!(
-            "    {table:<10} {rows:>8} {:>16.0} {:>14.0}",
-            kib(*as_left),
-            kib(*vacuumed)
+            "    {:<10} {:>8} {:>16.0} {:>16.0} {:>22.0}",
+            left.table,
+            left.rows,
+            kib(left.total),
+            kib(vacuumed.total),
+            kib(vacuumed.indexes)
         );
-        total_left += as_left;
-        total_vacuumed += vacuumed;
+        total_left += left.total;
+        total_vacuumed += vacuumed.total;
     }
     println!(
-        "    {:<10} {:>8} {:>16.0} {:>14.0}   ({:.1} / {:.1} KiB per job)",
+        "    {:<10} {:>8} {:>16.0} {:>16.0}   ({:.1} / {:.1} KiB per job)",
         "total",
         "",
         kib(total_left),
@@ -85,18 +88,32 @@ pub async fn storage() {
     env.cleanup().await;
 }
 
-/// Each table's rows and `pg_total_relation_size`.
-async fn sizes(db: &tokio_postgres::Client) -> Vec<(&'static str, i64, i64)> {
+/// One table's rows, `pg_total_relation_size` (heap, TOAST, indexes) and `pg_indexes_size`.
+struct Size {
+    table: &'static str,
+    rows: i64,
+    total: i64,
+    indexes: i64,
+}
+
+async fn sizes(db: &tokio_postgres::Client) -> Vec<Size> {
     let mut out = Vec::new();
     for table in TABLES {
         let row = db
             .query_one(
-                &format!("SELECT count(*), pg_total_relation_size('{table}') FROM {table}"),
+                &format!(
+                    "SELECT count(*), pg_total_relation_size('{table}'), pg_indexes_size('{table}') FROM {table}"
+                ),
                 &[],
             )
             .await
             .expect("a table's size");
-        out.push((table, row.get(0), row.get(1)));
+        out.push(Size {
+            table,
+            rows: row.get(0),
+            total: row.get(1),
+            indexes: row.get(2),
+        });
     }
     out
 }
