@@ -13,8 +13,3 @@ ALTER TABLE jobs ALTER COLUMN user_id DROP NOT NULL;
 
 -- The sweeper wakes parked jobs as they come due, every second; this keeps that read small.
 CREATE INDEX jobs_parked ON jobs (not_before) WHERE status = 'running' AND owner IS NULL;
-
--- A job published again after it ended gets its one outcome event again, failed as completed.
-DROP INDEX IF EXISTS outbox_completion_by_job;
-CREATE INDEX outbox_outcome_by_job ON outbox (job_id)
-    WHERE routing_key IN ('roadmap.completed', 'roadmap.failed');

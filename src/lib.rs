@@ -9,7 +9,7 @@
 //! 1. [`commands`], [`cli`]: what each subcommand does, and the command line; [`client`]: the
 //!    web backend's side (publish a job, watch events).
 //! 2. [`worker`]: broker sessions, intake, the one place where outcomes become ack / hand-back /
-//!    dead-letter, the outbox relay and the sweeper.
+//!    dead-letter, the outbox relay, the sweeper and the retention pass.
 //! 3. [`pipeline`]: prompt → batch (the robustness ladder, a state machine in `ladder`) → job
 //!    (claim, checkpoints, assemble).
 //! 4. [`llm`]: the [`llm::Llm`] seam and the embedded mock, OpenAI-compatible and Gemini

@@ -103,6 +103,9 @@ pub struct Metrics {
     pub duplicate_deliveries: IntCounter,
     /// Side consumers (cancel, recover) started again after the broker closed their channel.
     pub consumer_restarts: IntCounterVec,
+    /// Rows the retention pass deleted, by table (finished jobs past RETAIN_DAYS and what they
+    /// kept).
+    pub retention_deleted: IntCounterVec,
 }
 
 /// A label vocabulary: a closed set of values, each started at 0.
@@ -157,6 +160,11 @@ labels! {
 labels! {
     /// `roadmap_db_pool_connections{state}`.
     PoolState { InUse => "in_use", Idle => "idle" }
+}
+
+labels! {
+    /// A table the retention pass deletes from (`roadmap_retention_deleted_rows_total{table}`).
+    pub Table { Jobs => "jobs", Batches => "batches", Roadmaps => "roadmaps", Outbox => "outbox" }
 }
 
 /// The LLM call's own statuses (`LlmError::status`) are many and open-ended (`http_418` becomes
@@ -284,6 +292,9 @@ impl Metrics {
         for state in PoolState::ALL {
             self.db_pool.with_label_values(&[state.as_str()]);
         }
+        for table in Table::ALL {
+            self.retention_deleted.with_label_values(&[table.as_str()]);
+        }
         self
     }
 
@@ -403,6 +414,13 @@ impl Metrics {
         self.deliveries_recovered
             .with_label_values(&[outcome.as_str()])
             .inc();
+    }
+
+    /// Rows of `table` that a retention pass deleted.
+    pub fn rows_deleted(&self, table: Table, rows: u64) {
+        self.retention_deleted
+            .with_label_values(&[table.as_str()])
+            .inc_by(rows);
     }
 
     /// The database pool as a scrape finds it.

@@ -26,6 +26,8 @@
 //!    (about 5 minutes; only when asked for: `-- budget`).
 //! 7. [`turns`]: fairness between users and interactive before bulk (only when asked for:
 //!    `-- turns`).
+//! 8. [`storage`]: what 1,000 finished jobs keep in Postgres, table by table (only when asked
+//!    for: `-- storage`).
 //!
 //! They share [`fixture`] (one job's batches as the worker produces them on the mock LLM),
 //! [`plain`] (the plain loop of the worker's writes) and [`util`].
@@ -37,6 +39,7 @@ mod inflight;
 mod overhead;
 mod plain;
 mod process;
+mod storage;
 mod throughput;
 mod tokens;
 mod turns;
@@ -94,6 +97,9 @@ async fn main() {
     }
     if picked.iter().any(|p| p == "turns") {
         turns::turns().await;
+    }
+    if picked.iter().any(|p| p == "storage") {
+        storage::storage().await;
     }
 }
 

@@ -245,6 +245,17 @@ pub struct WorkerSettings {
         value_parser = clap::value_parser!(i32).range(1..=1000)
     )]
     pub job_poison_after: i32,
+    /// Days a finished job (completed or failed) is kept after it ended, with its roadmap,
+    /// batches and events; its job_id is remembered for idempotency as long. Then the hourly
+    /// retention pass deletes it, and the same job_id is a new job.
+    #[arg(
+        long,
+        env = "RETAIN_DAYS",
+        value_name = "RETAIN_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=3650)
+    )]
+    pub retain_days: u32,
 }
 
 impl WorkerSettings {
@@ -266,6 +277,11 @@ impl WorkerSettings {
 
     pub fn retry_delay(&self) -> Duration {
         Duration::from_secs(self.retry_delay_secs)
+    }
+
+    /// How long a finished job is kept: RETAIN_DAYS.
+    pub fn retain(&self) -> Duration {
+        Duration::from_secs(u64::from(self.retain_days) * 86_400)
     }
 }
 

@@ -228,6 +228,11 @@ impl Metrics {
                 "Cancel and recovery consumers started again on a new channel.",
                 &["consumer"],
             ),
+            retention_deleted: counter_vec(
+                "roadmap_retention_deleted_rows_total",
+                "Rows the retention pass deleted (finished jobs past RETAIN_DAYS and what they kept), by table.",
+                &["table"],
+            ),
             registry,
         }
         .with_known_labels()

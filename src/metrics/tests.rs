@@ -81,6 +81,9 @@ fn every_known_label_value_starts_at_zero() {
     for state in ["in_use", "idle"] {
         expected.push(series("roadmap_db_pool_connections", "state", state));
     }
+    for table in ["jobs", "batches", "roadmaps", "outbox"] {
+        expected.push(series("roadmap_retention_deleted_rows_total", "table", table));
+    }
     for s in &expected {
         assert_at(&text, s, 0.0);
     }
@@ -202,4 +205,28 @@ fn event_delivery_and_pool_methods_write_the_documented_series() {
     assert_at(&text, "roadmap_intake_paused{reason=\"provider\"}", 1.0);
     m.set_intake_paused(Dependency::Provider, false);
     assert!(!m.is_intake_paused(Dependency::Provider));
+}
+
+#[test]
+fn retention_counts_rows_by_table() {
+    let m = Metrics::new();
+    m.rows_deleted(Table::Jobs, 1_000);
+    m.rows_deleted(Table::Batches, 4_000);
+    m.rows_deleted(Table::Jobs, 2);
+    let text = m.render();
+    assert_at(
+        &text,
+        "roadmap_retention_deleted_rows_total{table=\"jobs\"}",
+        1002.0,
+    );
+    assert_at(
+        &text,
+        "roadmap_retention_deleted_rows_total{table=\"batches\"}",
+        4000.0,
+    );
+    assert_at(
+        &text,
+        "roadmap_retention_deleted_rows_total{table=\"outbox\"}",
+        0.0,
+    );
 }

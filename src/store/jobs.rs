@@ -228,16 +228,18 @@ pub async fn fail_unowned(
     Ok(true)
 }
 
-/// Records that the job's delivery was acked before the job ended (see the sweeper).
-pub async fn mark_delivery_acked(pool: &Pool, job_id: Uuid) -> Result<(), StoreError> {
+/// Records that the job's delivery was acked before the job ended (see the sweeper); `false`
+/// if no running row has this id (yet), in which case the delivery must not be acked: it would
+/// be the job's only record.
+pub async fn mark_delivery_acked(pool: &Pool, job_id: Uuid) -> Result<bool, StoreError> {
     let client = pool.get().await?;
-    client
+    let n = client
         .execute(
             "UPDATE jobs SET delivery_acked = true WHERE job_id = $1 AND status = 'running'",
             &[&job_id],
         )
         .await?;
-    Ok(())
+    Ok(n == 1)
 }
 
 /// A job the sweeper found stranded, with the message that re-dispatches it.

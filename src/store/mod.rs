@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod lease;
 pub mod ledger;
 pub mod outbox;
+pub mod retention;
 pub mod roadmaps;
 pub mod status;
 mod tls;

@@ -295,16 +295,22 @@ pub async fn unlease(client: &impl GenericClient, ids: &[i64]) -> Result<(), Sto
 
 /// Deletes events confirmed more than `keep` ago, in batches of `batch` rows (each its own
 /// statement, so no lock is held long), until none is left. Returns how many went.
+///
+/// Outcome events (`roadmap.completed`, `roadmap.failed`) are not trimmed: a job published again
+/// re-announces its outcome from its stored event, so they stay as long as their job and go
+/// with it at retention (`store::retention`). Their rows are outside the index this scans (V14),
+/// so the trim never steps over them.
 pub async fn prune_sent(client: &impl GenericClient, keep: Duration, batch: i64) -> Result<u64, StoreError> {
+    let kept = super::retention::OUTCOMES.map(EventKind::routing_key);
     let mut total = 0;
     loop {
         let deleted = client
             .execute(
                 "DELETE FROM outbox WHERE id IN (
                     SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1::float8)
-                                          AND routing_key <> $3
+                                          AND routing_key <> ALL($3)
                     LIMIT $2)",
-                &[&keep.as_secs_f64(), &batch, &EventKind::Completed.routing_key()],
+                &[&keep.as_secs_f64(), &batch, &&kept[..]],
             )
             .await?;
         total += deleted;

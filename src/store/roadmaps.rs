@@ -12,6 +12,12 @@ use crate::domain::event::{Completed, EventKind};
 /// Completes the job: stores the roadmap, marks the job completed and queues `event`, its
 /// outbox row leased for `express` when given. Fenced by the lease token, so exactly one replica
 /// completes a job. One statement, so one round trip and its own transaction.
+///
+/// The job's batches are folded away in the same statement: the roadmap holds their weeks, which
+/// were all a completed job's batches were still read for, and keeping both stored every roadmap
+/// twice. What `status` shows of them (calls, tokens, cost, fallbacks, the last batch that was
+/// not `ok`) is kept in `jobs.batch_totals`, summed by `job_batch_totals` (V14) from the rows the
+/// statement deletes, as its snapshot sees them.
 pub(super) async fn complete(
     pool: &Pool,
     job_id: Uuid,
@@ -30,9 +36,11 @@ pub(super) async fn complete(
         .prepare_cached(
             "WITH upd AS (
                 UPDATE jobs SET status = 'completed', roadmap_id = $3, owner = NULL, lease_until = NULL,
-                                completed_at = $4, updated_at = now()
+                                completed_at = $4, updated_at = now(), batch_totals = job_batch_totals($1)
                 WHERE job_id = $1 AND fencing_token = $2 AND status = 'running'
                 RETURNING job_id),
+             folded AS (
+                DELETE FROM batches WHERE job_id = $1 AND EXISTS (SELECT 1 FROM upd)),
              rm AS (
                 INSERT INTO roadmaps (roadmap_id, job_id, user_id, roadmap)
                 SELECT $3, $1, $5, $6 FROM upd

@@ -1,5 +1,6 @@
 //! Read-only views of jobs for operators (`roadmap-worker status`): one job with its batches'
-//! totals, or the jobs running or failed.
+//! totals (kept on the job's row once a completion folded its batches away), or the jobs running
+//! or failed.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -41,24 +42,24 @@ pub struct JobStatus {
     pub roadmap: Option<Value>,
 }
 
+// The batches' totals come from `job_batch_totals` (V14) over a job's batches, or, once a
+// completed job's batches were folded away, from what that function stored at its completion.
 const COLUMNS: &str = "j.job_id, j.user_id, j.status, j.batches_done, j.batches_total,
-    coalesce(b.fallback, 0) AS fallback_batches,
-    coalesce(b.calls, 0) + coalesce((j.plan->'outline'->'usage'->>'llm_calls')::bigint, 0) AS llm_calls,
-    coalesce(b.input, 0) + coalesce((j.plan->'outline'->'usage'->>'input_tokens')::bigint, 0) AS input_tokens,
-    coalesce(b.output, 0) + coalesce((j.plan->'outline'->'usage'->>'output_tokens')::bigint, 0) AS output_tokens,
-    coalesce(b.cached, 0) + coalesce((j.plan->'outline'->'usage'->>'cached_input_tokens')::bigint, 0)
-        AS cached_input_tokens,
-    (coalesce(b.cost, 0) / 1e9)::float8 + coalesce((j.plan->'outline'->'usage'->>'cost')::float8, 0) AS cost,
+    (t.totals->>'fallback_batches')::bigint AS fallback_batches,
+    (t.totals->>'llm_calls')::bigint + coalesce((j.plan->'outline'->'usage'->>'llm_calls')::bigint, 0) AS llm_calls,
+    (t.totals->>'input_tokens')::bigint + coalesce((j.plan->'outline'->'usage'->>'input_tokens')::bigint, 0)
+        AS input_tokens,
+    (t.totals->>'output_tokens')::bigint + coalesce((j.plan->'outline'->'usage'->>'output_tokens')::bigint, 0)
+        AS output_tokens,
+    (t.totals->>'cached_input_tokens')::bigint
+        + coalesce((j.plan->'outline'->'usage'->>'cached_input_tokens')::bigint, 0) AS cached_input_tokens,
+    ((t.totals->>'cost_nanos')::numeric / 1e9)::float8 + coalesce((j.plan->'outline'->'usage'->>'cost')::float8, 0)
+        AS cost,
     j.owner, j.lease_until, j.claims, j.abandoned, j.failure_reason, j.created_at, j.updated_at,
-    j.completed_at, j.roadmap_id, b.last_problem";
+    j.completed_at, j.roadmap_id, t.totals->>'last_problem' AS last_problem";
 
-const FROM: &str = "FROM jobs j LEFT JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE fallback_weeks > 0) AS fallback, sum(llm_calls)::bigint AS calls,
-               sum(input_tokens)::bigint AS input, sum(output_tokens)::bigint AS output,
-               sum(cached_input_tokens)::bigint AS cached, sum(cost_nanos)::numeric AS cost,
-               (array_agg('batch ' || batch_index || ': ' || outcome ORDER BY batch_index DESC)
-                    FILTER (WHERE outcome <> 'ok'))[1] AS last_problem
-        FROM batches WHERE job_id = j.job_id) b ON true";
+const FROM: &str = "FROM jobs j
+    CROSS JOIN LATERAL (SELECT coalesce(j.batch_totals, job_batch_totals(j.job_id)) AS totals) t";
 
 fn row_to_status(row: &tokio_postgres::Row) -> Result<JobStatus, StoreError> {
     Ok(JobStatus {

@@ -76,8 +76,8 @@ pub(super) async fn consume(
                 .then(|| slots.clone().try_acquire_owned().ok())
                 .flatten()
             {
-                let (delivery, lane) = waiting.next().expect("a delivery is waiting");
-                spawn_job(ctx, tasks, delivery, lane, permit);
+                let (delivery, lane, arrived) = waiting.next().expect("a delivery is waiting");
+                spawn_job(ctx, tasks, delivery, lane, arrived, permit);
             }
             let expiry = waiting.oldest().map(|since| since + slot_wait);
             let next = tokio::select! {
@@ -182,12 +182,14 @@ impl WaitingRoom {
         !self.interactive.is_empty() || !self.bulk.is_empty()
     }
 
-    /// The next delivery for a free slot: interactive work first.
-    fn next(&mut self) -> Option<(Delivery, Lane)> {
-        if let Some((delivery, _)) = self.interactive.pop_front() {
-            return Some((delivery, Lane::Interactive));
+    /// The next delivery for a free slot, with when it arrived: interactive work first.
+    fn next(&mut self) -> Option<(Delivery, Lane, Instant)> {
+        if let Some((delivery, arrived)) = self.interactive.pop_front() {
+            return Some((delivery, Lane::Interactive, arrived));
         }
-        self.bulk.pop_front().map(|(delivery, _)| (delivery, Lane::Bulk))
+        self.bulk
+            .pop_front()
+            .map(|(delivery, arrived)| (delivery, Lane::Bulk, arrived))
     }
 
     /// When the longest-waiting delivery arrived.
@@ -235,6 +237,7 @@ fn spawn_job(
     tasks: &mut JoinSet<()>,
     delivery: Delivery,
     lane: Lane,
+    arrived: Instant,
     permit: OwnedSemaphorePermit,
 ) {
     let ctx = ctx.clone();
@@ -250,7 +253,7 @@ fn spawn_job(
         // abandoned (repeated panics end as a poison job) and its message goes back.
         let acker = delivery.acker.clone();
         let body = delivery.data.clone();
-        if AssertUnwindSafe(handle(&ctx, delivery, lane))
+        if AssertUnwindSafe(handle(&ctx, delivery, lane, arrived))
             .catch_unwind()
             .await
             .is_err()
@@ -328,7 +331,7 @@ pub(super) fn decode(delivery: &Delivery) -> Result<JobRequest, Rejection> {
 /// arguments twice in the job's state (as arguments and as locals), and the delivery alone is
 /// about 430 bytes in each of thousands of jobs in flight.
 #[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
-fn handle(ctx: &Context, delivery: Delivery, lane: Lane) -> impl Future<Output = ()> + '_ {
+fn handle(ctx: &Context, delivery: Delivery, lane: Lane, arrived: Instant) -> impl Future<Output = ()> + '_ {
     async move {
         let job = match decode(&delivery) {
             Ok(job) => job,
@@ -360,7 +363,9 @@ fn handle(ctx: &Context, delivery: Delivery, lane: Lane) -> impl Future<Output =
                 .run(&job, stop, &ctx.drain.abort)
                 .instrument(span.clone())
         );
-        let mut deadline = std::pin::pin!(tokio::time::sleep(ctx.settings.ack_deadline));
+        // From the delivery's arrival, not the job's start: the time it waited for a slot counts
+        // towards the broker's consumer timeout too.
+        let mut deadline = std::pin::pin!(tokio::time::sleep_until(arrived + ctx.settings.ack_deadline));
         let mut acked_early = false;
         let end = loop {
             tokio::select! {
@@ -371,7 +376,7 @@ fn handle(ctx: &Context, delivery: Delivery, lane: Lane) -> impl Future<Output =
                     // Boxed, like `settle` below: a job task lives as long as its job, and these
                     // rarely taken steps should not add their size to every one in flight.
                     let acked = Box::pin(async {
-                        store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id).await.is_ok()
+                        store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id).await.is_ok_and(|row| row)
                             && delivery.ack(BasicAckOptions::default()).await.is_ok()
                     });
                     if acked.await {

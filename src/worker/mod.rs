@@ -1,6 +1,6 @@
 //! The worker: broker sessions (reconnecting with backoff), intake bounded to
-//! WORKER_CONCURRENCY jobs, the background tasks (outbox relay, sweeper), and the drain on
-//! shutdown.
+//! WORKER_CONCURRENCY jobs, the background tasks (outbox relay, sweeper, retention), and the
+//! drain on shutdown.
 //!
 //! # Stopping safely
 //!
@@ -14,6 +14,7 @@ mod context;
 mod lanes;
 mod recover;
 mod relay;
+mod retention;
 mod settle;
 mod sweeper;
 
@@ -124,7 +125,7 @@ where
     }
 }
 
-/// What the background tasks (relay, sweeper) share. They stop on `stop`, which fires after the
+/// What the background tasks (relay, sweeper, retention) share. They stop on `stop`, which fires after the
 /// drain, so that the relay's last pass still has the broker.
 #[derive(Clone)]
 struct Background {
@@ -183,10 +184,11 @@ pub async fn run(
     let relay = tokio::spawn(relay::run(background.clone()));
     let express = tokio::spawn(relay::express(background.clone(), express_rx));
     let sweeper = tokio::spawn(sweeper::run(
-        background,
+        background.clone(),
         settings.lease(),
         settings.sweep_interval(),
     ));
+    let retention = tokio::spawn(retention::run(background, settings.retain()));
     let ctx = Arc::new(Context {
         runner,
         publisher: publisher_rx,
@@ -220,6 +222,7 @@ pub async fn run(
     let _ = relay.await;
     let _ = express.await;
     let _ = sweeper.await;
+    let _ = retention.await;
     if let Some((connection, channel)) = last_session {
         // A broker that went away cannot answer close-ok; do not let that hold the exit.
         let close = async {

@@ -25,7 +25,7 @@ use crate::{
         JobRequest, Rejection,
         event::{Failed, JobFailure},
     },
-    metrics::Recovery,
+    metrics::{Deferral, Recovery},
     pipeline,
     store::{self, StoreError, with_retries},
 };
@@ -97,6 +97,7 @@ async fn wait(ctx: &Context, delivery: Delivery) {
         .await
     {
         Ok(()) => {
+            ctx.metrics.delivery_deferred(Deferral::Database);
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Err(e) => {

@@ -168,15 +168,16 @@ async fn the_cost_in_the_event_and_the_metric_is_the_batches_tokens_times_the_pr
     assert!(cost > 0.0);
     // Each batch is priced and rounded to a billionth on its own: the sum may differ by that.
     assert!((cost - expected).abs() < 1e-8, "{cost} vs {expected}");
+    // The batches were folded into the job's row at completion, their cost summed there.
     let stored: i64 = env
         .db()
         .await
         .query_one(
-            "SELECT sum(cost_nanos)::bigint FROM batches WHERE job_id = $1",
+            "SELECT (batch_totals->>'cost_nanos')::bigint FROM jobs WHERE job_id = $1",
             &[&job_id],
         )
         .await
-        .expect("the batches")
+        .expect("the batches' totals")
         .get(0);
     let plan = env.stored_plan(job_id).await;
     let outline = plan.outline.map_or(0, |o| o.usage.cost_nanos);

@@ -36,6 +36,7 @@ mod prompt_cache;
 mod prompt_injection;
 mod reconnect;
 mod resume;
+mod retention;
 mod secrets;
 mod settings;
 mod shutdown;

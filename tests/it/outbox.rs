@@ -1,5 +1,6 @@
 //! Promise: the outbox does not grow without bound: confirmed events are trimmed after their
-//! retention, and an unconfirmed event is never trimmed.
+//! retention, an unconfirmed event is never trimmed, and outcome events (completed, failed) stay
+//! with their job (the retention pass takes them, tests/it/retention.rs).
 
 use std::time::Duration;
 
@@ -21,11 +22,15 @@ async fn confirmed_events_are_trimmed_and_unsent_ones_kept() {
     worker.stop().await;
 
     let db = env.db().await;
-    // One event confirmed long ago, one never sent.
+    // Every event confirmed long ago (a progress and the completion), one never sent, and a
+    // failure confirmed long ago.
     db.batch_execute(
-        "UPDATE outbox SET sent_at = now() - interval '30 days' WHERE routing_key = 'roadmap.progress';
+        "UPDATE outbox SET sent_at = now() - interval '30 days';
          INSERT INTO outbox (event_id, routing_key, payload, created_at)
-         VALUES (gen_random_uuid(), 'roadmap.failed', '{}', now() - interval '30 days');",
+         VALUES (gen_random_uuid(), 'roadmap.failed', '{}', now() - interval '30 days');
+         INSERT INTO outbox (event_id, job_id, routing_key, payload, created_at, sent_at)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 'roadmap.failed', '{}', now() - interval '30 days',
+                 now() - interval '30 days');",
     )
     .await
     .unwrap();
@@ -46,7 +51,8 @@ async fn confirmed_events_are_trimmed_and_unsent_ones_kept() {
         left,
         vec![
             ("roadmap.completed".to_owned(), false),
-            ("roadmap.failed".to_owned(), true)
+            ("roadmap.failed".to_owned(), true),
+            ("roadmap.failed".to_owned(), false)
         ]
     );
     drop((client, pool));

@@ -57,7 +57,8 @@ async fn cached_input_tokens_are_recorded_from_both_providers() {
         let db = env.db().await;
         let stored: i64 = db
             .query_one(
-                "SELECT sum(cached_input_tokens)::bigint FROM batches WHERE job_id = $1",
+                // Stored per batch, summed into the job's row when its completion folded them.
+                "SELECT (batch_totals->>'cached_input_tokens')::bigint FROM jobs WHERE job_id = $1",
                 &[&job_id],
             )
             .await

@@ -30,6 +30,8 @@ fn out_of_range_values_are_refused_with_the_variable_name() {
         ("LEASE_SECS", "sixty"),
         ("JOB_POISON_AFTER", "0"),
         ("SWEEP_INTERVAL_SECS", "0"),
+        ("RETAIN_DAYS", "0"),
+        ("RETAIN_DAYS", "3651"),
         ("AMQP_ACK_DEADLINE_SECS", "0"),
         ("LLM_PROBE_INTERVAL_SECS", "0"),
         ("LLM_TIMEOUT_SECS", "0"),

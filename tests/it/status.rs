@@ -1,6 +1,7 @@
 //! Promise: `roadmap-worker status` tells an operator where a job is without psql: its state,
-//! batches, calls, tokens and cost as text or JSON (with the roadmap once completed), lists the
-//! running or failed jobs, and answers an unknown job clearly.
+//! batches, calls, tokens and cost as text or JSON (with the roadmap once completed; a completed
+//! job's figures outlive its batches, folded away at completion), lists the running or failed
+//! jobs, and answers an unknown job clearly.
 
 use std::{process::Output, time::Duration};
 
@@ -39,13 +40,28 @@ async fn status_shows_a_job_as_text_and_json_and_lists_failed_ones() {
     env.publish(&body).await;
     let (failed, body) = job(12, "Data Engineer");
     env.publish(&body).await;
+    let mut ends = Vec::new();
     for id in [done, failed] {
-        events
-            .wait_for_end(id, Duration::from_secs(60), |_| {})
-            .await
-            .expect("the job ends");
+        ends.push(
+            events
+                .wait_for_end(id, Duration::from_secs(60), |_| {})
+                .await
+                .expect("the job ends"),
+        );
     }
     worker.stop().await;
+    let db = env.db().await;
+    let batches = |id| {
+        let db = &db;
+        async move {
+            db.query_one("SELECT count(*) FROM batches WHERE job_id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(batches(done).await, 0, "the completion folded its batches away");
+    assert_eq!(batches(failed).await, 1, "a failed job keeps its batches");
 
     let text = stdout(&status(&env, &[&done.to_string()]));
     println!("{text}");
@@ -61,6 +77,17 @@ async fn status_shows_a_job_as_text_and_json_and_lists_failed_ones() {
     assert_eq!(json["status"], "completed");
     assert_eq!(json["batches_done"], 1);
     assert!(json["output_tokens"].as_i64().unwrap() > 0);
+    // The figures of its folded batches are the completion event's (one batch, no outline).
+    let usage = &ends[0].body["usage"];
+    for field in [
+        "llm_calls",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+    ] {
+        assert_eq!(json[field], usage[field], "{field}");
+    }
+    assert_eq!(json["fallback_batches"], ends[0].body["fallback_batches"]);
     assert_eq!(
         json["roadmap"]["weeks"].as_array().map(Vec::len),
         Some(3),

@@ -39,6 +39,11 @@ pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Every batch row written, stored or folded away by its job's completion, as `batch` (the row
+/// as JSON), once [`TestEnv::keep_folded_batches`] is in place: a table expression for `FROM`.
+pub const ALL_BATCHES: &str =
+    "(SELECT to_jsonb(b) AS batch FROM batches b UNION ALL SELECT batch FROM folded_batches) AS b";
+
 /// One test's private world.
 #[derive(Debug)]
 pub struct TestEnv {
@@ -234,6 +239,32 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("cannot open the test database ({e}). {PG_HINT}"));
         tokio::spawn(conn);
         client
+    }
+
+    /// Keeps a copy of every batch row deleted from now on, as JSON in `folded_batches`: a
+    /// completion folds its job's batches away, and some tests look at each batch of a
+    /// completed job (its outcome, calls, writing time). Read them with [`ALL_BATCHES`]. Call it
+    /// once a worker has migrated the database, before the jobs it is for complete.
+    pub async fn keep_folded_batches(&self) {
+        let db = self.db().await;
+        // Worker processes may still be migrating: `batches` is all the trigger needs.
+        eventually(Duration::from_secs(30), "the batches table", || async {
+            let row = db
+                .query_one("SELECT to_regclass('batches') IS NOT NULL", &[])
+                .await
+                .ok()?;
+            row.get::<_, bool>(0).then_some(())
+        })
+        .await;
+        db.batch_execute(
+            "CREATE TABLE folded_batches (batch jsonb NOT NULL);
+                 CREATE FUNCTION keep_folded_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO folded_batches VALUES (to_jsonb(OLD)); RETURN OLD; END $$;
+                 CREATE TRIGGER keep_folded_batch BEFORE DELETE ON batches
+                     FOR EACH ROW EXECUTE FUNCTION keep_folded_batch();",
+        )
+        .await
+        .expect("the folded batches' table and trigger");
     }
 
     /// The plan stored with job `job_id` (with its outline, once written).

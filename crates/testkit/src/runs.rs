@@ -6,7 +6,7 @@ use std::time::Duration;
 use mock_llm::{Fault, FaultPlan};
 use roadmap_worker::domain::event::Completed;
 
-use super::{TestEnv, job};
+use super::{ALL_BATCHES, TestEnv, job};
 
 pub const PROVIDERS: [&str; 2] = ["openai", "gemini"];
 
@@ -19,7 +19,8 @@ pub struct Run {
     pub outlines: usize,
     /// The structured-output mode of each batch request.
     pub formats: Vec<String>,
-    /// Each stored batch's outcome and LLM calls.
+    /// Each stored batch's outcome and LLM calls (folded away at completion, read from the
+    /// copies [`TestEnv::keep_folded_batches`] keeps).
     pub batches: Vec<(String, i32)>,
     /// The worker's /metrics text at the end of the run.
     pub metrics: String,
@@ -53,6 +54,7 @@ pub async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&s
     let mut args = vec!["--job-parallelism", "1"];
     args.extend_from_slice(extra);
     let worker = env.start_worker_for(provider, &args).await;
+    env.keep_folded_batches().await;
     let mut events = env.watcher().await;
     let (job_id, body) = job(weeks, "Cloud Engineer");
     env.publish(&body).await;
@@ -70,7 +72,13 @@ pub async fn run_job(provider: &str, script: Vec<Fault>, weeks: u32, extra: &[&s
     );
     let db = env.db().await;
     let batches = db
-        .query("SELECT outcome, llm_calls FROM batches ORDER BY batch_index", &[])
+        .query(
+            &format!(
+                "SELECT batch->>'outcome', (batch->>'llm_calls')::int FROM {ALL_BATCHES}
+                 ORDER BY (batch->>'batch_index')::int"
+            ),
+            &[],
+        )
         .await
         .unwrap()
         .iter()
