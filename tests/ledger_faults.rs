@@ -73,12 +73,13 @@ async fn transient_jobs_parked_by_a_401_survive_a_broker_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_during_a_database_outage_cancels_the_job() {
-    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(800)).await;
+    // Long enough (18 batches of 1.5 s, one at a time) to be running when the database is back.
+    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(1500)).await;
     let worker = env
         .start_worker(&["--retry-delay-secs", "1", "--job-parallelism", "1"])
         .await;
     let mut events = env.watcher().await;
-    let (job_id, body) = job(24, "Data Engineer");
+    let (job_id, body) = job(52, "Data Engineer");
     env.publish(&body).await;
     let first = events.next(Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!(first.routing_key, "roadmap.progress");

@@ -27,7 +27,7 @@ use crate::{
     },
     metrics::{Deferral, Recovery},
     pipeline,
-    store::{self, StoreError, with_retries},
+    store::{self, StoreError},
 };
 
 /// The header that counts how often a message came back from the recovery queue.
@@ -134,7 +134,9 @@ async fn give_up(ctx: &Context, delivery: &Delivery, job: &JobRequest) -> Result
     event.event_id = Uuid::new_v5(&job.job_id, b"failed:delivery_limit");
     let plan = pipeline::plan(&job.profile(), job.duration_weeks, ctx.runner.batch_weeks());
     let pool = ctx.runner.pool();
-    let failed = with_retries(|| store::jobs::fail_unowned(pool, job, &plan, reason, &event)).await?;
+    // One try: a recovery that fails waits in its retry queue at once (see `wait`), so that the
+    // deliveries prefetched behind it are not held unacked through an outage.
+    let failed = store::jobs::fail_unowned(pool, job, &plan, reason, &event).await?;
     if !failed {
         return Ok(Recovery::Done);
     }
