@@ -16,7 +16,7 @@ use testkit::{
 use uuid::Uuid;
 
 const REPLICAS: usize = 3;
-const JOBS: u32 = 48;
+const JOBS: u32 = 64;
 
 /// A small deterministic generator, so a failing run can be repeated.
 struct Lcg(u64);
@@ -97,7 +97,7 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
     let started = Instant::now();
     let deadline = Duration::from_secs(300);
     loop {
-        tokio::time::sleep(Duration::from_millis(1500 + rng.next(2500))).await;
+        tokio::time::sleep(Duration::from_millis(700 + rng.next(1300))).await;
         let completed = completed_count(&env).await;
         if completed == Some(JOBS as i64) {
             break;
@@ -111,7 +111,7 @@ async fn chaos_loses_nothing_and_regenerates_no_finished_batch() {
             println!("chaos: restarting RabbitMQ");
             restart_rabbitmq();
             rabbit_restarted = true;
-        } else if elapsed >= 10 && !pg_restarted {
+        } else if elapsed >= 7 && !pg_restarted {
             println!("chaos: restarting Postgres");
             pg_ctl("restart");
             pg_restarted = true;

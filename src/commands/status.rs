@@ -94,6 +94,19 @@ pub fn describe(job: &JobStatus, now: DateTime<Utc>) -> String {
         (Some(owner), _) => {
             out += &format!("  owner      {owner} (lease expired: another replica may take it)\n")
         }
+        (None, _) if job.status == JobState::Running => {
+            let waits = match job.waits {
+                0 => String::new(),
+                n => format!(", {n} turn(s) waited for its user"),
+            };
+            out += &match job.not_before {
+                Some(due) if due > now => format!(
+                    "  waiting    in Postgres, due in {}{waits}\n",
+                    age((due - now).to_std().unwrap_or_default())
+                ),
+                _ => format!("  waiting    queued for the next free replica{waits}\n"),
+            };
+        }
         _ => {}
     }
     out += &format!(

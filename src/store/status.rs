@@ -36,6 +36,11 @@ pub struct JobStatus {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// A running job with no owner waits in its row until then (its user's turn, a provider
+    /// fault), or is queued again when it is in the past.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Turns the job has waited for its user (`USER_MAX_IN_FLIGHT`) since it was last claimed.
+    pub waits: i32,
     pub roadmap_id: Option<Uuid>,
     /// The stored roadmap, when asked for and completed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,7 +61,7 @@ const COLUMNS: &str = "j.job_id, j.user_id, j.status, j.batches_done, j.batches_
     ((t.totals->>'cost_nanos')::numeric / 1e9)::float8 + coalesce((j.plan->'outline'->'usage'->>'cost')::float8, 0)
         AS cost,
     j.owner, j.lease_until, j.claims, j.abandoned, j.failure_reason, j.created_at, j.updated_at,
-    j.completed_at, j.roadmap_id, t.totals->>'last_problem' AS last_problem";
+    j.completed_at, j.not_before, j.waits, j.roadmap_id, t.totals->>'last_problem' AS last_problem";
 
 const FROM: &str = "FROM jobs j
     CROSS JOIN LATERAL (SELECT coalesce(j.batch_totals, job_batch_totals(j.job_id)) AS totals) t";
@@ -82,6 +87,8 @@ fn row_to_status(row: &tokio_postgres::Row) -> Result<JobStatus, StoreError> {
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
         completed_at: row.get("completed_at"),
+        not_before: row.get("not_before"),
+        waits: row.get("waits"),
         roadmap_id: row.get("roadmap_id"),
         last_problem: row.get("last_problem"),
         roadmap: None,

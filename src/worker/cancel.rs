@@ -16,10 +16,8 @@ use uuid::Uuid;
 
 use super::{Context, settle};
 use crate::{
-    amqp,
     domain::event::JobFailure,
     domain::event::{CancelRejected, EventKind},
-    metrics::Deferral,
     store::{self, jobs::JobState, ledger::CancelRequest},
 };
 
@@ -120,25 +118,6 @@ async fn handle(ctx: &Context, delivery: Delivery) {
 
 /// The database is away: the cancel waits in the cancel retry queue (never the job path, where
 /// it would be refused as a malformed job) and comes back to this queue after RETRY_DELAY_SECS.
-/// If even that copy cannot be made, the delivery goes back to the cancel queue.
 async fn wait(ctx: &Context, delivery: Delivery) {
-    let props = amqp::republished(&delivery.properties);
-    let queue = &ctx.topology.cancel_retry_queue;
-    match ctx
-        .publish_delayed(queue, &delivery.data, props, ctx.settings.retry_delay)
-        .await
-    {
-        Ok(()) => {
-            ctx.metrics.delivery_deferred(Deferral::Database);
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-        }
-        Err(e) => {
-            warn!(error = %e, "could not delay a cancel; it goes back to its queue");
-            let requeue = lapin::options::BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            let _ = delivery.nack(requeue).await;
-        }
-    }
+    settle::wait_out_outage(ctx, delivery, &ctx.topology.cancel_retry_queue).await;
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicAckOptions, BasicQosOptions},
     types::{AMQPValue, ShortString},
 };
 use tracing::{info, warn};
@@ -25,7 +25,7 @@ use crate::{
         JobRequest, Rejection,
         event::{Failed, JobFailure},
     },
-    metrics::{Deferral, Recovery},
+    metrics::Recovery,
     pipeline,
     store::{self, StoreError},
 };
@@ -86,29 +86,9 @@ enum RecoverError {
 }
 
 /// Nothing could be done now (the database or the broker is away): the message waits in the
-/// recovery retry queue and comes back here after RETRY_DELAY_SECS. Every delivery is settled:
-/// one left unacked would starve this consumer and, past the broker's consumer timeout, close
-/// its channel. If even that copy cannot be made, it goes back to the recovery queue.
+/// recovery retry queue and comes back here after RETRY_DELAY_SECS.
 async fn wait(ctx: &Context, delivery: Delivery) {
-    let props = amqp::republished(&delivery.properties);
-    let queue = &ctx.topology.recover_retry_queue;
-    match ctx
-        .publish_delayed(queue, &delivery.data, props, ctx.settings.retry_delay)
-        .await
-    {
-        Ok(()) => {
-            ctx.metrics.delivery_deferred(Deferral::Database);
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-        }
-        Err(e) => {
-            warn!(error = %e, "could not delay a recovery; it goes back to its queue");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            let _ = delivery.nack(requeue).await;
-        }
-    }
+    settle::wait_out_outage(ctx, delivery, &ctx.topology.recover_retry_queue).await;
 }
 
 /// Back to the work queue with the count raised; a fresh message starts a fresh delivery count.

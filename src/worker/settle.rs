@@ -192,6 +192,32 @@ pub(super) async fn hand_back(
     }
 }
 
+/// Settles a side consumer's delivery (a cancel, a recovery) that met a database outage: it
+/// waits in `queue`, a retry queue of its own path, for RETRY_DELAY_SECS and comes back. Every
+/// such delivery is settled at once: one left unacked would hold the consumer's prefetch and,
+/// past the broker's consumer timeout, close its channel. If even the copy cannot be made, the
+/// delivery goes back to its queue.
+pub(super) async fn wait_out_outage(ctx: &Context, delivery: Delivery, queue: &str) {
+    let props = amqp::republished(&delivery.properties);
+    match ctx
+        .publish_delayed(queue, &delivery.data, props, ctx.settings.retry_delay)
+        .await
+    {
+        Ok(()) => {
+            ctx.metrics.delivery_deferred(Deferral::Database);
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            warn!(error = %e, queue, "could not delay a delivery; it goes back to its queue");
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            let _ = delivery.nack(requeue).await;
+        }
+    }
+}
+
 /// Records a refused message whose job_id is readable as that job's outcome: a failed row
 /// and its `roadmap.failed` event, unless the job_id is known already (a refusal never gives a
 /// job a second outcome; a copy under an ended job_id has its outcome announced again). The

@@ -28,6 +28,8 @@ pub(super) async fn run(bg: Background, lease: Duration, interval: Duration) {
     // A re-published copy that has not been claimed by then is taken as lost and sent again.
     let restamp_after = lease.max(interval * 30);
     let mut last_full = tokio::time::Instant::now();
+    // The sweep runs every second: an outage is logged once, not once a second.
+    let mut failing = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(WAKE_EVERY.min(interval)) => {}
@@ -42,25 +44,35 @@ pub(super) async fn run(bg: Background, lease: Duration, interval: Duration) {
         // A full page may leave more behind: sweep again at once, a few pages per tick, so
         // that a large backlog coming due is spread over seconds rather than sent in one burst.
         for _ in 0..PAGES_PER_TICK {
-            if sweep(&bg, scope, lease, restamp_after).await < PER_SWEEP as usize {
-                break;
+            match sweep(&bg, scope, lease, restamp_after).await {
+                Ok(n) if n == PER_SWEEP as usize => failing = false,
+                Ok(_) => {
+                    failing = false;
+                    break;
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(error = %e, ?scope, "sweep failed; trying again every second");
+                    }
+                    failing = true;
+                    break;
+                }
             }
         }
     }
 }
 
 /// One sweep; returns how many jobs it stamped.
-async fn sweep(bg: &Background, scope: Sweep, lease: Duration, restamp_after: Duration) -> usize {
+async fn sweep(
+    bg: &Background,
+    scope: Sweep,
+    lease: Duration,
+    restamp_after: Duration,
+) -> Result<usize, store::StoreError> {
     let Some(publisher) = bg.publisher.borrow().clone() else {
-        return 0;
+        return Ok(0);
     };
-    let found = match store::jobs::sweep(&bg.pool, scope, lease, restamp_after, PER_SWEEP).await {
-        Ok(found) => found,
-        Err(e) => {
-            warn!(error = %e, ?scope, "sweep failed");
-            return 0;
-        }
-    };
+    let found = store::jobs::sweep(&bg.pool, scope, lease, restamp_after, PER_SWEEP).await?;
     let n = found.len();
     for job in found {
         let body = job.request.to_string();
@@ -83,9 +95,9 @@ async fn sweep(bg: &Background, scope: Sweep, lease: Duration, restamp_after: Du
             Err(e) => {
                 warn!(job_id = %job.job_id, error = %e, "could not re-publish a job");
                 let _ = store::jobs::unstamp(&bg.pool, job.job_id).await;
-                return 0;
+                return Ok(0);
             }
         }
     }
-    n
+    Ok(n)
 }

@@ -251,6 +251,17 @@ async fn a_job_waiting_for_its_user_is_cancelled_at_once() {
         },
     )
     .await;
+    // `status` shows where it stands: waiting in Postgres for its user (read again if it is
+    // read in the moment a wake-up claims it to park it anew).
+    eventually(Duration::from_secs(10), "status showing the wait", || async {
+        let status = roadmap_worker::store::status::job(&db, second, false)
+            .await
+            .unwrap()
+            .expect("status knows the waiting job");
+        let text = roadmap_worker::commands::status::describe(&status, chrono::Utc::now());
+        text.contains("turn(s) waited for its user").then_some(())
+    })
+    .await;
     roadmap_worker::client::publish_cancel(&env.publisher, &env.topology, second, "user-1")
         .await
         .unwrap();
