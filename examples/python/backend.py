@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import sys
-import time
 import uuid
 
 import aio_pika
@@ -51,7 +50,8 @@ async def main() -> int:
     async with connection:
         # The worker declares the exchanges at its start; a backend that comes up first waits.
         for attempt in range(60):
-            channel = await connection.channel(publisher_confirms=True)
+            # A job the broker returns (no queue bound for it yet) raises instead of vanishing.
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             try:
                 events = await channel.get_exchange(f"{ns}.events", ensure=True)
                 jobs_exchange = await channel.get_exchange(f"{ns}.jobs", ensure=True)
@@ -83,50 +83,62 @@ async def main() -> int:
                 "hours_per_week": 8,
                 "focus_areas": ["testing"],
             }
-            await jobs_exchange.publish(
-                aio_pika.Message(
-                    json.dumps(body).encode(),
-                    content_type="application/json",
-                    message_id=job_id,  # a refusal can then still name the job
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key="roadmap.generate",
-                mandatory=True,
+            message = aio_pika.Message(
+                json.dumps(body).encode(),
+                content_type="application/json",
+                message_id=job_id,  # a refusal can then still name the job
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
+            # Mandatory: a job that no queue takes (the worker is still declaring its queues)
+            # comes back as an error; publish it again shortly rather than lose it.
+            for _ in range(30):
+                try:
+                    await jobs_exchange.publish(message, routing_key="roadmap.generate", mandatory=True)
+                    break
+                except aio_pika.exceptions.DeliveryError as e:
+                    print(f"job {job_id} not taken ({e}); publishing again", file=sys.stderr)
+                    await asyncio.sleep(1)
+            else:
+                print(f"no queue took job {job_id} within 30 s", file=sys.stderr)
+                return 1
             pending[job_id] = {"done": 0, "total": None}
             print(f"published {job_id}")
 
         seen = set()  # message_ids: delivery is at least once
         results, invalid, duplicates = {}, 0, 0
-        deadline = time.monotonic() + args.timeout
-        async with queue.iterator() as messages:
-            async for message in messages:
-                async with message.process():
-                    if message.message_id in seen:
-                        duplicates += 1
-                        continue
-                    seen.add(message.message_id)
-                    kind = message.routing_key
-                    event = json.loads(message.body)
-                    try:
-                        check[kind].validate(event)
-                    except (KeyError, jsonschema.ValidationError) as e:
-                        invalid += 1
-                        print(f"INVALID {kind}: {e}", file=sys.stderr)
-                    # Route on the headers: no need to parse a 320 KB body to know whose it is.
-                    job_id = (message.headers or {}).get("job_id")
-                    if job_id not in pending:
-                        continue
-                    if kind == "roadmap.progress":
-                        state = pending[job_id]
-                        state["done"] = max(state["done"], event["batches_done"])
-                        state["total"] = event["batches_total"]
-                        print(f"{job_id}: {state['done']}/{state['total']} batches")
-                    elif kind in TERMINAL:
-                        results[job_id] = event
-                        print(f"{job_id}: {kind}")
-                if len(results) == len(pending) or time.monotonic() > deadline:
-                    break
+        # The deadline holds even when no event comes at all.
+        try:
+            async with asyncio.timeout(args.timeout):
+                async with queue.iterator() as messages:
+                    async for message in messages:
+                        async with message.process():
+                            if message.message_id in seen:
+                                duplicates += 1
+                                continue
+                            seen.add(message.message_id)
+                            kind = message.routing_key
+                            event = json.loads(message.body)
+                            try:
+                                check[kind].validate(event)
+                            except (KeyError, jsonschema.ValidationError) as e:
+                                invalid += 1
+                                print(f"INVALID {kind}: {e}", file=sys.stderr)
+                            # Route on the headers: no need to parse a 320 KB body to know whose it is.
+                            job_id = (message.headers or {}).get("job_id")
+                            if job_id not in pending:
+                                continue
+                            if kind == "roadmap.progress":
+                                state = pending[job_id]
+                                state["done"] = max(state["done"], event["batches_done"])
+                                state["total"] = event["batches_total"]
+                                print(f"{job_id}: {state['done']}/{state['total']} batches")
+                            elif kind in TERMINAL:
+                                results[job_id] = event
+                                print(f"{job_id}: {kind}")
+                        if len(results) == len(pending):
+                            break
+        except TimeoutError:
+            print(f"timed out after {args.timeout:.0f} s", file=sys.stderr)
         await queue.delete(if_unused=False, if_empty=False)
 
     completed = [e for e in results.values() if e["event"] == "roadmap.completed"]

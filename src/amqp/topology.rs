@@ -81,7 +81,8 @@ impl Topology {
         ]
     }
 
-    /// Declares everything; safe to run from every replica at every start.
+    /// Declares everything; safe to run from every replica at every start. The events exchange
+    /// comes last, once every queue is bound.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -91,14 +92,6 @@ impl Topology {
             .exchange_declare(
                 self.jobs_exchange.as_str().into(),
                 ExchangeKind::Direct,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .exchange_declare(
-                self.events_exchange.as_str().into(),
-                ExchangeKind::Topic,
                 durable,
                 FieldTable::default(),
             )
@@ -211,7 +204,17 @@ impl Topology {
             &self.jobs_exchange,
             CANCEL_ROUTING_KEY,
         )
-        .await
+        .await?;
+        // Last: a backend that waits for the events exchange (to bind its queue before its first
+        // job) then finds every work queue bound, and no job it publishes is returned unroutable.
+        channel
+            .exchange_declare(
+                self.events_exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
     }
 
     async fn bind(&self, channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
