@@ -1,5 +1,6 @@
 //! The ledger under broker and database faults (not part of `cargo test`: it restarts the
-//! machine's RabbitMQ, stops its Postgres and shortens the broker's consumer timeout). Run alone:
+//! machine's RabbitMQ, stops its Postgres, shortens the broker's consumer timeout and adds a
+//! broker user). Run alone:
 //! `cargo test --test ledger_faults -- --nocapture --test-threads=1`.
 //!
 //! - Jobs published transient, parked by a provider that refuses our key, then a RabbitMQ
@@ -10,6 +11,8 @@
 //!   consumer timeout later.
 //! - Two slots, interactive and bulk jobs longer than a short consumer timeout: no channel is
 //!   closed, nothing is dead-lettered, everything completes.
+//! - A job published by another broker user with `user_id` set, re-published by intake: the
+//!   copy leaves the property out, every job completes, no channel is closed.
 
 use std::time::Duration;
 
@@ -209,6 +212,61 @@ async fn two_slots_and_jobs_longer_than_the_consumer_timeout_close_no_channel() 
         "no channel was closed under the jobs"
     );
     assert_eq!(dead_letters(&env).await, 0, "nothing dead-lettered");
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_carrying_another_brokers_user_id_is_re_published_without_it() {
+    // A backend that publishes as its own broker user and sets `user_id` to it (RabbitMQ checks
+    // the property against the connection's user): a worker copying the property onto its own
+    // re-publish would have the broker close its channel with 406.
+    testkit::services::broker_user("rw-backend", "rw-backend");
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(&[]).await;
+    let mut events = env.watcher().await;
+    let backend = lapin::Connection::connect(
+        "amqp://rw-backend:rw-backend@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("the backend's broker user");
+    let channel = backend.create_channel().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        // Bulk jobs sent with the interactive key: intake re-publishes each to the bulk queue.
+        let (id, mut body) = job(3, &format!("Own-user role {i}"));
+        body["priority"] = json!("bulk");
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_user_id("rw-backend".into());
+        channel
+            .basic_publish(
+                env.topology.jobs_exchange.as_str().into(),
+                roadmap_worker::amqp::topology::JOB_ROUTING_KEY.into(),
+                Default::default(),
+                body.to_string().as_bytes(),
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    for id in &ids {
+        let end = events
+            .wait_for_end(*id, Duration::from_secs(60), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    }
+    assert_eq!(
+        worker.running.metrics.amqp_reconnects.get(),
+        0,
+        "no channel was closed"
+    );
+    let _ = backend.close(200, "done".into()).await;
     worker.stop().await;
     env.cleanup().await;
 }

@@ -56,10 +56,37 @@ const BROKER_HEADERS: [&str; 8] = [
 ];
 
 /// The properties of a message the worker publishes again (a hand-back, a recovery, a wait
-/// through a retry queue): persistent whatever the backend chose, and without the broker's
-/// dead-letter history.
+/// through a retry queue): only what the job contract uses, persistent whatever the backend
+/// chose, and without the broker's dead-letter history. Left out on purpose: `user_id` (the
+/// broker checks it against the publishing connection's user and closes the channel with 406 on
+/// a mismatch, so a backend's own user would break every re-publish), `expiration` (a TTL meant
+/// for the first trip), `reply_to` and `cluster_id`.
 pub fn republished(props: &lapin::BasicProperties) -> lapin::BasicProperties {
-    let mut props = props.clone().with_delivery_mode(2);
+    let mut copy = lapin::BasicProperties::default().with_delivery_mode(2);
+    if let Some(v) = props.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = props.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = props.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = props.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = props.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = props.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = props.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = props.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
     if let Some(headers) = props.headers() {
         let kept: std::collections::BTreeMap<_, _> = headers
             .inner()
@@ -67,9 +94,9 @@ pub fn republished(props: &lapin::BasicProperties) -> lapin::BasicProperties {
             .filter(|(k, _)| !BROKER_HEADERS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        props = props.with_headers(lapin::types::FieldTable::from(kept));
+        copy = copy.with_headers(lapin::types::FieldTable::from(kept));
     }
-    props
+    copy
 }
 
 #[cfg(test)]
@@ -77,14 +104,26 @@ mod tests {
     use lapin::types::{AMQPValue, FieldTable};
 
     #[test]
-    fn a_republished_copy_is_persistent_and_forgets_its_dead_letter_history() {
+    fn a_republished_copy_keeps_the_contracts_properties_only() {
         let mut headers = FieldTable::default();
         headers.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
         headers.insert("x-delivery-count".into(), AMQPValue::LongInt(3));
         headers.insert("traceparent".into(), AMQPValue::LongString("00-ab".into()));
-        let props = lapin::BasicProperties::default().with_headers(headers);
+        let props = lapin::BasicProperties::default()
+            .with_headers(headers)
+            .with_user_id("backend-user".into())
+            .with_expiration("5000".into())
+            .with_message_id("m-1".into())
+            .with_content_type("application/json".into());
         let copy = super::republished(&props);
         assert_eq!(*copy.delivery_mode(), Some(2));
+        assert_eq!(*copy.user_id(), None, "the broker would refuse another user's id");
+        assert_eq!(*copy.expiration(), None);
+        assert_eq!(copy.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
+        assert_eq!(
+            copy.content_type().as_ref().map(|m| m.as_str()),
+            Some("application/json")
+        );
         let kept = copy.headers().as_ref().unwrap().inner();
         assert_eq!(
             kept.keys().map(|k| k.as_str()).collect::<Vec<_>>(),

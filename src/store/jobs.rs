@@ -70,7 +70,9 @@ pub(super) async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan)
 }
 
 /// Extends the leases of many jobs in one statement, each under its own token; returns the jobs
-/// renewed (a job missing from it has been taken over, or has ended).
+/// still held (a job missing from it has been taken over, or has ended). A job whose row another
+/// session holds locked is skipped, not waited for: one stuck row must not hold back the renewal
+/// of every other lease. It is returned as held, unrenewed, and tried again at the next tick.
 pub async fn renew_many(
     pool: &Pool,
     job_ids: &[Uuid],
@@ -80,15 +82,32 @@ pub async fn renew_many(
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
-             FROM unnest($1::uuid[], $2::bigint[]) AS held (job_id, token)
-             WHERE jobs.job_id = held.job_id AND jobs.fencing_token = held.token AND jobs.status = 'running'
-             RETURNING jobs.job_id",
+            "WITH ours AS (
+                SELECT j.job_id FROM jobs j
+                JOIN unnest($1::uuid[], $2::bigint[]) AS held (job_id, token)
+                  ON j.job_id = held.job_id AND j.fencing_token = held.token
+                WHERE j.status = 'running'),
+             free AS (
+                SELECT job_id FROM jobs WHERE job_id IN (SELECT job_id FROM ours)
+                FOR UPDATE SKIP LOCKED),
+             renewed AS (
+                UPDATE jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
+                FROM free WHERE jobs.job_id = free.job_id
+                RETURNING jobs.job_id)
+             SELECT ours.job_id, renewed.job_id IS NOT NULL AS renewed
+             FROM ours LEFT JOIN renewed ON renewed.job_id = ours.job_id",
         )
         .await?;
     let rows = client
         .query(&statement, &[&job_ids, &tokens, &lease.as_secs_f64()])
         .await?;
+    let busy = rows.iter().filter(|r| !r.get::<_, bool>("renewed")).count();
+    if busy > 0 {
+        tracing::warn!(
+            jobs = busy,
+            "leases not renewed: another session holds their rows locked"
+        );
+    }
     Ok(rows.iter().map(|r| r.get("job_id")).collect())
 }
 

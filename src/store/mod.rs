@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod retention;
 pub mod roadmaps;
+pub mod session;
 pub mod status;
 mod tls;
 
@@ -63,9 +64,15 @@ fn pool_error(err: &deadpool_postgres::PoolError) -> String {
 }
 
 impl StoreError {
-    /// Database and pool errors pass with the outage; `Fenced` and corrupt data never do.
+    /// Connection, timeout and server-availability errors pass with the outage (see
+    /// [`session::is_transient`]); a deterministic SQL error, `Fenced` and corrupt data never do.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Pool(_) | Self::Db(_))
+        match self {
+            Self::Pool(deadpool_postgres::PoolError::Backend(e)) => session::is_transient(e),
+            Self::Pool(_) => true,
+            Self::Db(e) => session::is_transient(e),
+            Self::Fenced | Self::Corrupt(_) => false,
+        }
     }
 }
 
@@ -107,6 +114,7 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
 pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::Result<Pool> {
     let (mut config, tls) = tls::parse(settings)?;
     config.application_name(application_name);
+    session::apply_defaults(&mut config);
     ensure_database(&config, &tls).await?;
     migrate(&config, &tls).await?;
     let manager = Manager::from_config(
@@ -118,6 +126,10 @@ pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::R
     );
     Pool::builder(manager)
         .max_size(settings.pool_size as usize)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(session::POOL_WAIT))
+        .create_timeout(Some(session::POOL_CREATE))
+        .recycle_timeout(Some(session::POOL_RECYCLE))
         .build()
         .context("building the Postgres pool")
 }
@@ -130,6 +142,7 @@ pub async fn connect_readonly(
 ) -> anyhow::Result<tokio_postgres::Client> {
     let (mut config, tls) = tls::parse(settings)?;
     config.application_name(application_name);
+    session::apply_defaults(&mut config);
     connect_one(&config, &tls).await
 }
 
@@ -162,11 +175,28 @@ async fn ensure_database(config: &Config, tls: &Tls) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Migration runs tried before the start fails: a lock held by the running fleet passes.
+const MIGRATION_TRIES: u32 = 5;
+
 /// Applies migrations/ under an advisory lock, so replicas starting together take turns.
 async fn migrate(config: &Config, tls: &Tls) -> anyhow::Result<()> {
     let mut client = connect_one(config, tls).await?;
-    client.batch_execute("SELECT pg_advisory_lock(7291001)").await?;
-    let report = migrations::runner().run_async(&mut client).await;
+    // Waiting for another replica's migrations has no deadline, and a migration may rewrite a
+    // large table; but a migration waits at most LOCK_TIMEOUT for a table's lock, so a running
+    // fleet never queues long behind it (it is tried again below).
+    client
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0; SELECT pg_advisory_lock(7291001)")
+        .await?;
+    client
+        .batch_execute(&format!("SET lock_timeout = '{}'", session::LOCK_TIMEOUT))
+        .await?;
+    let mut report = migrations::runner().run_async(&mut client).await;
+    for attempt in 1..MIGRATION_TRIES {
+        let Err(e) = &report else { break };
+        warn!(error = %e, attempt, "a migration failed (a table's lock busy?); trying again");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report = migrations::runner().run_async(&mut client).await;
+    }
     client.batch_execute("SELECT pg_advisory_unlock(7291001)").await?;
     let report = report.context("applying migrations")?;
     for m in report.applied_migrations() {

@@ -32,7 +32,7 @@ use super::{
     settle::{self, settle},
 };
 use crate::{
-    amqp::topology::BULK_ROUTING_KEY,
+    amqp::{self, topology::BULK_ROUTING_KEY},
     domain::{JobRequest, Priority, Rejection},
     metrics::{Deferral, Dependency},
     pipeline::outcome::Outcome,
@@ -397,7 +397,11 @@ fn handle(ctx: &Context, delivery: Delivery, lane: Lane, arrived: Instant) -> im
 /// Publishes a bulk job to the bulk queue and acks this delivery; `false` if it could not.
 async fn forward_to_bulk(ctx: &Context, delivery: &Delivery) -> bool {
     let published = ctx
-        .publish_job(&delivery.data, delivery.properties.clone(), BULK_ROUTING_KEY)
+        .publish_job(
+            &delivery.data,
+            amqp::republished(&delivery.properties),
+            BULK_ROUTING_KEY,
+        )
         .await;
     match published {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await.is_ok(),

@@ -332,7 +332,7 @@ pub(super) async fn copy_to_dead_letters(
         properties::DEAD_LETTER_ID.into(),
         AMQPValue::LongString(LongString::from(letter_id.to_string())),
     );
-    let props = delivery.properties.clone().with_headers(headers);
+    let props = amqp::republished(&delivery.properties).with_headers(headers);
     let publisher = ctx.publisher().ok_or(PublishError::NotConnected)?;
     publisher
         .publish(

@@ -40,6 +40,7 @@ mod retention;
 mod secrets;
 mod settings;
 mod shutdown;
+mod stalls;
 mod status;
 mod traces;
 mod unbound_events;

@@ -72,3 +72,14 @@ fn set_broker_env(key: &str, value: u64) {
     let expr = format!("application:set_env(rabbit, {key}, {value}).");
     sh("rabbitmqctl", &["-q", "eval", &expr]);
 }
+
+/// A second broker user with full rights on the default vhost (kept: adding it again is a no-op).
+pub fn broker_user(name: &str, password: &str) {
+    let _ = Command::new("rabbitmqctl")
+        .args(["-q", "add_user", name, password])
+        .status();
+    sh(
+        "rabbitmqctl",
+        &["-q", "set_permissions", "-p", "/", name, ".*", ".*", ".*"],
+    );
+}

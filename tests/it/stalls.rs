@@ -1,0 +1,113 @@
+//! Promise: a wait on Postgres has a deadline. A session that holds a job's row locked stalls
+//! that job alone: other jobs keep going, the locked one resumes once the lock goes, and a
+//! deterministic SQL error is not retried as if it were an outage.
+
+use std::time::{Duration, Instant};
+
+use mock_llm::FaultPlan;
+use roadmap_worker::store::StoreError;
+use testkit::{TestEnv, eventually, job};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_lock_held_elsewhere_stalls_only_its_job() {
+    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(700)).await;
+    // The lock deadline short, as an operator may set it in DATABASE_URL; short leases, renewed
+    // every second, so that a renewal held up by the lock would show within the hold.
+    let url = format!("{}?options=-c%20lock_timeout%3D1s", env.database_url);
+    let worker = env
+        .start_worker(&[
+            "--database-url",
+            &url,
+            "--job-parallelism",
+            "1",
+            "--lease-secs",
+            "3",
+        ])
+        .await;
+    let mut events = env.watcher().await;
+    let (locked, body) = job(24, "Data Engineer");
+    env.publish(&body).await;
+    let db = env.db().await;
+    let batches_done = |id| {
+        let db = &db;
+        async move {
+            db.query_opt("SELECT batches_done FROM jobs WHERE job_id = $1", &[&id])
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, i32>(0))
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the first job's first checkpoint",
+        || async { (batches_done(locked).await? >= 1).then_some(()) },
+    )
+    .await;
+    // Another session takes the job's row and sits on it, as a forgotten `BEGIN; SELECT … FOR
+    // UPDATE` in a console would.
+    let mut holder = env.db().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE", &[&locked])
+        .await
+        .unwrap();
+    let held_at = Instant::now();
+    let (other, body) = job(24, "Backend Developer");
+    env.publish(&body).await;
+    // While the lock is held the other job goes on, and its lease stays renewed: one locked row
+    // does not hold back the renewal of every lease.
+    let mut lapsed = 0;
+    loop {
+        let row = db
+            .query_opt(
+                "SELECT status, lease_until > now() AS live FROM jobs WHERE job_id = $1",
+                &[&other],
+            )
+            .await
+            .unwrap();
+        match row {
+            Some(r) if r.get::<_, &str>("status") == "completed" => break,
+            Some(r) if r.get::<_, Option<bool>>("live") == Some(false) => lapsed += 1,
+            _ => {}
+        }
+        assert!(
+            held_at.elapsed() < Duration::from_secs(14),
+            "the other job completes while the lock is held"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        lapsed, 0,
+        "the other job's lease lapsed while a row it does not own was locked"
+    );
+    assert!(batches_done(locked).await.unwrap() < 8, "the locked job waited");
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(held_at.elapsed())).await;
+    tx.rollback().await.unwrap();
+    for id in [other, locked] {
+        let end = events
+            .wait_for_end(id, Duration::from_secs(90), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    }
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deterministic_sql_error_is_not_taken_for_an_outage() {
+    let env = TestEnv::new().await;
+    let pool = env.pool("stall-test").await;
+    let client = pool.get().await.unwrap();
+    let syntax = client.batch_execute("SELEC 1").await.unwrap_err();
+    assert!(!StoreError::Db(syntax).is_transient(), "a syntax error is a bug");
+    let timeout = client
+        .batch_execute("SET statement_timeout = '50ms'; SELECT pg_sleep(1)")
+        .await
+        .unwrap_err();
+    assert!(
+        StoreError::Db(timeout).is_transient(),
+        "a statement timeout passes with the stall"
+    );
+    drop(client);
+    env.cleanup().await;
+}
