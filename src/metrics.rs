@@ -101,8 +101,9 @@ pub struct Metrics {
     pub deliveries_recovered: IntCounterVec,
     /// Duplicate deliveries of a job a live replica is working, settled at once.
     pub duplicate_deliveries: IntCounter,
-    /// Side consumers (cancel, recover) started again after the broker closed their channel.
-    pub consumer_restarts: IntCounterVec,
+    /// Channels opened again after the broker closed them: the cancel and recovery consumers'
+    /// and the publisher's.
+    pub channels_reopened: IntCounterVec,
     /// Rows the retention pass deleted, by table (finished jobs past RETAIN_DAYS and what they
     /// kept).
     pub retention_deleted: IntCounterVec,
@@ -277,8 +278,8 @@ impl Metrics {
         for outcome in Recovery::ALL {
             self.deliveries_recovered.with_label_values(&[outcome.as_str()]);
         }
-        for consumer in ["cancel", "recover"] {
-            self.consumer_restarts.with_label_values(&[consumer]);
+        for channel in ["cancel", "recover", "publisher"] {
+            self.channels_reopened.with_label_values(&[channel]);
         }
         for direction in Direction::ALL {
             self.llm_tokens.with_label_values(&[direction.as_str()]);
@@ -405,9 +406,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A side consumer (`cancel`, `recover`) consuming again on a new channel.
-    pub fn consumer_restarted(&self, consumer: &str) {
-        self.consumer_restarts.with_label_values(&[consumer]).inc();
+    /// A channel opened again (`cancel`, `recover`: a side consumer; `publisher`).
+    pub fn channel_reopened(&self, channel: &str) {
+        self.channels_reopened.with_label_values(&[channel]).inc();
     }
 
     pub fn delivery_recovered(&self, outcome: Recovery) {

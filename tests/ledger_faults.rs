@@ -165,7 +165,7 @@ async fn the_recovery_consumer_settles_every_delivery_through_an_outage() {
         "no channel of the session was closed"
     );
     for consumer in ["cancel", "recover"] {
-        let restarts = metrics.consumer_restarts.with_label_values(&[consumer]).get();
+        let restarts = metrics.channels_reopened.with_label_values(&[consumer]).get();
         assert_eq!(restarts, 0, "the {consumer} consumer's channel was never closed");
     }
     worker.stop().await;

@@ -24,6 +24,10 @@ pub enum PublishError {
         routing_key: String,
         reply: String,
     },
+    /// The broker did not confirm within [`PUBLISH_TIMEOUT`] (a resource alarm blocks
+    /// publishers, a partition drops the frames): not known to be sent.
+    #[error("the broker did not confirm a message to {exchange} within {PUBLISH_TIMEOUT:?}")]
+    TimedOut { exchange: String },
     #[error("publishing to {exchange}: {source}")]
     Lapin {
         exchange: String,
@@ -31,6 +35,9 @@ pub enum PublishError {
         source: lapin::Error,
     },
 }
+
+/// How long a publish waits for the broker's confirm before it counts as not sent.
+pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A confirm-mode channel; cheap to clone, safe to share between tasks.
 #[derive(Clone)]
@@ -79,7 +86,32 @@ impl Publisher {
         self.publish(exchange, routing_key, body, props, mandatory).await
     }
 
+    /// Whether the channel is open: the broker closes it on a channel error (a 406 for a
+    /// property it refuses, say), and every publish on it fails from then on.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Publishes and waits for the confirm, at most [`PUBLISH_TIMEOUT`].
     pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let sent = self.publish_confirmed(exchange, routing_key, body, props, mandatory);
+        tokio::time::timeout(PUBLISH_TIMEOUT, sent)
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::TimedOut {
+                    exchange: exchange.to_owned(),
+                })
+            })
+    }
+
+    async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -223,10 +223,10 @@ impl Metrics {
                 "roadmap_duplicate_deliveries_total",
                 "Duplicate deliveries of a job in progress, settled at once.",
             ),
-            consumer_restarts: counter_vec(
-                "roadmap_consumer_restarts_total",
-                "Cancel and recovery consumers started again on a new channel.",
-                &["consumer"],
+            channels_reopened: counter_vec(
+                "roadmap_channels_reopened_total",
+                "Channels opened again after the broker closed them (cancel and recovery consumers, the publisher).",
+                &["channel"],
             ),
             retention_deleted: counter_vec(
                 "roadmap_retention_deleted_rows_total",

@@ -117,13 +117,56 @@ where
             Ok(()) => warn!(role, "the broker cancelled a consumer; consuming again"),
             Err(e) => warn!(role, error = %e, "a consumer's channel failed; consuming again"),
         }
-        ctx.metrics.consumer_restarted(role);
+        ctx.metrics.channel_reopened(role);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = ctx.drain.shutdown.cancelled() => return,
         }
     }
 }
+
+/// Watches the session's publisher: when the broker closes its channel while the connection
+/// lives (a channel error, such as a 406 for a property it refuses), a new confirm channel takes
+/// its place, so that events, hand-backs and dead letters do not fail from then on. Returns when
+/// the connection is gone (the next session brings a publisher of its own) or at shutdown.
+async fn keep_publisher(
+    connection: Arc<Connection>,
+    publisher: watch::Sender<Option<Publisher>>,
+    ctx: Arc<Context>,
+) {
+    let mut backoff = reconnect_backoff();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PUBLISHER_CHECK) => {}
+            () = ctx.drain.shutdown.cancelled() => return,
+        }
+        if !connection.status().connected() {
+            return;
+        }
+        if publisher.borrow().as_ref().is_none_or(Publisher::is_open) {
+            continue;
+        }
+        match Publisher::new(&connection).await {
+            Ok(fresh) => {
+                warn!("the broker closed the publisher's channel; publishing on a new one");
+                publisher.send_replace(Some(fresh));
+                ctx.metrics.channel_reopened("publisher");
+                backoff = reconnect_backoff();
+            }
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(15));
+                warn!(
+                    error = format!("{e:#}"),
+                    "could not open a new publisher channel; retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// How often the publisher's channel is checked.
+const PUBLISHER_CHECK: Duration = Duration::from_secs(1);
 
 /// What the background tasks (relay, sweeper, retention) share. They stop on `stop`, which fires after the
 /// drain, so that the relay's last pass still has the broker.
@@ -323,6 +366,11 @@ async fn sessions(
         // They end with the session's connection; the next session starts others.
         tokio::spawn(cancel::run(connection.clone(), ctx.clone()));
         tokio::spawn(recover::run(connection.clone(), ctx.clone()));
+        tokio::spawn(keep_publisher(
+            connection.clone(),
+            links.publisher.clone(),
+            ctx.clone(),
+        ));
         if let Some(tx) = links.started.take() {
             let _ = tx.send(links.running.clone());
         }

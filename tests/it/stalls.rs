@@ -111,3 +111,40 @@ async fn a_deterministic_sql_error_is_not_taken_for_an_outage() {
     drop(client);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_channel_the_broker_closes_is_opened_again() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(&[]).await;
+    // The events exchange deleted under the worker: its next event publish is refused with 404,
+    // which closes the publisher's channel (as a 406 for a refused property would).
+    let channel = env.connection.create_channel().await.unwrap();
+    channel
+        .exchange_delete(env.topology.events_exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let (job_id, body) = job(3, "Site Reliability Engineer");
+    env.publish(&body).await;
+    let metrics = &worker.running.metrics;
+    eventually(
+        Duration::from_secs(30),
+        "the publisher's channel opened again",
+        || async {
+            let reopened = metrics.channels_reopened.with_label_values(&["publisher"]).get();
+            (reopened >= 1).then_some(())
+        },
+    )
+    .await;
+    // The exchange back (as any replica's next start would declare it): the job's events,
+    // kept in the outbox meanwhile, reach a queue bound now.
+    env.topology.declare(&channel).await.unwrap();
+    let mut events = env.watcher().await;
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    assert_eq!(metrics.amqp_reconnects.get(), 0, "the session itself went on");
+    worker.stop().await;
+    env.cleanup().await;
+}
