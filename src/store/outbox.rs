@@ -14,6 +14,10 @@ use crate::domain::event::EventKind;
 /// right after the commit): the relay sends it only if the writer has not confirmed it by then.
 pub const EXPRESS_LEASE: Duration = Duration::from_secs(15);
 
+/// Events waiting for the express path at most; a completion carries its roadmap (up to about
+/// 320 KB), so this bounds what a replica holds for a broker that stops confirming.
+pub const EXPRESS_CAPACITY: usize = 256;
+
 /// An event committed with its row leased to its writer, to be published from memory at once.
 #[derive(Debug)]
 pub struct Express {
@@ -29,10 +33,10 @@ pub struct Express {
 /// Where committed events go to be published from memory; without a receiver every event goes
 /// through the relay.
 #[derive(Debug, Clone, Default)]
-pub struct ExpressLane(Option<tokio::sync::mpsc::UnboundedSender<Express>>);
+pub struct ExpressLane(Option<tokio::sync::mpsc::Sender<Express>>);
 
 impl ExpressLane {
-    pub fn new(sender: tokio::sync::mpsc::UnboundedSender<Express>) -> Self {
+    pub fn new(sender: tokio::sync::mpsc::Sender<Express>) -> Self {
         Self(Some(sender))
     }
 
@@ -53,7 +57,9 @@ impl ExpressLane {
         let Some(sender) = &self.0 else { return };
         match serde_json::to_vec(event) {
             Ok(body) => {
-                let _ = sender.send(Express {
+                // Full (the broker is slow to confirm): the event is left to the relay once its
+                // row's lease runs out, rather than held in memory without bound.
+                let _ = sender.try_send(Express {
                     event_id,
                     kind,
                     body,

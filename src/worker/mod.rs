@@ -201,7 +201,7 @@ pub async fn run(
     let owner = replica_id();
     let metrics = Metrics::new();
     let pool = store::connect(&settings.db, &format!("{APP_PREFIX}{owner}")).await?;
-    let (express_tx, express_rx) = mpsc::unbounded_channel();
+    let (express_tx, express_rx) = mpsc::channel(store::outbox::EXPRESS_CAPACITY);
     let runner = job_runner(&settings, pool.clone(), metrics.clone(), owner.clone())?
         .with_express(ExpressLane::new(express_tx));
     let (connection_tx, connection_rx) = watch::channel(None);

@@ -133,7 +133,7 @@ pub(super) async fn run(bg: Background) {
 
 /// Publishes the events handed over after their commits until the background tasks stop, then
 /// what is left.
-pub(super) async fn express(bg: Background, mut events: mpsc::UnboundedReceiver<Express>) {
+pub(super) async fn express(bg: Background, mut events: mpsc::Receiver<Express>) {
     let exchange = bg.topology.events_exchange.clone();
     loop {
         let first = tokio::select! {
