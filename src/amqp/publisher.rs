@@ -101,44 +101,33 @@ impl Publisher {
         props: BasicProperties,
         mandatory: bool,
     ) -> Result<(), PublishError> {
-        let sent = self.publish_confirmed(exchange, routing_key, body, props, mandatory);
-        tokio::time::timeout(PUBLISH_TIMEOUT, sent)
-            .await
-            .unwrap_or_else(|_| {
-                Err(PublishError::TimedOut {
-                    exchange: exchange.to_owned(),
-                })
-            })
-    }
-
-    async fn publish_confirmed(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        props: BasicProperties,
-        mandatory: bool,
-    ) -> Result<(), PublishError> {
+        let timed_out = || PublishError::TimedOut {
+            exchange: exchange.to_owned(),
+        };
         let lapin = |source| PublishError::Lapin {
             exchange: exchange.to_owned(),
             source,
         };
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory,
-                    ..Default::default()
-                },
-                body,
-                props,
-            )
+        let sent = async {
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
+                    body,
+                    props,
+                )
+                .await
+                .map_err(lapin)?
+                .await
+                .map_err(lapin)
+        };
+        let confirm = tokio::time::timeout(PUBLISH_TIMEOUT, sent)
             .await
-            .map_err(lapin)?
-            .await
-            .map_err(lapin)?;
+            .map_err(|_| timed_out())??;
         if confirm.is_nack() {
             return Err(PublishError::Nacked {
                 exchange: exchange.to_owned(),
