@@ -367,9 +367,10 @@ def exposition_names(path):
     return samples, types
 
 
-def source_names(path="src/metrics.rs"):
-    """Sample names the metrics in src/metrics.rs can export (histograms as _bucket/_sum/_count)."""
-    text = open(path).read()
+def source_names(paths=("src/metrics.rs", "src/metrics/families.rs", "src/metrics/process.rs")):
+    """Sample names the metrics declared in src/metrics* can export (histograms as
+    _bucket/_sum/_count)."""
+    text = "".join(open(p).read() for p in paths if os.path.exists(p))
     declared = set(re.findall(r'"(roadmap_[A-Za-z0-9_:]+)"', text))
     histograms = set(re.findall(r'(?:histogram\(|HistogramOpts::new\()\s*"(roadmap_[A-Za-z0-9_:]+)"', text))
     samples = {n for n in declared if n not in histograms}
@@ -385,7 +386,7 @@ def cmd_names(metrics_file):
         source = f"the /metrics capture {metrics_file}"
     else:
         samples, types = source_names()
-        source = "src/metrics.rs (no /metrics capture given)"
+        source = "src/metrics* (no /metrics capture given)"
     ours = {s for s in samples if s.startswith(METRIC_PREFIX)}
     if not ours:
         fail(f"no {METRIC_PREFIX}* metric in {source}: not a worker's /metrics output?")

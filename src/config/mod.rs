@@ -225,6 +225,17 @@ pub struct WorkerSettings {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub retry_delay_secs: u64,
+    /// Whether `run` applies the migrations at start (each replica in turn). `false` for a
+    /// deploy that runs `roadmap-worker migrate` as a step of its own before the rollout: the
+    /// worker then only checks that the schema is current, and refuses to start if it is not.
+    #[arg(
+        long = "migrate-on-start",
+        env = "MIGRATE_ON_START",
+        value_name = "MIGRATE_ON_START",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub migrate_on_start: bool,
     /// Times a message that the broker dead-lettered for its delivery limit is returned to work
     /// before its job is failed with reason delivery_limit.
     #[arg(

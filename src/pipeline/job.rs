@@ -150,18 +150,28 @@ impl JobRunner {
     ) -> Result<Outcome, StoreError> {
         let profile = job.profile();
         let plan = super::plan(&profile, job.duration_weeks, self.batch_weeks);
-        // Marked before the claim, so that a second delivery of the job to this replica, racing
-        // this one, does not mistake our fresh lease for a leftover.
-        let first_here = self.leases.begin_claim(job.job_id);
+        // Marked before the claim: a second delivery of the job to this replica while the first
+        // is claimed or worked here is a duplicate, settled without a claim of its own. (Had it
+        // claimed, it could insert the row first, and the first delivery's claim, free to take
+        // back a lease in our own name as the leftover of a lost commit reply, would then take
+        // over a job that is running here: both would run it.)
+        if !self.leases.begin_claim(job.job_id) {
+            debug!("the job is already being claimed or worked here; settling this duplicate");
+            // The delivery the job runs under may belong to a broker session that is gone: from
+            // now on the sweeper covers the job if this replica dies.
+            Box::pin(with_retries(|| {
+                store::jobs::mark_delivery_acked(self.pool(), job.job_id)
+            }))
+            .await?;
+            return Ok(Outcome::Duplicate);
+        }
         // The steps before and after the batches are boxed: a job spends its life in the
         // batches, and thousands in flight should not each carry room for these.
-        let claim = Box::pin(with_retries(|| self.claimant.claim(job, &plan, first_here))).await;
+        let claim = Box::pin(with_retries(|| self.claimant.claim(job, &plan, true))).await;
         let owned = match claim {
             Ok(Claim::Owned(owned)) => owned,
             other => {
-                if first_here {
-                    self.leases.end_claim(job.job_id);
-                }
+                self.leases.end_claim(job.job_id);
                 return match other? {
                     Claim::Owned(_) => unreachable!("handled above"),
                     // Published again after it ended: the backend may have lost the result,

@@ -112,11 +112,35 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
 /// The pool for `settings`, after creating the database if it is missing and migrating it.
 /// `application_name` identifies this replica to other replicas (see `claim::Claimant`).
 pub async fn connect(settings: &DbSettings, application_name: &str) -> anyhow::Result<Pool> {
+    connect_with(settings, application_name, Schema::Migrate).await
+}
+
+/// What [`connect_with`] does about the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Creates the database if missing and applies the migrations (each replica in turn).
+    Migrate,
+    /// Only checks that every migration has been applied (`roadmap-worker migrate` ran as a
+    /// deploy step of its own); refuses otherwise.
+    Require,
+}
+
+/// [`connect`], with the schema migrated or only checked.
+pub async fn connect_with(
+    settings: &DbSettings,
+    application_name: &str,
+    schema: Schema,
+) -> anyhow::Result<Pool> {
     let (mut config, tls) = tls::parse(settings)?;
     config.application_name(application_name);
     session::apply_defaults(&mut config);
-    ensure_database(&config, &tls).await?;
-    migrate(&config, &tls).await?;
+    match schema {
+        Schema::Migrate => {
+            ensure_database(&config, &tls).await?;
+            migrate(&config, &tls).await?;
+        }
+        Schema::Require => require_current(&config, &tls).await?,
+    }
     let manager = Manager::from_config(
         config,
         tls.connector(),
@@ -171,6 +195,32 @@ async fn ensure_database(config: &Config, tls: &Tls) -> anyhow::Result<()> {
                 ) => {}
             Err(e) => return Err(e).context("creating the database"),
         }
+    }
+    Ok(())
+}
+
+/// Refuses a schema that lacks a migration this worker needs.
+async fn require_current(config: &Config, tls: &Tls) -> anyhow::Result<()> {
+    let mut client = connect_one(config, tls).await?;
+    let runner = migrations::runner();
+    let needed = runner
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0);
+    // No history table yet reads as nothing applied.
+    let applied = runner
+        .get_last_applied_migration_async(&mut client)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |m| m.version());
+    if applied < needed {
+        anyhow::bail!(
+            "the database schema is at V{applied}, this worker needs V{needed}: run `roadmap-worker migrate` \
+             first (MIGRATE_ON_START=false leaves migrating to that step)"
+        );
     }
     Ok(())
 }

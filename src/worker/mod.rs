@@ -200,7 +200,12 @@ pub async fn run(
     settings.llm.provider_kind()?;
     let owner = replica_id();
     let metrics = Metrics::new();
-    let pool = store::connect(&settings.db, &format!("{APP_PREFIX}{owner}")).await?;
+    let schema = if settings.migrate_on_start {
+        store::Schema::Migrate
+    } else {
+        store::Schema::Require
+    };
+    let pool = store::connect_with(&settings.db, &format!("{APP_PREFIX}{owner}"), schema).await?;
     let (express_tx, express_rx) = mpsc::channel(store::outbox::EXPRESS_CAPACITY);
     let runner = job_runner(&settings, pool.clone(), metrics.clone(), owner.clone())?
         .with_express(ExpressLane::new(express_tx));

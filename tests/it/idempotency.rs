@@ -71,3 +71,33 @@ async fn same_job_published_twice_yields_one_roadmap_and_one_event() {
     worker.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_copies_on_one_replica_runs_the_job_once() {
+    let env = TestEnv::new().await;
+    let mut events = env.watcher().await;
+    // Many copies waiting when a replica starts: they arrive together while its pool is still
+    // opening connections, so whichever copy reaches the database first is not the one taken up
+    // first here. Every copy after the first taken up is a duplicate.
+    for round in 0..4 {
+        let (job_id, body) = job(6, &format!("Burst role {round}"));
+        for _ in 0..12 {
+            env.publish(&body).await;
+        }
+        let before = env.mock.requests().len();
+        let worker = env.start_worker(&["--database-pool-size", "16"]).await;
+        let end = events
+            .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(end.routing_key, "roadmap.completed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        worker.stop().await;
+        assert_eq!(
+            env.mock.requests().len() - before,
+            1 + 3,
+            "round {round}: the outline and each batch asked once"
+        );
+    }
+    env.cleanup().await;
+}

@@ -140,3 +140,62 @@ fn run_without_a_provider_is_refused_naming_llm_provider() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_migrate_on_start_a_schema_behind_is_refused_then_migrate_lets_it_run() {
+    // An empty database, as before a deploy's own `migrate` step ran.
+    let env = testkit::TestEnv::new().await;
+    let url = env.database_url.clone();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let (admin, connection) = tokio_postgres::connect(
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("Postgres on 127.0.0.1:5432 (pg_ctlcluster 15 main start)");
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap();
+    let run = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_roadmap-worker"))
+            .arg("run")
+            .env("DATABASE_URL", url)
+            .env("MIGRATE_ON_START", "false")
+            // Unreachable: a worker that passes the schema check fails here, differently.
+            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("LLM_PROVIDER", "mock")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the worker binary")
+    };
+    let refused = run(&url);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("schema is at V0") && stderr.contains("roadmap-worker migrate"),
+        "{stderr}"
+    );
+    let migrated = Command::new(env!("CARGO_BIN_EXE_roadmap-worker"))
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .expect("running migrate");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let after = run(&url);
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert!(
+        !stderr.contains("schema is at"),
+        "the schema check passes: {stderr}"
+    );
+    assert!(
+        stderr.contains("RabbitMQ"),
+        "it gets as far as the broker: {stderr}"
+    );
+    env.cleanup().await;
+}
