@@ -1,6 +1,6 @@
 //! The ledger under broker and database faults (not part of `cargo test`: it restarts the
-//! machine's RabbitMQ, stops its Postgres, shortens the broker's consumer timeout and adds a
-//! broker user). Run alone:
+//! machine's RabbitMQ, stops its Postgres, shortens the broker's consumer timeout, raises its
+//! memory alarm and adds a broker user). Run alone:
 //! `cargo test --test ledger_faults -- --nocapture --test-threads=1`.
 //!
 //! - Jobs published transient, parked by a provider that refuses our key, then a RabbitMQ
@@ -13,6 +13,8 @@
 //!   closed, nothing is dead-lettered, everything completes.
 //! - A job published by another broker user with `user_id` set, re-published by intake: the
 //!   copy leaves the property out, every job completes, no channel is closed.
+//! - A minute-long memory alarm while jobs finish: all complete, one completion event id each,
+//!   every slot free again.
 
 use std::time::Duration;
 
@@ -267,6 +269,54 @@ async fn a_job_carrying_another_brokers_user_id_is_re_published_without_it() {
         "no channel was closed"
     );
     let _ = backend.close(200, "done".into()).await;
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_long_memory_alarm_wedges_no_slot_and_repeats_no_event() {
+    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(300)).await;
+    let worker = env.start_worker(&["--job-parallelism", "1"]).await;
+    let mut events = env.watcher().await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (id, body) = job(12, &format!("Alarm role {i}"));
+        env.publish(&body).await;
+        ids.push(id);
+    }
+    // Let the jobs start, then block every publishing connection for a minute while they finish.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("broker: memory alarm for 60 s");
+    let alarm = testkit::services::memory_alarm();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    drop(alarm);
+    println!("broker: memory alarm cleared");
+    let mut ends = std::collections::HashMap::new();
+    for id in &ids {
+        let end = events
+            .wait_for_end(*id, Duration::from_secs(120), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+        ends.insert(*id, end.message_id.clone());
+    }
+    // Whatever else arrives for these jobs is a copy of an event already seen (same id), never a
+    // second outcome.
+    while let Some(event) = events.next(Duration::from_secs(3)).await.unwrap() {
+        if event.routing_key == "roadmap.completed" {
+            let id: uuid::Uuid = event.body["job_id"].as_str().unwrap().parse().unwrap();
+            assert_eq!(
+                ends.get(&id),
+                Some(&event.message_id),
+                "one completion event id per job"
+            );
+        }
+    }
+    let metrics = &worker.running.metrics;
+    eventually(Duration::from_secs(30), "every slot free again", || async {
+        (metrics.jobs_in_flight.get() == 0).then_some(())
+    })
+    .await;
     worker.stop().await;
     env.cleanup().await;
 }

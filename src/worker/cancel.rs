@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use lapin::{Channel, message::Delivery, options::BasicAckOptions};
+use lapin::{Channel, message::Delivery};
 use serde_json::Value;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -113,7 +113,7 @@ async fn handle(ctx: &Context, delivery: Delivery) {
             return wait(ctx, delivery).await;
         }
     }
-    let _ = delivery.ack(BasicAckOptions::default()).await;
+    let _ = settle::ack(&delivery).await;
 }
 
 /// The database is away: the cancel waits in the cancel retry queue (never the job path, where

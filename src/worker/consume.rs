@@ -15,7 +15,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
     types::FieldTable,
 };
 use tokio::{
@@ -377,7 +377,7 @@ fn handle(ctx: &Context, delivery: Delivery, lane: Lane, arrived: Instant) -> im
                     // rarely taken steps should not add their size to every one in flight.
                     let acked = Box::pin(async {
                         store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id).await.is_ok_and(|row| row)
-                            && delivery.ack(BasicAckOptions::default()).await.is_ok()
+                            && settle::ack(&delivery).await.is_ok()
                     });
                     if acked.await {
                         acked_early = true;
@@ -404,7 +404,7 @@ async fn forward_to_bulk(ctx: &Context, delivery: &Delivery) -> bool {
         )
         .await;
     match published {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await.is_ok(),
+        Ok(()) => settle::ack(delivery).await.is_ok(),
         Err(e) => {
             warn!(error = %e, "could not move a bulk job to the bulk queue; running it here");
             false

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicQosOptions},
+    options::BasicQosOptions,
     types::{AMQPValue, ShortString},
 };
 use tracing::{info, warn};
@@ -70,7 +70,7 @@ async fn recover(ctx: &Context, delivery: Delivery) {
     };
     info!(job_id = %job.job_id, recoveries, outcome = recovery.as_str(), "dead-lettered job accounted for");
     ctx.metrics.delivery_recovered(recovery);
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+    if let Err(e) = settle::ack(&delivery).await {
         warn!(error = %e, "could not ack a recovered message; it will be recovered again");
     }
 }
@@ -137,7 +137,7 @@ async fn refuse(ctx: &Context, delivery: Delivery, rejection: &Rejection) {
     match settle::copy_to_dead_letters(ctx, &delivery, code, &rejection.reason.to_string()).await {
         Ok(()) => {
             ctx.metrics.delivery_recovered(Recovery::Failed);
-            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+            if let Err(e) = settle::ack(&delivery).await {
                 warn!(error = %e, "could not ack a refused recovered message");
             }
         }

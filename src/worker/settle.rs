@@ -105,7 +105,7 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
     }
     let settled = match disposition {
         Disposition::Ack if acked_early => Ok(()),
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
+        Disposition::Ack => ack(&delivery).await,
         Disposition::HandBack { reason } => hand_back(ctx, &delivery, reason, acked_early).await,
         Disposition::DeadLetter { reason } => {
             let message = match &outcome {
@@ -121,6 +121,22 @@ pub(super) async fn settle(ctx: &Context, delivery: Delivery, outcome: Outcome, 
     if let Err(e) = settled {
         // The channel is gone: the broker redelivers the message, and the job is idempotent.
         warn!(error = %e, "could not settle a delivery; it will be redelivered");
+    }
+}
+
+/// How long an ack may wait. Under a broker's resource alarm the connection is blocked and the
+/// frame waits in lapin's buffer; the outcome is in Postgres already, so a late or lost ack is
+/// harmless (the redelivery is settled by the ledger), and a job task must not hold its slot for it.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Acks `delivery`, waiting at most [`ACK_TIMEOUT`].
+pub(super) async fn ack(delivery: &Delivery) -> lapin::Result<()> {
+    match tokio::time::timeout(ACK_TIMEOUT, delivery.ack(BasicAckOptions::default())).await {
+        Ok(acked) => acked.map(drop),
+        Err(_) => {
+            warn!("the broker did not take an ack within 30 s; a redelivery is settled by the ledger");
+            Ok(())
+        }
     }
 }
 
@@ -170,11 +186,7 @@ pub(super) async fn hand_back(
     match published {
         Ok(()) => {
             ctx.metrics.delivery_deferred(reason);
-            if acked_early {
-                Ok(())
-            } else {
-                delivery.ack(BasicAckOptions::default()).await.map(drop)
-            }
+            if acked_early { Ok(()) } else { ack(delivery).await }
         }
         // The job's row still says running: the sweeper re-publishes it.
         Err(e) if acked_early => {
@@ -205,7 +217,7 @@ pub(super) async fn wait_out_outage(ctx: &Context, delivery: Delivery, queue: &s
     {
         Ok(()) => {
             ctx.metrics.delivery_deferred(Deferral::Database);
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+            let _ = ack(&delivery).await;
         }
         Err(e) => {
             warn!(error = %e, queue, "could not delay a delivery; it goes back to its queue");
@@ -258,7 +270,7 @@ pub(super) async fn dead_letter(
     let copied = copy_to_dead_letters(ctx, delivery, code, message).await;
     match (copied, acked_early) {
         (Ok(()), true) => Ok(()),
-        (Ok(()), false) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+        (Ok(()), false) => ack(delivery).await,
         // Already settled: a second settlement would close the channel under the other jobs.
         (Err(e), true) => {
             warn!(error = %e, "could not copy an acked message to the dead-letter exchange");

@@ -83,3 +83,20 @@ pub fn broker_user(name: &str, password: &str) {
         &["-q", "set_permissions", "-p", "/", name, ".*", ".*", ".*"],
     );
 }
+
+/// Raises RabbitMQ's memory alarm (the high watermark set near zero) until the returned guard
+/// is dropped: every connection that publishes is blocked meanwhile.
+pub fn memory_alarm() -> MemoryAlarm {
+    sh("rabbitmqctl", &["-q", "set_vm_memory_high_watermark", "0.00001"]);
+    MemoryAlarm
+}
+
+/// Puts RabbitMQ's default memory high watermark (0.4) back when dropped.
+#[derive(Debug)]
+pub struct MemoryAlarm;
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        sh("rabbitmqctl", &["-q", "set_vm_memory_high_watermark", "0.4"]);
+    }
+}
