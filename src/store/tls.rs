@@ -357,6 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn a_managed_ha_url_keeps_every_host_and_the_read_write_requirement() {
+        // The libpq convention for a primary with standbys: try each host, take the one that
+        // accepts writes (a failover then needs no change of setting).
+        let url =
+            "postgres://u@a.example:5441,b.example:5442/db?target_session_attrs=read-write&sslmode=disable";
+        let (config, _) = parse(&settings(url, None)).unwrap();
+        assert_eq!(config.get_hosts().len(), 2);
+        assert_eq!(config.get_ports(), [5441, 5442]);
+        assert_eq!(
+            config.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+    }
+
+    #[test]
     fn each_mode_maps_to_what_tokio_postgres_negotiates_and_prefer_is_the_default() {
         let ca = ca_file(&new_ca("test CA"));
         let cases = [
