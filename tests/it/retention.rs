@@ -183,7 +183,14 @@ async fn the_worker_runs_the_pass_at_start_and_counts_the_rows() {
         (count(&db, "SELECT count(*) FROM jobs").await == 0).then_some(())
     })
     .await;
-    let text = worker.running.metrics.render();
+    // The counters follow the pass's commits: wait for the last table's.
+    let metrics = &worker.running.metrics;
+    let text = eventually(Duration::from_secs(20), "the pass counted", || async {
+        let text = metrics.render();
+        text.contains("roadmap_retention_deleted_rows_total{table=\"outbox\"} 20")
+            .then_some(text)
+    })
+    .await;
     for (table, rows) in [("jobs", 20), ("batches", 40), ("roadmaps", 18), ("outbox", 20)] {
         let series = format!("roadmap_retention_deleted_rows_total{{table=\"{table}\"}} {rows}");
         assert!(text.contains(&series), "{series} in:\n{text}");
