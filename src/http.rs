@@ -8,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Dependency, Metrics};
 
+/// How long /readyz waits for Postgres: a probe that hangs would tell an orchestrator nothing.
+const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What /readyz looks at.
 #[derive(Clone)]
 pub struct Health {
@@ -15,6 +18,9 @@ pub struct Health {
     pub pool: Pool,
     /// The current broker connection; `None` between sessions.
     pub amqp: tokio::sync::watch::Receiver<Option<Arc<lapin::Connection>>>,
+    /// Whether the current session's publisher channel is open (the broker may close it on
+    /// its own).
+    pub publisher_open: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl std::fmt::Debug for Health {
@@ -63,13 +69,18 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     let mut problems = Vec::new();
-    match health.pool.get().await {
-        Ok(client) => {
-            if client.simple_query("SELECT 1").await.is_err() {
-                problems.push("postgres: query failed");
-            }
-        }
-        Err(_) => problems.push("postgres: unreachable"),
+    let probe = async {
+        let client = health.pool.get().await.map_err(|_| "postgres: unreachable")?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|_| "postgres: query failed")?;
+        Ok::<_, &str>(())
+    };
+    match tokio::time::timeout(PROBE_DEADLINE, probe).await {
+        Ok(Ok(())) => {}
+        Ok(Err(problem)) => problems.push(problem),
+        Err(_) => problems.push("postgres: no answer within 5 s"),
     }
     let connected = health
         .amqp
@@ -78,6 +89,10 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
         .is_some_and(|c| c.status().connected());
     if !connected {
         problems.push("rabbitmq: disconnected");
+    } else if !(health.publisher_open)() {
+        // Reopened within a second or two (`roadmap_channels_reopened_total{channel="publisher"}`);
+        // one that stays closed holds every event and hand-back.
+        problems.push("rabbitmq: publisher channel closed");
     }
     if health.metrics.provider_ready.get() == 0 {
         problems.push("llm provider: refusing requests (check LLM_API_KEY / LLM_MODEL)");

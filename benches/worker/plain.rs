@@ -70,6 +70,7 @@ async fn plain_job(pool: &Pool, fx: &Fixture) -> WriteTimes {
         owner: "bench-plain-loop".into(),
         lease,
         user_limit: None,
+        liveness: store::heartbeat::Liveness::judging(Duration::from_secs(15)),
     };
     let claim = claimant.claim(&job, &fx.plan, true).await.expect("claim");
     let Claim::Owned(owned) = claim else {

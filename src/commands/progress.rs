@@ -30,24 +30,26 @@ impl Bar {
 
     /// Takes one progress event of the job.
     pub fn progress(&mut self, event: &ReceivedEvent) {
-        let (done, total) = (
-            event.body["batches_done"].as_u64().unwrap_or(0),
-            event.body["batches_total"].as_u64().unwrap_or(0),
-        );
-        if self.bar.is_hidden() {
-            eprintln!(
-                "  batch {done}/{total} stored ({} tokens so far)",
-                event.body["input_tokens"].as_u64().unwrap_or(0)
-                    + event.body["output_tokens"].as_u64().unwrap_or(0)
-            );
-            return;
+        if let Some(line) = self.take(&event.body) {
+            eprintln!("{line}");
         }
+    }
+
+    /// Moves the bar to `body`'s figures; without a terminal, the line to print for it. Events
+    /// leave in order, but one the relay sent late (after a broker hiccup) can come after later
+    /// ones: it never moves the figures back, and prints nothing.
+    fn take(&mut self, body: &serde_json::Value) -> Option<String> {
+        let field = |name: &str| body[name].as_u64().unwrap_or(0);
+        let (done, total) = (field("batches_done"), field("batches_total"));
+        let late = done <= self.bar.position();
+        self.tokens = self.tokens.max(field("input_tokens") + field("output_tokens"));
         self.bar.set_length(total);
-        // Phases are written side by side: a late event never moves the bar back.
         self.bar.set_position(done.max(self.bar.position()));
-        let tokens = |field: &str| event.body[field].as_u64().unwrap_or(0);
-        self.tokens = self.tokens.max(tokens("input_tokens") + tokens("output_tokens"));
-        self.bar.set_message(format!("{} tokens", self.tokens));
+        if !self.bar.is_hidden() {
+            self.bar.set_message(format!("{} tokens", self.tokens));
+            return None;
+        }
+        (!late).then(|| format!("  batch {done}/{total} stored ({} tokens so far)", self.tokens))
     }
 
     /// Ends the bar: full on success, where it stopped otherwise, with `message`.
@@ -63,5 +65,35 @@ impl Bar {
 impl Default for Bar {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_late_event_moves_no_figure_back_and_prints_nothing() {
+        let mut bar = Bar {
+            bar: ProgressBar::hidden(),
+            tokens: 0,
+        };
+        let event = |done: u64, tokens: u64| json!({"batches_done": done, "batches_total": 4, "input_tokens": tokens, "output_tokens": 1});
+        let lines: Vec<Option<String>> = [event(1, 99), event(3, 299), event(2, 199), event(4, 399)]
+            .iter()
+            .map(|e| bar.take(e))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                Some("  batch 1/4 stored (100 tokens so far)".to_owned()),
+                Some("  batch 3/4 stored (300 tokens so far)".to_owned()),
+                None,
+                Some("  batch 4/4 stored (400 tokens so far)".to_owned()),
+            ]
+        );
+        assert_eq!(bar.bar.position(), 4);
     }
 }

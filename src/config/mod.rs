@@ -186,6 +186,19 @@ pub struct WorkerSettings {
         value_parser = clap::value_parser!(u64).range(3..=86_400)
     )]
     pub lease_secs: u64,
+    /// Seconds a replica may go without a heartbeat (a row it stamps every fifth of this) and
+    /// without a database session before another takes its jobs over: long enough to cover a
+    /// database proxy restart or a terminated session, which cut a live replica's sessions. At
+    /// most half of LEASE_SECS is used, so that a replica that died is known dead when its
+    /// lease runs out.
+    #[arg(
+        long,
+        env = "OWNER_GRACE_SECS",
+        value_name = "OWNER_GRACE_SECS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub owner_grace_secs: u64,
     /// Seconds in-flight jobs get to finish their batch after SIGTERM before being handed back.
     #[arg(
         long,
@@ -272,6 +285,12 @@ pub struct WorkerSettings {
 impl WorkerSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
+    }
+
+    /// `OWNER_GRACE_SECS`, at most half a lease: a job is taken over when its lease runs out,
+    /// and whether that counts towards poison depends on its owner's heartbeat being that old.
+    pub fn owner_grace(&self) -> Duration {
+        Duration::from_secs(self.owner_grace_secs).min(self.lease() / 2)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

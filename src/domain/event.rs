@@ -281,7 +281,8 @@ pub struct Progress {
     pub job_id: Uuid,
     pub batches_done: u32,
     pub batches_total: u32,
-    /// The job's LLM tokens so far, as the replica writing this batch counts them.
+    /// The job's LLM tokens so far: its outline's and every batch stored before this one's,
+    /// this one's included.
     #[serde(default)]
     pub input_tokens: u64,
     #[serde(default)]

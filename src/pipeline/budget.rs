@@ -195,7 +195,7 @@ impl Budget {
                 known
             } else {
                 // What this replica last saw may be stale: ask the fleet's row.
-                match store::budget::peek(&inner.pool, &inner.key).await {
+                match store::bounded(store::budget::peek(&inner.pool, &inner.key)).await {
                     Ok(ahead) => ahead.wait(BURST),
                     Err(_) => known,
                 }

@@ -69,8 +69,11 @@ struct Shared {
     span_hint: AtomicU32,
     /// Output tokens of the job so far, against `JOB_MAX_OUTPUT_TOKENS`.
     spent: AtomicU64,
-    /// Input tokens of the job so far, for the progress events.
-    input: AtomicU64,
+    /// The job's (input, output) tokens as of its latest stored checkpoint, for the progress
+    /// events. Held from a checkpoint's write until its event is handed on, so that the chains'
+    /// events leave in the order their checkpoints committed, each with the tokens of every
+    /// batch before it: a backend reading them in order never sees a figure go backwards.
+    announced: tokio::sync::Mutex<(u64, u64)>,
     /// A checkpoint said the job's user cancelled it.
     cancelled: AtomicBool,
     /// The provider's refusal, when a chain ended on one.
@@ -139,10 +142,12 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                 self.plan.outline.as_ref().map_or(0, |o| o.usage.output_tokens)
                     + done.values().map(|w| w.usage.output_tokens).sum::<u64>(),
             ),
-            input: AtomicU64::new(
+            announced: tokio::sync::Mutex::new((
                 self.plan.outline.as_ref().map_or(0, |o| o.usage.input_tokens)
                     + done.values().map(|w| w.usage.input_tokens).sum::<u64>(),
-            ),
+                self.plan.outline.as_ref().map_or(0, |o| o.usage.output_tokens)
+                    + done.values().map(|w| w.usage.output_tokens).sum::<u64>(),
+            )),
             cancelled: AtomicBool::new(false),
             fault: Mutex::new(None),
         };
@@ -250,20 +255,11 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                 () = stop.cancelled() => return Ok((ChainEnd::Stopped, written)),
             };
             shared.span_hint.fetch_min(hint, Ordering::Relaxed);
-            // The job's tokens so far, this batch's included, for its progress event.
-            let (input_tokens, output_tokens) = match &generated {
-                Ok((result, _)) => (
-                    shared
-                        .input
-                        .fetch_add(result.usage.input_tokens, Ordering::Relaxed)
-                        + result.usage.input_tokens,
-                    shared
-                        .spent
-                        .fetch_add(result.usage.output_tokens, Ordering::Relaxed)
-                        + result.usage.output_tokens,
-                ),
-                Err(_) => (0, 0),
-            };
+            if let Ok((result, _)) = &generated {
+                shared
+                    .spent
+                    .fetch_add(result.usage.output_tokens, Ordering::Relaxed);
+            }
             // The admission is held until the checkpoint below is written.
             let (result, _admission) = match generated {
                 Ok(answered) => answered,
@@ -275,23 +271,23 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                 }
             };
             let lease = self.events.lease();
+            let mut announced = shared.announced.lock().await;
+            let at = Position {
+                index: range.index,
+                total,
+                input_tokens: announced.0 + result.usage.input_tokens,
+                output_tokens: announced.1 + result.usage.output_tokens,
+            };
             // Boxed: a chain waits on its LLM call far longer than on its checkpoint, and the
             // store's futures would otherwise add their size to every chain in flight.
-            let stored = Box::pin(with_retries(|| {
-                let at = Position {
-                    index: range.index,
-                    total,
-                    input_tokens,
-                    output_tokens,
-                };
-                self.checkpoints.checkpoint(at, &result, lease)
-            }))
-            .await;
+            let stored = Box::pin(with_retries(|| self.checkpoints.checkpoint(at, &result, lease))).await;
             let (fresh, cancelled) = match stored {
                 Ok(stored) => {
+                    *announced = (at.input_tokens, at.output_tokens);
                     if let Some(event) = stored.progress {
                         self.events.progress(self.user_id, &event);
                     }
+                    drop(announced);
                     (stored.fresh, stored.cancelled)
                 }
                 Err(StoreError::Fenced) => {

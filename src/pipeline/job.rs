@@ -29,6 +29,7 @@ use crate::{
     store::{
         self, StoreError,
         claim::{Claim, Claimant, OwnedJob},
+        heartbeat::Liveness,
         lease::Lease,
         outbox::ExpressLane,
         with_retries,
@@ -74,6 +75,7 @@ impl JobRunner {
                 owner,
                 lease: settings.lease(),
                 user_limit: settings.budget.user_max_in_flight,
+                liveness: Liveness::new(settings.owner_grace()),
             },
             generator,
             batch_weeks: settings.batch.batch_weeks,
@@ -97,6 +99,11 @@ impl JobRunner {
 
     pub fn owner(&self) -> &str {
         &self.claimant.owner
+    }
+
+    /// Whether this replica may take another for dead; its heartbeat keeps it.
+    pub fn liveness(&self) -> &Liveness {
+        &self.claimant.liveness
     }
 
     pub fn lease(&self) -> Duration {

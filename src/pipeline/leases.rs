@@ -168,7 +168,7 @@ async fn renew_loop(pool: Pool, lease: Duration, entries: Weak<Mutex<Entries>>) 
         if ids.is_empty() {
             continue;
         }
-        match store::jobs::renew_many(&pool, &ids, &tokens, lease).await {
+        match store::bounded(store::jobs::renew_many(&pool, &ids, &tokens, lease)).await {
             Ok(renewed) => {
                 let mut entries = lock(&entries);
                 for (id, token) in ids.iter().zip(&tokens) {

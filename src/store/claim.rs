@@ -11,6 +11,7 @@ use tokio_postgres::types::Json;
 use super::{
     StoreError,
     batches::{self, StoredBatch},
+    heartbeat::Liveness,
     jobs::{APP_PREFIX, JobState},
     lease::Lease,
 };
@@ -68,6 +69,8 @@ pub struct Claimant {
     pub lease: Duration,
     /// Jobs of one user running at once across the fleet (`USER_MAX_IN_FLIGHT`).
     pub user_limit: Option<u32>,
+    /// Whether an owner without a session or a recent heartbeat may be taken for dead.
+    pub liveness: Liveness,
 }
 
 impl Claimant {
@@ -78,16 +81,17 @@ impl Claimant {
 }
 
 /// Claims `job` for the claimant's `owner`. A new job is inserted with its plan; a known one is taken over when
-/// its lease has expired or its owner's database session is gone (the replica died), which lets
-/// a redelivered job resume in seconds rather than after the lease timeout.
+/// its lease has expired or its owner has died (no database session and no heartbeat within
+/// the grace, see [`Liveness`]), which lets a redelivered job resume within the grace rather
+/// than after the lease timeout.
 ///
 /// `reclaim_own`: this replica is not working the job, so a live lease in its own name is the
 /// leftover of a claim whose commit reply was lost, not a job in progress; it is taken back.
 ///
-/// A takeover counts as abandoned (towards poison) only when the previous owner's sessions are
-/// gone: a replica that died while working the job. An expired lease of a live owner (a database
-/// outage, a pause), a released one, and an owner that has not written since the database
-/// server restarted (which dropped its sessions) are not counted.
+/// A takeover counts as abandoned (towards poison) only when the previous owner died while
+/// working the job. An expired lease of a live owner (a database outage, a pause), a released
+/// one, and any takeover while this replica's own heartbeat has not held for the grace (after a
+/// failover or a proxy restart, when every owner's last beat is old) are not counted.
 async fn claim(
     claimant: &Claimant,
     job: &JobRequest,
@@ -99,6 +103,7 @@ async fn claim(
         owner,
         lease,
         user_limit,
+        liveness: _,
     } = claimant;
     let owner = owner.as_str();
     let mut client = pool.get().await?;
@@ -127,14 +132,14 @@ async fn claim(
                 return Ok(Claim::UserBusy);
             }
             let taker = Taker::ParkForUser;
-            return reclaim(tx, pool, job, owner, lease_secs, taker, &request).await;
+            return reclaim(tx, claimant, job, taker, &request).await;
         }
         if let Some(owned) = insert_new(&tx, pool, job, plan, owner, lease_secs, &request).await? {
             tx.commit().await?;
             return Ok(Claim::Owned(Box::new(owned)));
         }
         let taker = Taker::Claim { reclaim_own };
-        return reclaim(tx, pool, job, owner, lease_secs, taker, &request).await;
+        return reclaim(tx, claimant, job, taker, &request).await;
     }
     // A new job is the common case: one statement in its own transaction. Only a job_id that
     // exists already needs the locked read of `reclaim`.
@@ -142,16 +147,7 @@ async fn claim(
         return Ok(Claim::Owned(Box::new(owned)));
     }
     let tx = client.transaction().await?;
-    reclaim(
-        tx,
-        pool,
-        job,
-        owner,
-        lease_secs,
-        Taker::Claim { reclaim_own },
-        &request,
-    )
-    .await
+    reclaim(tx, claimant, job, Taker::Claim { reclaim_own }, &request).await
 }
 
 /// Stores a job_id seen for the first time as parked for its user's turn; `false` if it exists.
@@ -235,21 +231,30 @@ async fn insert_new(
 /// Claims a job_id that exists already, in `tx`: ended, another user's, busy, or taken over.
 async fn reclaim(
     tx: deadpool_postgres::Transaction<'_>,
-    pool: &Pool,
+    claimant: &Claimant,
     job: &JobRequest,
-    owner: &str,
-    lease_secs: f64,
     taker: Taker,
     request: &Json<&JobRequest>,
 ) -> Result<Claim, StoreError> {
+    let (pool, owner, lease_secs) = (
+        &claimant.pool,
+        claimant.owner.as_str(),
+        claimant.lease.as_secs_f64(),
+    );
+    let liveness = &claimant.liveness;
     let row = tx
         .query_one(
             "SELECT user_id, status, owner, lease_until > now() AS live,
-                    EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || owner) AS present,
-                    request = $3 AS same_request,
-                    updated_at < pg_postmaster_start_time() AS before_restart
+                    (owner IS NOT NULL AND (NOT $4 OR owner_alive(owner, $2, $5))) AS alive,
+                    request = $3 AS same_request
              FROM jobs WHERE job_id = $1 FOR UPDATE",
-            &[&job.job_id, &APP_PREFIX, request],
+            &[
+                &job.job_id,
+                &APP_PREFIX,
+                request,
+                &liveness.is_judging(),
+                &liveness.grace_secs(),
+            ],
         )
         .await?;
     // A row without a user is a refusal of a message that named none: the job_id's outcome
@@ -274,21 +279,20 @@ async fn reclaim(
     }
     let previous: Option<String> = row.get("owner");
     let live: Option<bool> = row.get("live");
-    let present: bool = row.get("present");
+    let alive: bool = row.get("alive");
     let mine = previous.as_deref() == Some(owner);
     let reclaim_own = match taker {
         Taker::Claim { reclaim_own } => reclaim_own,
         Taker::ParkForUser => false,
     };
-    if live == Some(true) && present && !(mine && reclaim_own) {
+    if live == Some(true) && alive && !(mine && reclaim_own) {
         // Its owner (possibly this replica, for a duplicate delivery) is alive and holds the
         // lease: that owner finishes the job.
         return Ok(Claim::Busy);
     }
-    // A server restart drops every replica's sessions, so an owner that has not written since
-    // the restart is missing for that reason, not because it died.
-    let before_restart: bool = row.get("before_restart");
-    let died = i32::from(previous.is_some() && !present && !before_restart);
+    // Died: no session and no heartbeat within the grace, judged by a replica whose own
+    // heartbeat holds. An expired lease of a live owner (an outage, a pause) is no death.
+    let died = i32::from(previous.is_some() && !alive);
     if let Taker::ParkForUser = taker {
         // Not ours to run yet: parked for a longer turn, its row the record of the wait.
         tx.execute(

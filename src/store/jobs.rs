@@ -7,7 +7,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{StoreError, heartbeat::Liveness};
 use crate::domain::{
     JobRequest, Plan,
     event::{EventKind, Failed},
@@ -73,6 +73,8 @@ pub(super) async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan)
 /// still held (a job missing from it has been taken over, or has ended). A job whose row another
 /// session holds locked is skipped, not waited for: one stuck row must not hold back the renewal
 /// of every other lease. It is returned as held, unrenewed, and tried again at the next tick.
+/// A released job (no owner) is not renewed: a renewal that arrives after the release (a
+/// statement held up in a partition) must not give the row a lease that no one holds.
 pub async fn renew_many(
     pool: &Pool,
     job_ids: &[Uuid],
@@ -86,13 +88,13 @@ pub async fn renew_many(
                 SELECT j.job_id FROM jobs j
                 JOIN unnest($1::uuid[], $2::bigint[]) AS held (job_id, token)
                   ON j.job_id = held.job_id AND j.fencing_token = held.token
-                WHERE j.status = 'running'),
+                WHERE j.status = 'running' AND j.owner IS NOT NULL),
              free AS (
                 SELECT job_id FROM jobs WHERE job_id IN (SELECT job_id FROM ours)
                 FOR UPDATE SKIP LOCKED),
              renewed AS (
                 UPDATE jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
-                FROM free WHERE jobs.job_id = free.job_id
+                FROM free WHERE jobs.job_id = free.job_id AND jobs.owner IS NOT NULL
                 RETURNING jobs.job_id)
              SELECT ours.job_id, renewed.job_id IS NOT NULL AS renewed
              FROM ours LEFT JOIN renewed ON renewed.job_id = ours.job_id",
@@ -214,6 +216,7 @@ pub async fn fail_unowned(
     plan: &Plan,
     reason: &str,
     event: &Failed,
+    liveness: &Liveness,
 ) -> Result<bool, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -226,8 +229,7 @@ pub async fn fail_unowned(
                SET status = 'failed', failure_reason = $6, owner = NULL, lease_until = NULL,
                    completed_at = now(), updated_at = now()
              WHERE jobs.status = 'running' AND jobs.user_id = $2 AND jobs.request = $3
-               AND NOT (jobs.lease_until > now() AND EXISTS (
-                   SELECT 1 FROM pg_stat_activity WHERE application_name = $7 || jobs.owner))",
+               AND NOT (jobs.lease_until > now() AND (NOT $8 OR owner_alive(jobs.owner, $7, $9)))",
             &[
                 &job.job_id,
                 &job.user_id,
@@ -236,6 +238,8 @@ pub async fn fail_unowned(
                 &(plan.batches.len() as i32),
                 &reason,
                 &APP_PREFIX,
+                &liveness.is_judging(),
+                &liveness.grace_secs(),
             ],
         )
         .await?;
@@ -281,8 +285,9 @@ pub enum Sweep {
 /// nor another replica's sweeper re-publishes them again before they are claimed (a claim clears
 /// the stamp; a long queue must not fill up with copies of one job):
 /// - parked jobs (no owner, the row is their record) whose wait is over;
-/// - the delivery was acked (early, or as a duplicate) and the owner's database sessions are
-///   gone (it died);
+/// - the delivery was acked (early, or as a duplicate) and the owner died: no session and no
+///   heartbeat within the grace, judged only while this replica's own heartbeat holds
+///   ([`Liveness`]);
 /// - the lease expired more than a lease ago (a safety net for anything else that slipped);
 /// - a job released without an owner whose copy has not been claimed for `restamp_after` (the
 ///   copy waited in a queue that was purged, or was lost with a broker).
@@ -295,6 +300,7 @@ pub async fn sweep(
     lease: Duration,
     restamp_after: Duration,
     limit: i64,
+    liveness: &Liveness,
 ) -> Result<Vec<Stranded>, StoreError> {
     let client = pool.get().await?;
     let rows = match scope {
@@ -324,8 +330,8 @@ pub async fn sweep(
                           AND (redispatched_at IS NULL OR redispatched_at < now() - make_interval(secs => $4::float8))
                           AND ((owner IS NULL AND (not_before IS NULL OR not_before <= now())
                                 AND (delivery_acked OR updated_at < now() - make_interval(secs => $4::float8)))
-                               OR (owner IS NOT NULL AND delivery_acked AND NOT EXISTS (
-                                   SELECT 1 FROM pg_stat_activity WHERE application_name = $2 || j.owner))
+                               OR (owner IS NOT NULL AND delivery_acked AND $5
+                                   AND NOT owner_alive(j.owner, $2, $6))
                                OR lease_until < now() - make_interval(secs => $1::float8))
                         ORDER BY updated_at
                         LIMIT $3
@@ -336,6 +342,8 @@ pub async fn sweep(
                         &APP_PREFIX,
                         &limit,
                         &restamp_after.as_secs_f64(),
+                        &liveness.is_judging(),
+                        &liveness.grace_secs(),
                     ],
                 )
                 .await?

@@ -5,6 +5,7 @@ pub mod budget;
 pub mod claim;
 mod conninfo;
 pub mod dead_letters;
+pub mod heartbeat;
 pub mod jobs;
 pub mod lease;
 pub mod ledger;
@@ -40,6 +41,10 @@ pub enum StoreError {
     Fenced,
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// The call had no answer within [`CALL_DEADLINE`]: a path that went quiet (a stalled
+    /// proxy, a partition the socket has not noticed yet) is an outage like a refused one.
+    #[error("the database did not answer within {} s", .0.as_secs())]
+    TimedOut(Duration),
 }
 
 /// An error with its causes, which tokio-postgres keeps out of its own message.
@@ -71,6 +76,7 @@ impl StoreError {
             Self::Pool(deadpool_postgres::PoolError::Backend(e)) => session::is_transient(e),
             Self::Pool(_) => true,
             Self::Db(e) => session::is_transient(e),
+            Self::TimedOut(_) => true,
             Self::Fenced | Self::Corrupt(_) => false,
         }
     }
@@ -81,19 +87,38 @@ impl StoreError {
 pub const RETRY: RetryPolicy =
     RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5)).with_max_retries(8);
 
-/// Retries a store operation through short database outages ([`RETRY`]); `Fenced` and corrupt
-/// data are final.
-pub async fn with_retries<T, F, Fut>(op: F) -> Result<T, StoreError>
+/// The longest a store call waits for its answer, the pool's wait for a connection included:
+/// past the server's `statement_timeout` (30 s by default), so that a statement the server is
+/// still running is not taken for a dead path.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(40);
+
+/// How long [`with_retries`] goes on retrying: a call that timed out is not tried eight more
+/// times at [`CALL_DEADLINE`] each.
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// `call` bounded by [`CALL_DEADLINE`]: no answer by then is [`StoreError::TimedOut`], a
+/// transient error that the outage handling takes like a refused connection.
+pub async fn bounded<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(CALL_DEADLINE, call)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut(CALL_DEADLINE)))
+}
+
+/// Retries a store operation through short database outages ([`RETRY`]), each try
+/// [`bounded`], for at most [`RETRY_FOR`]; `Fenced` and corrupt data are final.
+pub async fn with_retries<T, F, Fut>(mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    op.retry(RETRY.backoff())
-    .when(StoreError::is_transient)
-    .notify(
-        |e, delay| warn!(error = %e, delay_ms = delay.as_millis() as u64, "database call failed; retrying"),
-    )
-    .await
+    let started = tokio::time::Instant::now();
+    (|| bounded(op()))
+        .retry(RETRY.backoff())
+        .when(|e: &StoreError| e.is_transient() && started.elapsed() < RETRY_FOR)
+        .notify(
+            |e, delay| warn!(error = %e, delay_ms = delay.as_millis() as u64, "database call failed; retrying"),
+        )
+        .await
 }
 
 impl From<serde_json::Error> for StoreError {

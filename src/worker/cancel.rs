@@ -71,7 +71,7 @@ async fn handle(ctx: &Context, delivery: Delivery) {
     let pool = ctx.runner.pool();
     // One try, not the store's retries: a cancel that fails waits in its retry queue at once,
     // so that the ones prefetched behind it are not held unacked through an outage.
-    let answer = match store::ledger::request_cancel(pool, job_id, &user_id).await {
+    let answer = match store::bounded(store::ledger::request_cancel(pool, job_id, &user_id)).await {
         Ok(answer) => answer,
         Err(e) => {
             warn!(error = %e, %job_id, "could not record a cancel; it is tried again");
@@ -102,11 +102,11 @@ async fn handle(ctx: &Context, delivery: Delivery) {
     };
     if let Some((reason, message)) = rejection {
         let event = CancelRejected::new(job_id, user_id, reason, message);
-        let queued = async {
+        let queued = store::bounded(async {
             let client = pool.get().await?;
             // The job_id is left out of the row: it may name no job, or another user's.
             store::outbox::insert(&client, event.event_id, None, EventKind::CancelRejected, &event).await
-        }
+        })
         .await;
         if let Err(e) = queued {
             warn!(error = %e, %job_id, "could not queue the cancel's answer; the cancel is tried again");

@@ -297,7 +297,7 @@ async fn wait_for_dependencies(ctx: &Context) -> bool {
         }
         let down = *ctx.intake.paused.borrow();
         if down.database {
-            match store::ping(ctx.runner.pool()).await {
+            match store::bounded(store::ping(ctx.runner.pool())).await {
                 Ok(()) => ctx.set_paused(Dependency::Database, false),
                 Err(e) => warn!(error = %e, "database still unavailable"),
             }
@@ -376,7 +376,9 @@ fn handle(ctx: &Context, delivery: Delivery, lane: Lane, arrived: Instant) -> im
                     // Boxed, like `settle` below: a job task lives as long as its job, and these
                     // rarely taken steps should not add their size to every one in flight.
                     let acked = Box::pin(async {
-                        store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id).await.is_ok_and(|row| row)
+                        store::bounded(store::jobs::mark_delivery_acked(ctx.runner.pool(), job.job_id))
+                            .await
+                            .is_ok_and(|row| row)
                             && settle::ack(&delivery).await.is_ok()
                     });
                     if acked.await {

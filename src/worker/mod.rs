@@ -39,14 +39,14 @@ use crate::{
     config::{Prices, WorkerSettings},
     http::{self, Health},
     llm::{AnswerGate, Llm as _, Provider},
-    metrics::Metrics,
+    metrics::{Dependency, Metrics},
     pipeline::{
         batch::{Generator, LadderSettings},
         budget::Budget,
         job::JobRunner,
     },
     retry::RetryPolicy,
-    store::{self, jobs::APP_PREFIX, outbox::ExpressLane},
+    store::{self, heartbeat::Liveness, jobs::APP_PREFIX, outbox::ExpressLane},
 };
 
 /// A running worker's handles, for callers that embed it (demo, tests).
@@ -178,6 +178,8 @@ struct Background {
     topology: Topology,
     metrics: Metrics,
     stop: CancellationToken,
+    /// Whether this replica may take another for dead, kept by the heartbeat.
+    liveness: Liveness,
 }
 
 /// Where the session loop announces each new broker session.
@@ -219,6 +221,10 @@ pub async fn run(
         metrics: metrics.clone(),
         pool: pool.clone(),
         amqp: connection_rx,
+        publisher_open: {
+            let publisher = publisher_rx.clone();
+            Arc::new(move || publisher.borrow().as_ref().is_some_and(Publisher::is_open))
+        },
     };
     let metrics_addr = http::serve(settings.metrics_addr, health, stop_background.clone()).await?;
     let topology = Topology::new(&settings.amqp.namespace, settings.amqp.delivery_limit);
@@ -228,6 +234,7 @@ pub async fn run(
         topology: topology.clone(),
         metrics: metrics.clone(),
         stop: stop_background.clone(),
+        liveness: runner.liveness().clone(),
     };
     let relay = tokio::spawn(relay::run(background.clone()));
     let express = tokio::spawn(relay::express(background.clone(), express_rx));
@@ -252,6 +259,21 @@ pub async fn run(
             abort: CancellationToken::new(),
         },
     });
+    // A beat that fails pauses intake at once; the probe that resumes it is intake's own.
+    let heartbeat = tokio::spawn(store::heartbeat::run(
+        ctx.runner.pool().clone(),
+        owner.clone(),
+        ctx.runner.liveness().clone(),
+        stop_background.clone(),
+        {
+            let ctx = Arc::downgrade(&ctx);
+            move || {
+                if let Some(ctx) = ctx.upgrade() {
+                    ctx.pause(Dependency::Database);
+                }
+            }
+        },
+    ));
     let links = SessionLinks {
         connection: connection_tx,
         publisher: publisher_tx,
@@ -271,6 +293,7 @@ pub async fn run(
     let _ = express.await;
     let _ = sweeper.await;
     let _ = retention.await;
+    let _ = heartbeat.await;
     if let Some((connection, channel)) = last_session {
         // A broker that went away cannot answer close-ok; do not let that hold the exit.
         let close = async {

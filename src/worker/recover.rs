@@ -116,7 +116,15 @@ async fn give_up(ctx: &Context, delivery: &Delivery, job: &JobRequest) -> Result
     let pool = ctx.runner.pool();
     // One try: a recovery that fails waits in its retry queue at once (see `wait`), so that the
     // deliveries prefetched behind it are not held unacked through an outage.
-    let failed = store::jobs::fail_unowned(pool, job, &plan, reason, &event).await?;
+    let failed = store::bounded(store::jobs::fail_unowned(
+        pool,
+        job,
+        &plan,
+        reason,
+        &event,
+        ctx.runner.liveness(),
+    ))
+    .await?;
     if !failed {
         return Ok(Recovery::Done);
     }

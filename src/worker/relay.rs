@@ -77,6 +77,7 @@ pub(super) async fn run(bg: Background) {
         topology,
         metrics,
         stop,
+        ..
     } = bg;
     let exchange = topology.events_exchange;
     let mut failures = 0u32;
@@ -100,11 +101,11 @@ pub(super) async fn run(bg: Background) {
                 warn!(error = %e, "outbox relay failed; will retry");
             }
         }
-        if let Ok(client) = pool.get().await {
-            if let Ok((count, age)) = store::outbox::backlog(&client).await {
-                metrics.outbox_backlog.set(count);
-                metrics.outbox_oldest_age.set(age);
-            }
+        let upkeep = async {
+            let client = pool.get().await?;
+            let (count, age) = store::outbox::backlog(&client).await?;
+            metrics.outbox_backlog.set(count);
+            metrics.outbox_oldest_age.set(age);
             // Sent events are kept a while for inspection, then trimmed so the table stays small.
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(Instant::now());
@@ -114,7 +115,10 @@ pub(super) async fn run(bg: Background) {
                     Err(e) => warn!(error = %e, "could not trim sent events"),
                 }
             }
-        }
+            Ok::<_, StoreError>(())
+        };
+        // Failures show in the pass above; the gauges keep their last values meanwhile.
+        let _ = store::bounded(upkeep).await;
         let pause = PAUSE.nth_delay(failures);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
@@ -221,7 +225,7 @@ async fn send_express(bg: &Background, exchange: &str, batch: Vec<Express>) {
         store::outbox::mark_sent_events(&client, &let_go, true).await?;
         store::outbox::unlease_events(&client, &back).await
     };
-    if let Err(e) = marked.await {
+    if let Err(e) = store::bounded(marked).await {
         // The leases run out and the relay sends these again: at least once, as always.
         warn!(error = %e, events = batch.len(), "could not record express-published events");
     }
@@ -234,8 +238,12 @@ async fn publish_pending(
     exchange: &str,
     metrics: &Metrics,
 ) -> Result<usize, RelayError> {
-    let client = pool.get().await.map_err(StoreError::from)?;
-    let pending = store::outbox::lease_unsent(&client, BATCH, LEASE).await?;
+    let (client, pending) = store::bounded(async {
+        let client = pool.get().await?;
+        let pending = store::outbox::lease_unsent(&client, BATCH, LEASE).await?;
+        Ok((client, pending))
+    })
+    .await?;
     let mut sent = Vec::with_capacity(pending.len());
     let mut let_go = Vec::new();
     let mut failed = None;
@@ -281,7 +289,7 @@ async fn publish_pending(
                         warn!(event_id = %event.event_id, kind = event.routing_key.as_str(),
                               attempts = event.attempts, retry_secs = delay.as_secs(),
                               "no queue is bound for this event; kept unsent");
-                        store::outbox::defer(&client, event.id, delay).await?;
+                        store::bounded(store::outbox::defer(&client, event.id, delay)).await?;
                     }
                 }
             }
@@ -289,14 +297,17 @@ async fn publish_pending(
                 count(Metrics::event_publish_failed);
                 // The rest go back at once rather than wait out their lease.
                 let rest: Vec<i64> = pending[i..].iter().map(|p| p.id).collect();
-                let _ = store::outbox::unlease(&client, &rest).await;
+                let _ = store::bounded(store::outbox::unlease(&client, &rest)).await;
                 failed = Some(e);
                 break;
             }
         }
     }
-    store::outbox::mark_sent(&client, &sent, false).await?;
-    store::outbox::mark_sent(&client, &let_go, true).await?;
+    store::bounded(async {
+        store::outbox::mark_sent(&client, &sent, false).await?;
+        store::outbox::mark_sent(&client, &let_go, true).await
+    })
+    .await?;
     match failed {
         Some(e) => Err(e),
         None => Ok(pending.len()),

@@ -72,7 +72,15 @@ async fn sweep(
     let Some(publisher) = bg.publisher.borrow().clone() else {
         return Ok(0);
     };
-    let found = store::jobs::sweep(&bg.pool, scope, lease, restamp_after, PER_SWEEP).await?;
+    let found = store::bounded(store::jobs::sweep(
+        &bg.pool,
+        scope,
+        lease,
+        restamp_after,
+        PER_SWEEP,
+        &bg.liveness,
+    ))
+    .await?;
     let n = found.len();
     for job in found {
         let body = job.request.to_string();

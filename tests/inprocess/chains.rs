@@ -198,18 +198,43 @@ async fn a_cancel_seen_by_one_chain_stops_its_siblings_after_their_batch() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_chain_whose_checkpoint_missed_the_cancel_learns_it_from_a_sibling() {
+async fn side_by_side_checkpoints_announce_their_progress_in_order() {
     let plan = outlined_plan(24);
-    let next = plan.chains()[0][1];
-    // The first chain's checkpoint is stored before the cancel (it is the first of two) but
-    // answers late; meanwhile a sibling's checkpoint reports the cancel. The first chain must
-    // not start its next batch.
+    assert!(plan.chains().len() > 1, "chains side by side");
+    // The first chain's checkpoint answers late: its siblings' answers are in by then. Their
+    // checkpoints must wait for it, so that no progress event overtakes an earlier one and no
+    // token figure goes backwards.
+    let run = run_on(&plan, memory().slow(0, Duration::from_secs(5))).await;
+    assert!(matches!(run.end, Ok(ChainsEnd::Done(_))), "{:?}", run.end);
+    let progress: Vec<_> = run.events.progress().into_iter().map(|(_, p)| p).collect();
+    let done: Vec<u32> = progress.iter().map(|p| p.batches_done).collect();
+    assert_eq!(done, (1..=plan.batches.len() as u32).collect::<Vec<_>>());
+    for pair in progress.windows(2) {
+        assert!(
+            pair[1].input_tokens > pair[0].input_tokens && pair[1].output_tokens > pair[0].output_tokens,
+            "token figures must grow with each event: {pair:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_stops_after_the_batch_it_was_writing_when_a_sibling_saw_the_cancel() {
+    let plan = outlined_plan(52);
+    let chains = plan.chains().len();
+    assert!(plan.chains()[0].len() > 2, "chains of three batches or more");
+    // The first chain's checkpoint is stored before the cancel (it is the first of two) and
+    // answers late, so the sibling that sees the cancel writes after it. The first chain may
+    // have started its next batch by then; it must start no third.
     let checkpoints = memory().cancel_after(2).slow(0, Duration::from_secs(5));
     let run = run_on(&plan, checkpoints).await;
-    assert!(matches!(run.end, Ok(ChainsEnd::Cancelled(_))), "{:?}", run.end);
+    let Ok(ChainsEnd::Cancelled(stored)) = run.end else {
+        panic!("{:?}", run.end)
+    };
+    assert!(stored <= chains + 1, "{stored} batches stored by {chains} chains");
+    let third = plan.chains()[0][2];
     assert!(
-        !run.llm.asked().contains(&(next.first, next.last)),
-        "the first chain started its next batch after the cancel: {:?}",
+        !run.llm.asked().contains(&(third.first, third.last)),
+        "the first chain started a batch after the cancel: {:?}",
         run.llm.asked()
     );
 }

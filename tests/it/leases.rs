@@ -10,6 +10,7 @@ use roadmap_worker::{
     store::{
         self, StoreError,
         claim::{Claim, Claimant},
+        heartbeat::Liveness,
     },
     template,
 };
@@ -180,6 +181,8 @@ fn claimant(pool: &deadpool_postgres::Pool, owner: &str, lease: Duration) -> Cla
         owner: owner.into(),
         lease,
         user_limit: None,
+        // No heartbeat here: an owner is dead once its sessions are gone.
+        liveness: Liveness::judging(Duration::from_secs(2)),
     }
 }
 
@@ -190,4 +193,51 @@ fn at(index: u32, total: u32) -> store::batches::Position {
         total,
         ..Default::default()
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_late_after_a_release_gives_no_lease_and_the_job_is_claimed() {
+    let env = TestEnv::new().await;
+    let (a, b) = (env.pool("replica-a").await, env.pool("replica-b").await);
+    let (_, body) = job(6, "Release Engineer");
+    let job = JobRequest::decode(body.to_string().as_bytes(), None).unwrap();
+    let plan = pipeline::plan(&job.profile(), 6, 3);
+    let lease = Duration::from_secs(30);
+    let Claim::Owned(first) = claimant(&a, "replica-a", lease)
+        .claim(&job, &plan, false)
+        .await
+        .unwrap()
+    else {
+        panic!("replica a should own a new job")
+    };
+    // The job is handed back and its lease released; a renewal held up in a partition then
+    // arrives under the same token.
+    first.lease.release().await.unwrap();
+    let still = store::jobs::renew_many(&a, &[job.job_id], &[first.lease.token()], lease)
+        .await
+        .unwrap();
+    assert!(!still.contains(&job.job_id), "a released job is not held");
+    let db = env.db().await;
+    let row = db
+        .query_one(
+            "SELECT owner, lease_until FROM jobs WHERE job_id = $1",
+            &[&job.job_id],
+        )
+        .await
+        .unwrap();
+    let (owner, until): (Option<String>, Option<chrono::DateTime<Utc>>) = (row.get(0), row.get(1));
+    assert_eq!((owner, until), (None, None), "no lease without an owner");
+    // Even a row left with a live lease and no owner is free to claim.
+    db.execute(
+        "UPDATE jobs SET lease_until = now() + interval '1 minute' WHERE job_id = $1",
+        &[&job.job_id],
+    )
+    .await
+    .unwrap();
+    let claimed = claimant(&b, "replica-b", lease)
+        .claim(&job, &plan, false)
+        .await
+        .unwrap();
+    assert!(matches!(claimed, Claim::Owned(_)), "{claimed:?}");
+    env.cleanup().await;
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use roadmap_worker::store::heartbeat::Liveness;
 use testkit::{TestEnv, db_when_ready, job, job_row};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,6 +65,7 @@ async fn a_sweep_stamp_whose_copy_was_lost_expires() {
         lease,
         Duration::from_secs(300),
         10,
+        &Liveness::judging(Duration::from_secs(2)),
     )
     .await
     .unwrap();
@@ -79,6 +81,7 @@ async fn a_sweep_stamp_whose_copy_was_lost_expires() {
         lease,
         Duration::from_secs(300),
         10,
+        &Liveness::judging(Duration::from_secs(2)),
     )
     .await
     .unwrap();

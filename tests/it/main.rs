@@ -10,6 +10,7 @@ mod bad_input;
 mod budget;
 mod cancel;
 mod contracts;
+mod db_partition;
 mod decoder_props;
 mod dlq;
 mod duplicates;

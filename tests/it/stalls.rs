@@ -1,12 +1,14 @@
 //! Promise: a wait on Postgres has a deadline. A session that holds a job's row locked stalls
 //! that job alone: other jobs keep going, the locked one resumes once the lock goes, and a
-//! deterministic SQL error is not retried as if it were an outage.
+//! deterministic SQL error is not retried as if it were an outage. A live owner whose sessions
+//! are cut (a proxy restart, `pg_terminate_backend`) keeps its job: no takeover, no poison.
 
 use std::time::{Duration, Instant};
 
 use mock_llm::FaultPlan;
 use roadmap_worker::store::StoreError;
-use testkit::{TestEnv, eventually, job};
+use roadmap_worker::store::jobs::APP_PREFIX;
+use testkit::{Proxy, ProxyMode, TestEnv, eventually, job, job_row};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_lock_held_elsewhere_stalls_only_its_job() {
@@ -146,5 +148,89 @@ async fn a_publisher_channel_the_broker_closes_is_opened_again() {
     assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
     assert_eq!(metrics.amqp_reconnects.get(), 0, "the session itself went on");
     worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_owner_whose_sessions_are_cut_keeps_its_job() {
+    let env = TestEnv::new().await;
+    env.mock.stall_from_week(4);
+    // The owner reaches Postgres through a proxy that the test restarts; early acks, so that a
+    // sweeper that took the owner for dead would re-publish its job.
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = env
+        .database_url
+        .replacen(":5432/", &format!(":{}/", proxy.port()), 1);
+    let flags = |url: &str| {
+        [
+            "--database-url".to_owned(),
+            url.to_owned(),
+            "--amqp-ack-deadline-secs".into(),
+            "1".into(),
+            "--sweep-interval-secs".into(),
+            "1".into(),
+            "--owner-grace-secs".into(),
+            "3".into(),
+        ]
+    };
+    let owner_flags = flags(&url);
+    let a = env
+        .start_worker(&owner_flags.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(9, "Platform Engineer");
+    env.publish(&body).await;
+    let db = env.db().await;
+    let owner: String = job_row(&db, job_id, "the early ack after a checkpoint", |r| {
+        (r.get::<_, i32>(1) == 1 && r.get::<_, bool>(5)).then(|| r.get(2))
+    })
+    .await;
+    // A second replica, direct to Postgres, sweeping every second; its own heartbeat holds for
+    // the grace before it judges anyone.
+    let other_flags = flags(&env.database_url);
+    let b = env
+        .start_worker(&other_flags.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Three proxy restarts, each shorter than the grace (3 s) and longer than a sweep: every
+    // session of the owner is cut, and none can be opened for 1.5 s.
+    for _ in 0..3 {
+        let sessions: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&format!("{APP_PREFIX}{owner}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(sessions > 0, "the owner had sessions to cut");
+        proxy.set(ProxyMode::Down);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        proxy.set(ProxyMode::Pass);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    env.mock.release();
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    let row = db
+        .query_one("SELECT claims, abandoned FROM jobs WHERE job_id = $1", &[&job_id])
+        .await
+        .unwrap();
+    let (claims, abandoned): (i32, i32) = (row.get(0), row.get(1));
+    assert_eq!(
+        (claims, abandoned),
+        (1, 0),
+        "the live owner kept its job: one claim, never abandoned"
+    );
+    assert_eq!(
+        b.running.metrics.jobs_redispatched.get(),
+        0,
+        "no sweeper took the live owner for dead"
+    );
+    a.stop().await;
+    b.stop().await;
     env.cleanup().await;
 }

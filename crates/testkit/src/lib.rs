@@ -130,6 +130,8 @@ impl TestEnv {
             ("--llm-max-retry-delay-ms", "200"),
             ("--worker-concurrency", "8"),
             ("--llm-probe-interval-secs", "1"),
+            // A replica stopped by a test is taken for dead 2 s after its last heartbeat.
+            ("--owner-grace-secs", "2"),
         ];
         let mut args = vec!["roadmap-worker", "run"];
         for (flag, value) in defaults {
@@ -509,6 +511,8 @@ pub mod contract_cases;
 pub mod hostile;
 pub mod job_strategies;
 pub mod memory;
+mod proxy;
+pub use proxy::{Mode as ProxyMode, Proxy};
 mod process;
 pub mod runs;
 pub mod scripted;

@@ -38,6 +38,8 @@ impl TestEnv {
             .env("LLM_API_KEY", "test-key")
             .env("METRICS_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
+            // A replica stopped by a test is taken for dead 2 s after its last heartbeat.
+            .env("OWNER_GRACE_SECS", "2")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         for (k, v) in extra_env {
