@@ -66,6 +66,8 @@ pub struct Metrics {
     pub budget_tokens: IntCounterVec,
     /// 429 answers from the provider.
     pub rate_limited: IntCounter,
+    /// Retry hints longer than LLM_MAX_RETRY_DELAY_MS (a daily limit), which the budget caps.
+    pub retry_hints_capped: IntCounter,
     /// Answers let through the answer gate without a place, its wait having run out.
     pub answers_unadmitted: IntCounter,
     /// What the calls cost at the configured prices, in the price's currency unit.
@@ -155,7 +157,7 @@ labels! {
 
 labels! {
     /// `roadmap_llm_budget_tokens_total{kind}`.
-    BudgetTokens { Reserved => "reserved", Used => "used" }
+    BudgetTokens { Reserved => "reserved", Used => "used", GivenBack => "given_back" }
 }
 
 labels! {
@@ -358,9 +360,14 @@ impl Metrics {
         self.count_budget(BudgetTokens::Reserved, tokens);
     }
 
-    /// Tokens of the shared provider budget a call used.
+    /// Tokens of the shared provider budget a call used, as the provider charges them.
     pub fn budget_used(&self, tokens: u64) {
         self.count_budget(BudgetTokens::Used, tokens);
+    }
+
+    /// Tokens of a reservation given back: its call never went out.
+    pub fn budget_given_back(&self, tokens: u64) {
+        self.count_budget(BudgetTokens::GivenBack, tokens);
     }
 
     fn count_budget(&self, kind: BudgetTokens, tokens: u64) {

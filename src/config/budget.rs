@@ -1,6 +1,35 @@
 //! Settings of the provider budget: fleet-wide rate limits, fairness between users, prices.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// How a provider counts a call against its tokens-per-minute limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accounting {
+    /// OpenAI: the prompt (estimated from its characters) and the whole `max_tokens`, charged
+    /// when the request arrives; a shorter answer gives nothing back.
+    Arrival,
+    /// Gemini: the prompt's tokens only ("tokens per minute (input)"); the answer does not count.
+    Input,
+}
+
+impl Accounting {
+    /// The provider's own: `input` for Gemini, `arrival` for every other (OpenAI and the
+    /// OpenAI-compatible servers, which copy its headers when they limit at all).
+    pub fn of_provider(provider: &str) -> Self {
+        if provider == "gemini" {
+            Self::Input
+        } else {
+            Self::Arrival
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Arrival => "arrival",
+            Self::Input => "input",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct BudgetSettings {
@@ -14,9 +43,9 @@ pub struct BudgetSettings {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub rpm_limit: Option<u32>,
-    /// Tokens (input plus output, as the provider counts them) per minute for the whole fleet.
-    /// A call reserves its prompt plus its output limit before it is sent; the reservation is
-    /// corrected by the usage the provider reports. Unset: no limit of ours.
+    /// Tokens per minute for the whole fleet, counted as the provider counts them
+    /// (LLM_BUDGET_ACCOUNTING). A call reserves its charge before it is sent. Unset: no limit
+    /// of ours.
     #[arg(
         long = "llm-tpm-limit",
         id = "llm_tpm_limit",
@@ -25,6 +54,17 @@ pub struct BudgetSettings {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub tpm_limit: Option<u64>,
+    /// How the provider charges a call against LLM_TPM_LIMIT: `arrival` (OpenAI: the prompt
+    /// and the whole output limit, when the request arrives, nothing given back for a shorter
+    /// answer) or `input` (Gemini: the prompt's tokens only). Unset: the provider's own.
+    #[arg(
+        long = "llm-budget-accounting",
+        id = "llm_budget_accounting",
+        env = "LLM_BUDGET_ACCOUNTING",
+        value_name = "LLM_BUDGET_ACCOUNTING",
+        value_enum
+    )]
+    pub accounting: Option<Accounting>,
     /// Jobs of one user_id running at once across the fleet. A user's jobs beyond it wait their
     /// turn in the retry queue (no worker slot held, no delivery counted). Unset: unlimited.
     #[arg(

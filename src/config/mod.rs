@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 
 pub use self::{
-    budget::{BudgetSettings, Prices},
+    budget::{Accounting, BudgetSettings, Prices},
     ca_file::CaFile,
     llm::{LlmSettings, MissingProvider, ProviderKind, ResponseFormat},
     secret::{Secret, ServiceUrl, redact_url},

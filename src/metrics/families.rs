@@ -158,6 +158,10 @@ impl Metrics {
                 "roadmap_llm_rate_limited_total",
                 "Answers of HTTP 429 (rate limited) from the provider.",
             ),
+            retry_hints_capped: counter(
+                "roadmap_llm_retry_hints_capped_total",
+                "Retry hints of the provider longer than LLM_MAX_RETRY_DELAY_MS (a daily limit?), capped by the budget.",
+            ),
             answers_unadmitted: counter(
                 "roadmap_llm_answers_unadmitted_total",
                 "Answers read without a place at the answer gate, its wait having run out (checkpoints slow).",

@@ -11,7 +11,7 @@ use backon::Retryable;
 use tracing::{Instrument, debug, info, warn};
 
 use super::{
-    budget::Budget,
+    budget::{Budget, Charge, Used},
     ladder::{Ladder, LadderPolicy, Move, Verdict},
     parse::{self, AnswerError},
     prompt::{self, Context},
@@ -184,7 +184,8 @@ impl<L: Llm> Generator<L> {
                     ask.feedback,
                     self.settings.format,
                 );
-                self.request(prompt, self.schemas.batch(first, last), caller)
+                let output = OutputSize::Weeks(last - first + 1);
+                self.request(prompt, self.schemas.batch(first, last), caller, output)
             };
             // A place is for an answer waiting to be stored, not for one being asked again.
             admission = Admission::default();
@@ -284,18 +285,20 @@ impl<L: Llm> Generator<L> {
         self.metrics.llm_cost.inc_by(usage.cost_nanos as f64 / 1e9);
     }
 
-    /// A request with this prompt and answer schema, under the settings and for `caller`.
+    /// A request with this prompt and answer schema, under the settings and for `caller`, its
+    /// output limit `output` (sized to what it asks for) within `LLM_MAX_OUTPUT_TOKENS`.
     pub(super) fn request(
         &self,
         prompt: String,
         schema: Arc<serde_json::Value>,
         caller: &Caller,
+        output: OutputSize,
     ) -> LlmRequest {
         LlmRequest {
             system: prompt::SYSTEM_PROMPT.to_owned(),
             prompt,
             schema,
-            max_output_tokens: self.settings.max_output_tokens,
+            max_output_tokens: output.tokens().min(self.settings.max_output_tokens),
             temperature: self.settings.temperature,
             cache_key: Some(caller.cache_key.clone()),
             bulk: caller.bulk,
@@ -347,11 +350,11 @@ impl<L: Llm> Generator<L> {
         // the budget's database futures.
         let reservation = match self.budget.is_on() {
             true => {
-                // What the provider counts against its limit: the prompt and the output limit.
-                let estimate = estimate_tokens(&request.system)
-                    + estimate_tokens(&request.prompt)
-                    + u64::from(request.max_output_tokens);
-                Some(Box::pin(self.budget.reserve(estimate, request.bulk)).await)
+                let charge = Charge {
+                    prompt: estimate_tokens(&request.system) + estimate_tokens(&request.prompt),
+                    max_output: u64::from(request.max_output_tokens),
+                };
+                Some(Box::pin(self.budget.reserve(charge, request.bulk)).await)
             }
             false => None,
         };
@@ -367,9 +370,13 @@ impl<L: Llm> Generator<L> {
             self.metrics.rate_limited.inc();
         }
         if let Some(reservation) = reservation {
-            let outcome = result
-                .as_ref()
-                .map(|a| (a.usage.input.saturating_add(a.usage.output), a.limits));
+            let outcome = result.as_ref().map(|a| {
+                let used = Used {
+                    input: a.usage.input,
+                    output: a.usage.output,
+                };
+                (used, a.limits)
+            });
             Box::pin(self.budget.settle(reservation, outcome)).await;
         }
         let status = CallStatus::from(&result);
@@ -392,5 +399,36 @@ impl<L: Llm> Generator<L> {
             self.metrics.llm_usage(answer.usage);
         }
         result
+    }
+}
+
+/// What a call asks for, to size its output limit: a provider that charges the whole
+/// `max_tokens` at arrival (OpenAI) counts an unsized limit against the budget in full, and a
+/// limit close to the answer keeps a reservation close to what is used. An answer cut off at
+/// the limit anyway is salvaged and the rest asked for (the ladder), and the fleet learns the
+/// shorter span.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum OutputSize {
+    /// A batch of this many weeks.
+    Weeks(u32),
+    /// The outline of a roadmap of this many weeks.
+    Outline(u32),
+}
+
+/// A batch week's answer at most, with a margin: seven days of tasks are about 7 KB of JSON,
+/// some 1,800 tokens.
+const BATCH_TOKENS_PER_WEEK: u32 = 2_400;
+/// An outline's week (a title and goals, about 80 tokens), and its phases and envelope.
+const OUTLINE_TOKENS_PER_WEEK: u32 = 120;
+const OUTLINE_BASE_TOKENS: u32 = 400;
+
+impl OutputSize {
+    pub(super) fn tokens(self) -> u32 {
+        match self {
+            Self::Weeks(weeks) => weeks.max(1).saturating_mul(BATCH_TOKENS_PER_WEEK),
+            Self::Outline(weeks) => {
+                OUTLINE_BASE_TOKENS.saturating_add(weeks.saturating_mul(OUTLINE_TOKENS_PER_WEEK))
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use tracing::{info, warn};
 
 use super::{
-    batch::{Caller, Generator, ProviderFault},
+    batch::{Caller, Generator, OutputSize, ProviderFault},
     ladder::{Ladder, Move, Verdict},
     parse, prompt,
 };
@@ -47,6 +47,7 @@ impl<L: Llm> Generator<L> {
                 prompt::render_outline(&brief, ask.feedback, self.settings().format),
                 Arc::new(schema::outline_schema(duration_weeks, brief.max_phases)),
                 caller,
+                OutputSize::Outline(duration_weeks),
             );
             let verdict = match self.call(&request, &mut usage, &mut ladder).await {
                 Ok(answer) if answer.finish == FinishReason::Length => {

@@ -60,13 +60,14 @@ pub async fn reserve(
     ))
 }
 
-/// Corrects `key` after a call: `tokens_secs` more (or, negative, less) than was reserved, and
-/// clocks no earlier than `floor_*` seconds from now where the provider said that less is left
-/// than the budget thought (`None`: it said nothing).
+/// Corrects `key` after a call: `(tokens_secs, requests_secs)` more (or, negative, less) than
+/// was reserved, and clocks no earlier than `floor_*` seconds from now where the provider said
+/// that less is left than the budget thought (`None`: it said nothing). A clock never goes back
+/// before now.
 pub async fn correct(
     pool: &Pool,
     key: &str,
-    tokens_secs: f64,
+    (tokens_secs, requests_secs): (f64, f64),
     floor_tokens_secs: Option<f64>,
     floor_requests_secs: Option<f64>,
 ) -> Result<(), StoreError> {
@@ -77,7 +78,8 @@ pub async fn correct(
             "UPDATE llm_budget SET
                  tokens_tat = greatest(tokens_tat + make_interval(secs => $2), now(),
                                        now() + make_interval(secs => $3)),
-                 requests_tat = greatest(requests_tat, now() + make_interval(secs => $4)),
+                 requests_tat = greatest(requests_tat + make_interval(secs => $5), now(),
+                                         now() + make_interval(secs => $4)),
                  updated_at = now()
              WHERE budget_key = $1",
         )
@@ -85,7 +87,13 @@ pub async fn correct(
     client
         .execute(
             &statement,
-            &[&key, &tokens_secs, &floor_tokens_secs, &floor_requests_secs],
+            &[
+                &key,
+                &tokens_secs,
+                &floor_tokens_secs,
+                &floor_requests_secs,
+                &requests_secs,
+            ],
         )
         .await?;
     Ok(())

@@ -330,9 +330,9 @@ fn job_runner(
     let budget = Budget::new(
         &settings.budget,
         pool.clone(),
-        provider.name(),
-        provider.model(),
+        (provider.name(), provider.model()),
         metrics.clone(),
+        Duration::from_millis(settings.llm.max_retry_delay_ms),
     );
     let ladder = LadderSettings {
         prices: Prices::from_settings(&settings.budget),

@@ -6,9 +6,16 @@
 use std::time::Duration;
 
 use mock_llm::{FaultPlan, QuotaSettings};
-use roadmap_worker::{domain::event::Completed, store};
+use roadmap_worker::{
+    config::{Accounting, BudgetSettings},
+    domain::event::Completed,
+    llm::LlmError,
+    metrics::Metrics,
+    pipeline::budget::{Budget, Charge},
+    store,
+};
 
-use testkit::{TestEnv, job};
+use testkit::{TestEnv, eventually, job};
 
 /// The mock's quota, and the limit the replicas are told: tokens per minute.
 const TPM: u64 = 20_000;
@@ -118,7 +125,7 @@ async fn reservations_wait_their_turn_and_corrections_follow_the_provider() {
         "the next 300 wait 30 s: {wait:?}"
     );
     // The first call used 100 of its 600: 50 s come back.
-    store::budget::correct(&pool, key, -500.0 * 0.1, None, None)
+    store::budget::correct(&pool, key, (-500.0 * 0.1, 0.0), None, None)
         .await
         .unwrap();
     let peek = store::budget::peek(&pool, key).await.unwrap();
@@ -127,7 +134,7 @@ async fn reservations_wait_their_turn_and_corrections_follow_the_provider() {
         "{peek:?}"
     );
     // The provider says nothing is left: the clock stands a whole burst ahead.
-    store::budget::correct(&pool, key, 0.0, Some(60.0), None)
+    store::budget::correct(&pool, key, (0.0, 0.0), Some(60.0), None)
         .await
         .unwrap();
     let peek = store::budget::peek(&pool, key).await.unwrap();
@@ -231,5 +238,134 @@ async fn a_job_over_its_output_token_cap_fails_at_its_next_batch_with_the_reason
         1
     );
     worker.stop().await;
+    env.cleanup().await;
+}
+
+/// A budget of `tpm` tokens a minute on `pool`, as the worker builds it, with retry hints
+/// capped at `hint_cap`; and its metrics.
+fn budget(pool: &deadpool_postgres::Pool, tpm: u64, hint_cap: Duration) -> (Budget, Metrics) {
+    let settings = BudgetSettings {
+        tpm_limit: Some(tpm),
+        accounting: Some(Accounting::Arrival),
+        ..BudgetSettings::default()
+    };
+    let metrics = Metrics::new();
+    let budget = Budget::new(
+        &settings,
+        pool.clone(),
+        ("openai", "test-model"),
+        metrics.clone(),
+        hint_cap,
+    );
+    (budget, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_dropped_while_it_waits_is_given_back() {
+    let env = TestEnv::new().await;
+    let pool = env.pool("budget-test").await;
+    let (budget, metrics) = budget(&pool, 6_000, Duration::from_secs(2));
+    let charge = |tokens| Charge {
+        prompt: 0,
+        max_output: tokens,
+    };
+    // A minute's worth goes at once; what follows waits.
+    budget.reserve(charge(6_000), false).await;
+    let before = store::budget::peek(&pool, "openai/test-model").await.unwrap();
+    // A call whose job stops while it waits its turn (a cancel, a sibling's fault, the drain).
+    let waiting =
+        tokio::time::timeout(Duration::from_millis(300), budget.reserve(charge(3_000), false)).await;
+    assert!(waiting.is_err(), "the second call waits for the budget");
+    let after = eventually(Duration::from_secs(5), "the reservation given back", || async {
+        let peek = store::budget::peek(&pool, "openai/test-model").await.unwrap();
+        (peek.tokens <= before.tokens).then_some(peek)
+    })
+    .await;
+    assert!(
+        before.tokens - after.tokens < Duration::from_secs(1),
+        "the clock is back where it was, less the time that passed: {before:?} then {after:?}"
+    );
+    assert_eq!(
+        metrics.budget_tokens.with_label_values(&["given_back"]).get(),
+        3_000
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_long_retry_hint_moves_the_budget_no_further_than_the_ladder_waits() {
+    let env = TestEnv::new().await;
+    let pool = env.pool("budget-test").await;
+    let (budget, metrics) = budget(&pool, 600_000, Duration::from_secs(2));
+    let reservation = budget
+        .reserve(
+            Charge {
+                prompt: 1_000,
+                max_output: 1_000,
+            },
+            false,
+        )
+        .await;
+    let refused = LlmError::Transient {
+        status: "http_429",
+        message: "daily limit".into(),
+        retry_after: Some(Duration::from_secs(3600)),
+    };
+    budget.settle(reservation, Err(&refused)).await;
+    let peek = store::budget::peek(&pool, "openai/test-model").await.unwrap();
+    let wait = peek.wait(Duration::from_secs(60));
+    assert!(
+        wait <= Duration::from_secs(2),
+        "the next call waits at most LLM_MAX_RETRY_DELAY_MS, not an hour: {wait:?}"
+    );
+    assert_eq!(metrics.retry_hints_capped.get(), 1, "the long hint is counted");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_at_an_arrival_charged_quota_get_almost_no_429() {
+    // The mock's OpenAI dialect charges as OpenAI documents: the prompt and the whole
+    // max_tokens at arrival, nothing back for a shorter answer. The fleet is told the quota.
+    const LIMIT: u64 = 100_000;
+    let quota = QuotaSettings {
+        rpm: None,
+        tpm: Some(LIMIT),
+    };
+    let env = TestEnv::with_quota(FaultPlan::default(), Duration::from_millis(200), quota).await;
+    let limit = LIMIT.to_string();
+    let flags = ["--llm-max-output-tokens", "2500", "--llm-tpm-limit", &limit];
+    let replicas = [
+        env.start_worker(&flags).await,
+        env.start_worker(&flags).await,
+        env.start_worker(&flags).await,
+    ];
+    let mut events = env.watcher().await;
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let (job_id, body) = job(6, &format!("Quota Engineer {i}"));
+        env.publish(&body).await;
+        ids.push(job_id);
+    }
+    let started = std::time::Instant::now();
+    for id in ids {
+        let end = events
+            .wait_for_end(id, Duration::from_secs(240), |_| {})
+            .await
+            .expect("every job ends");
+        assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    }
+    let counts = env.mock.quota_counts();
+    let share = counts.refused as f64 / (counts.admitted + counts.refused) as f64;
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    println!(
+        "arrival-charged quota: {counts:?}, {:.1}% answered 429, {:.0} tokens charged per minute over {:.1} min",
+        share * 100.0,
+        counts.tokens_used as f64 / minutes,
+        minutes
+    );
+    assert!(share <= 0.02, "at most 2% answered 429: {counts:?}");
+    for replica in replicas {
+        replica.stop().await;
+    }
     env.cleanup().await;
 }

@@ -3,7 +3,7 @@
 //! call gives up at its deadline, intake pauses, and once the path is back every job completes,
 //! each with one completion event and one roadmap.
 //!
-//! The partition lasts `PARTITION_SECS` (60 s by default; 180 for the three-minute run).
+//! The partition lasts `PARTITION_SECS` (45 s by default; 180 for the three-minute run).
 
 use std::{
     collections::BTreeSet,
@@ -21,7 +21,7 @@ async fn a_quiet_database_path_pauses_intake_and_every_job_completes_after() {
         std::env::var("PARTITION_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(60),
+            .unwrap_or(45),
     );
     let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(500)).await;
     // The worker reaches Postgres only through the proxy; the test's own sessions go direct.
@@ -32,7 +32,15 @@ async fn a_quiet_database_path_pauses_intake_and_every_job_completes_after() {
         .replacen(":5432/", &format!(":{}/", proxy.port()), 1);
     assert_ne!(url, env.database_url, "the worker's URL goes through the proxy");
     let worker = env
-        .start_worker(&["--database-url", &url, "--worker-concurrency", "4"])
+        .start_worker(&[
+            "--database-url",
+            &url,
+            "--worker-concurrency",
+            "4",
+            // A job handed back waits 5 s in the retry queue, not 30.
+            "--retry-delay-secs",
+            "5",
+        ])
         .await;
     let metrics = worker.running.metrics.clone();
     let mut events = env.watcher().await;

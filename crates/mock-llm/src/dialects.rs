@@ -51,33 +51,30 @@ pub(super) async fn openai(
         Err(refused) => return *refused,
     };
     let cache_key = body["prompt_cache_key"].as_str().map(str::to_owned);
-    let (response, used) =
-        match prepare(&state, "openai", &system, &user, max_tokens, format, cache_key).await {
-            Err(response) => (response, 0),
-            Ok(a) => (
-                respond(
-                    json!({
-                        "id": "chatcmpl-mock",
-                        "object": "chat.completion",
-                        "model": body["model"],
-                        "choices": [{
-                            "index": 0,
-                            "message": {"role": "assistant", "content": a.text},
-                            "finish_reason": if a.truncated { "length" } else { "stop" },
-                        }],
-                        "usage": {
-                            "prompt_tokens_details": {"cached_tokens": a.cached_tokens},
-                            "prompt_tokens": a.input_tokens,
-                            "completion_tokens": a.output_tokens,
-                            "total_tokens": a.input_tokens + a.output_tokens,
-                        },
-                    }),
-                    a.filler,
-                ),
-                a.input_tokens + a.output_tokens,
-            ),
-        };
-    settle(&state, ticket, used, response)
+    let response = match prepare(&state, "openai", &system, &user, max_tokens, format, cache_key).await {
+        Err(response) => response,
+        Ok(a) => respond(
+            json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": a.text},
+                    "finish_reason": if a.truncated { "length" } else { "stop" },
+                }],
+                "usage": {
+                    "prompt_tokens_details": {"cached_tokens": a.cached_tokens},
+                    "prompt_tokens": a.input_tokens,
+                    "completion_tokens": a.output_tokens,
+                    "total_tokens": a.input_tokens + a.output_tokens,
+                },
+            }),
+            a.filler,
+        ),
+    };
+    // OpenAI charges at arrival: nothing comes back for a shorter answer.
+    settle(&state, ticket, None, response)
 }
 
 pub(super) async fn gemini(
@@ -113,7 +110,8 @@ pub(super) async fn gemini(
     } else {
         "none".to_owned()
     };
-    let ticket = match admit(&state, &system, &user, max_tokens) {
+    // Gemini counts the prompt's tokens only.
+    let ticket = match admit(&state, &system, &user, None) {
         Ok(ticket) => ticket,
         Err(refused) => return *refused,
     };
@@ -135,8 +133,8 @@ pub(super) async fn gemini(
                 }),
                 a.filler,
             ),
-            a.input_tokens + a.output_tokens,
+            a.input_tokens,
         ),
     };
-    settle(&state, ticket, used, response)
+    settle(&state, ticket, Some(used), response)
 }

@@ -356,7 +356,8 @@ fn common_prefix<'a>(a: &'a str, b: &str) -> &'a str {
     &a[..end]
 }
 
-/// Admits a request against the quota, if there is one: its prompt plus `max_tokens`.
+/// Admits a request against the quota, if there is one: its prompt, plus `max_tokens` where the
+/// provider charges the output limit at arrival (`Some`).
 fn admit(
     state: &AppState,
     system: &str,
@@ -373,10 +374,16 @@ fn admit(
         .map_err(|short| Box::new(quota.refuse(short)))
 }
 
-/// Settles an admitted request to the tokens it `used` and adds the rate-limit headers.
-fn settle(state: &AppState, ticket: Option<Ticket>, used: u64, mut response: Response) -> Response {
+/// Settles an admitted request (to `charged` tokens, or as admitted) and adds the rate-limit
+/// headers.
+fn settle(
+    state: &AppState,
+    ticket: Option<Ticket>,
+    charged: Option<u64>,
+    mut response: Response,
+) -> Response {
     if let (Some(quota), Some(ticket)) = (&state.quota, ticket) {
-        quota.settle(ticket, used, response.headers_mut());
+        quota.settle(ticket, charged, response.headers_mut());
     }
     response
 }

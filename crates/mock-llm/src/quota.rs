@@ -1,8 +1,9 @@
 //! The mock's rate limits (`mock-llm --rpm/--tpm`), as a provider keeps them: a bucket per
-//! limit holding one minute's allowance, refilled continuously. A request is admitted against
-//! its prompt plus its `max_tokens` (as OpenAI counts), settled to the tokens it really used
-//! when it answers, and refused with 429, `Retry-After` and `x-ratelimit-*` headers when the
-//! bucket is short. Every answer carries the `x-ratelimit-*` headers.
+//! limit holding one minute's allowance, refilled continuously, and refused with 429,
+//! `Retry-After` and `x-ratelimit-*` headers when the bucket is short. Every answer carries the
+//! `x-ratelimit-*` headers. Each dialect charges as its provider documents: the OpenAI dialect
+//! its prompt (estimated from its characters) plus its whole `max_tokens` at arrival, nothing
+//! given back for a shorter answer; the Gemini dialect its input tokens only.
 
 use std::{
     sync::Mutex,
@@ -35,7 +36,7 @@ pub(super) struct Quota {
 pub struct QuotaCounts {
     pub admitted: u64,
     pub refused: u64,
-    /// Tokens the admitted requests used, as settled.
+    /// Tokens the admitted requests were charged, as settled.
     pub tokens_used: u64,
 }
 
@@ -135,14 +136,17 @@ impl Quota {
         response
     }
 
-    /// Settles an admitted request to the tokens it `used`, and writes the headers.
-    pub(super) fn settle(&self, ticket: Ticket, used: u64, headers: &mut HeaderMap) {
+    /// Settles an admitted request: to `charged` tokens when the provider counts what was used
+    /// (Gemini's input), or as admitted when it charges at arrival (`None`: OpenAI gives
+    /// nothing back); then writes the headers.
+    pub(super) fn settle(&self, ticket: Ticket, charged: Option<u64>, headers: &mut HeaderMap) {
+        let charged = charged.unwrap_or(ticket.tokens);
         if let Some(b) = &self.tokens {
             let mut b = b.lock().expect("quota");
             b.refill();
-            b.level = (b.level + ticket.tokens as f64 - used as f64).min(b.per_minute);
+            b.level = (b.level + ticket.tokens as f64 - charged as f64).min(b.per_minute);
         }
-        self.counts.lock().expect("quota counts").tokens_used += used;
+        self.counts.lock().expect("quota counts").tokens_used += charged;
         self.headers(headers);
     }
 
@@ -174,8 +178,16 @@ impl Quota {
 mod tests {
     use super::*;
 
+    fn remaining(headers: &HeaderMap) -> u64 {
+        headers["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     #[test]
-    fn a_short_bucket_refuses_with_the_wait_and_settling_refunds() {
+    fn a_short_bucket_refuses_with_the_wait_and_usage_accounting_refunds() {
         let quota = Quota::new(QuotaSettings {
             rpm: None,
             tpm: Some(1000),
@@ -186,25 +198,11 @@ mod tests {
         let refused = quota.refuse(short);
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.headers()["retry-after"], "48");
-        assert!(
-            refused.headers()["x-ratelimit-remaining-tokens"]
-                .to_str()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-                <= 101
-        );
-        // The first request used 100 of its 900: 800 come back.
+        assert!(remaining(refused.headers()) <= 101);
+        // Charged by what it used (Gemini's input): 100 of its 900, so 800 come back.
         let mut headers = HeaderMap::new();
-        quota.settle(ticket, 100, &mut headers);
-        assert!(
-            headers["x-ratelimit-remaining-tokens"]
-                .to_str()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-                >= 900
-        );
+        quota.settle(ticket, Some(100), &mut headers);
+        assert!(remaining(&headers) >= 900);
         assert!(quota.admit(850).is_ok());
         assert_eq!(
             quota.counts(),
@@ -214,5 +212,21 @@ mod tests {
                 tokens_used: 100
             }
         );
+    }
+
+    #[test]
+    fn arrival_accounting_gives_nothing_back() {
+        let quota = Quota::new(QuotaSettings {
+            rpm: None,
+            tpm: Some(1000),
+        })
+        .expect("a quota");
+        let ticket = quota.admit(900).expect("within the minute's allowance");
+        // OpenAI: the prompt and the whole max_tokens were charged when it arrived.
+        let mut headers = HeaderMap::new();
+        quota.settle(ticket, None, &mut headers);
+        assert!(remaining(&headers) <= 101, "{headers:?}");
+        assert!(quota.admit(850).is_err());
+        assert_eq!(quota.counts().tokens_used, 900);
     }
 }
