@@ -15,6 +15,8 @@
 //!   copy leaves the property out, every job completes, no channel is closed.
 //! - A minute-long memory alarm while jobs finish: all complete, one completion event id each,
 //!   every slot free again.
+//! - Postgres stopped while calls wait on the provider budget: intake pauses, the jobs are handed
+//!   back, and all complete once it is back.
 
 use std::time::Duration;
 
@@ -317,6 +319,64 @@ async fn a_minute_long_memory_alarm_wedges_no_slot_and_repeats_no_event() {
         (metrics.jobs_in_flight.get() == 0).then_some(())
     })
     .await;
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_while_calls_wait_on_the_budget_pauses_intake_and_all_complete() {
+    // A budget far below the load: most calls wait their turn when Postgres stops.
+    let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(200)).await;
+    let worker = env
+        .start_worker(&["--llm-tpm-limit", "40000", "--retry-delay-secs", "2"])
+        .await;
+    let mut events = env.watcher().await;
+    let mut ids = Vec::new();
+    // One call of about 8,700 tokens each (the prompt and a 3-week output limit): four go at
+    // once, the others wait their turn, up to about 20 s.
+    for i in 0..6 {
+        let (id, body) = job(3, &format!("Budgeted Engineer {i}"));
+        env.publish(&body).await;
+        ids.push(id);
+    }
+    eventually(Duration::from_secs(60), "calls waiting on the budget", || async {
+        let waits = worker.running.metrics.budget_wait.get_sample_sum();
+        (waits > 0.0).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let back = stop_postgres();
+    println!("budget outage: Postgres stopped while calls wait on the budget");
+    eventually(
+        Duration::from_secs(120),
+        "intake paused for the database",
+        || async {
+            (worker
+                .running
+                .metrics
+                .intake_paused
+                .with_label_values(&["database"])
+                .get()
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    drop(back);
+    println!("budget outage: Postgres back after {:?}", started.elapsed());
+    for id in ids {
+        let end = events
+            .wait_for_end(id, Duration::from_secs(240), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    }
+    println!(
+        "budget outage: every job completed {:?} after the stop",
+        started.elapsed()
+    );
+    assert_eq!(dead_letters(&env).await, 0, "nothing dead-lettered");
     worker.stop().await;
     env.cleanup().await;
 }
