@@ -118,6 +118,9 @@ pub struct Chains<'a, L = Provider, C = Lease, E = ExpressLane> {
     pub output_cap: Option<u64>,
     /// A bulk job: its calls take only spare budget.
     pub bulk: bool,
+    /// Cancelled when a lease renewal finds that the job's user asked to cancel it: the calls
+    /// in flight or waiting on the budget are dropped and the job ends as cancelled.
+    pub cancel: Option<&'a CancellationToken>,
 }
 
 impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
@@ -253,6 +256,10 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                     .batch(self.profile, self.plan, range, previous, &mut hint, &caller)
                     .instrument(span) => result,
                 () = stop.cancelled() => return Ok((ChainEnd::Stopped, written)),
+                () = cancelled(self.cancel) => {
+                    shared.cancelled.store(true, Ordering::Relaxed);
+                    return Ok((ChainEnd::Cancelled, written));
+                }
             };
             shared.span_hint.fetch_min(hint, Ordering::Relaxed);
             if let Ok((result, _)) = &generated {
@@ -328,5 +335,13 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
             }
         }
         Ok((ChainEnd::Done, written))
+    }
+}
+
+/// Resolves when `cancel` is given and cancelled; never without one.
+async fn cancelled(cancel: Option<&CancellationToken>) {
+    match cancel {
+        Some(cancel) => cancel.cancelled().await,
+        None => std::future::pending().await,
     }
 }

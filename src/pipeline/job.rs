@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{
     batch::{Caller, Generator},
     chains::{Chains, ChainsEnd},
-    leases::Leases,
+    leases::{Leases, Told},
     outcome::Outcome,
 };
 use crate::{
@@ -213,9 +213,9 @@ impl JobRunner {
             }
         };
         let lease = owned.lease.clone();
-        let lost = CancellationToken::new();
-        let renewal = self.leases.hold(lease.clone(), lost.clone());
-        let end = self.work(job, &profile, owned, shutdown, abort, &lost).await;
+        let told = Told::default();
+        let renewal = self.leases.hold(lease.clone(), told.clone());
+        let end = self.work(job, &profile, owned, shutdown, abort, &told).await;
         drop(renewal);
         // An aborted task never gets here: its entry stays, and the drain releases it.
         self.leases.finish(&lease);
@@ -243,8 +243,9 @@ impl JobRunner {
         owned: Box<OwnedJob>,
         shutdown: &CancellationToken,
         abort: &CancellationToken,
-        lost: &CancellationToken,
+        told: &Told,
     ) -> Result<Outcome, StoreError> {
+        let lost = &told.lost;
         let lease = &owned.lease;
         let metrics = self.metrics();
         if owned.abandoned >= self.poison_after {
@@ -330,6 +331,7 @@ impl JobRunner {
             events: &self.express,
             output_cap: self.output_cap,
             bulk: job.priority == Priority::Bulk,
+            cancel: Some(&told.cancel),
         };
         let written = match chains.run(owned.batches, shutdown, abort, lost).await? {
             ChainsEnd::Done(written) => written,

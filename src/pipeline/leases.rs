@@ -12,7 +12,7 @@ use std::{
 
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::store::{self, lease::Lease};
@@ -23,12 +23,18 @@ enum Entry {
     /// Its claim is under way: a second delivery here must not take our fresh lease for a
     /// leftover.
     Claiming,
-    /// Claimed. `renewal` is the token cancelled if a renewal finds another replica owns the
-    /// job; `None` once the job's task has stopped renewing it.
-    Leased {
-        lease: Lease,
-        renewal: Option<CancellationToken>,
-    },
+    /// Claimed. `renewal` holds what a renewal tells the job's task; `None` once the task has
+    /// stopped renewing it.
+    Leased { lease: Lease, renewal: Option<Told> },
+}
+
+/// What a renewal tells a job's task.
+#[derive(Debug, Clone, Default)]
+pub struct Told {
+    /// Another replica owns the job: stop at once.
+    pub lost: CancellationToken,
+    /// Its user asked to cancel it: stop, dropping the calls in flight or waiting on the budget.
+    pub cancel: CancellationToken,
 }
 
 type Entries = HashMap<Uuid, Entry>;
@@ -67,9 +73,9 @@ impl Leases {
         }
     }
 
-    /// Holds `lease` and renews it while the guard lives; `lost` is cancelled if a renewal finds
-    /// that another replica owns the job.
-    pub fn hold(&self, lease: Lease, lost: CancellationToken) -> RenewalGuard {
+    /// Holds `lease` and renews it while the guard lives, telling the job's task through `told`
+    /// what a renewal finds: another replica owns the job, or its user asked to cancel it.
+    pub fn hold(&self, lease: Lease, told: Told) -> RenewalGuard {
         let guard = RenewalGuard {
             entries: Arc::downgrade(&self.entries),
             job_id: lease.job_id(),
@@ -79,7 +85,7 @@ impl Leases {
             lease.job_id(),
             Entry::Leased {
                 lease,
-                renewal: Some(lost),
+                renewal: Some(told),
             },
         );
         guard
@@ -172,20 +178,27 @@ async fn renew_loop(pool: Pool, lease: Duration, entries: Weak<Mutex<Entries>>) 
             Ok(renewed) => {
                 let mut entries = lock(&entries);
                 for (id, token) in ids.iter().zip(&tokens) {
-                    if renewed.contains(id) {
+                    let Some(Entry::Leased {
+                        lease,
+                        renewal: Some(told),
+                    }) = entries.get(id)
+                    else {
+                        continue;
+                    };
+                    if lease.token() != *token {
+                        continue;
+                    }
+                    if renewed.held.contains(id) {
+                        if renewed.cancel_requested.contains(id) && !told.cancel.is_cancelled() {
+                            info!(job_id = %id, "the job's user cancelled it; stopping its calls");
+                            told.cancel.cancel();
+                        }
                         continue;
                     }
                     // Fenced: another replica took the job over (or it has ended).
-                    if let Some(Entry::Leased {
-                        lease,
-                        renewal: Some(lost),
-                    }) = entries.get(id)
-                        && lease.token() == *token
-                    {
-                        warn!(job_id = %id, "lease lost to another replica; stopping this job");
-                        lost.cancel();
-                        entries.remove(id);
-                    }
+                    warn!(job_id = %id, "lease lost to another replica; stopping this job");
+                    told.lost.cancel();
+                    entries.remove(id);
                 }
             }
             Err(e) => warn!(error = %e, jobs = ids.len(), "lease renewal failed; retrying"),

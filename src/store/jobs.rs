@@ -69,8 +69,17 @@ pub(super) async fn set_plan(pool: &Pool, job_id: Uuid, token: i64, plan: &Plan)
     if n == 1 { Ok(()) } else { Err(StoreError::Fenced) }
 }
 
+/// What one renewal found: the jobs still held, and those of them whose user asked to cancel.
+#[derive(Debug, Default)]
+pub struct Renewed {
+    pub held: std::collections::HashSet<Uuid>,
+    pub cancel_requested: std::collections::HashSet<Uuid>,
+}
+
 /// Extends the leases of many jobs in one statement, each under its own token; returns the jobs
-/// still held (a job missing from it has been taken over, or has ended). A job whose row another
+/// still held (a job missing from it has been taken over, or has ended), and which of them
+/// their users asked to cancel (so that a job whose calls wait on the provider budget stops
+/// without waiting for its next checkpoint). A job whose row another
 /// session holds locked is skipped, not waited for: one stuck row must not hold back the renewal
 /// of every other lease. It is returned as held, unrenewed, and tried again at the next tick.
 /// A released job (no owner) is not renewed: a renewal that arrives after the release (a
@@ -80,12 +89,12 @@ pub async fn renew_many(
     job_ids: &[Uuid],
     tokens: &[i64],
     lease: Duration,
-) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+) -> Result<Renewed, StoreError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
             "WITH ours AS (
-                SELECT j.job_id FROM jobs j
+                SELECT j.job_id, j.cancel_requested_at IS NOT NULL AS cancel FROM jobs j
                 JOIN unnest($1::uuid[], $2::bigint[]) AS held (job_id, token)
                   ON j.job_id = held.job_id AND j.fencing_token = held.token
                 WHERE j.status = 'running' AND j.owner IS NOT NULL),
@@ -96,7 +105,7 @@ pub async fn renew_many(
                 UPDATE jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
                 FROM free WHERE jobs.job_id = free.job_id AND jobs.owner IS NOT NULL
                 RETURNING jobs.job_id)
-             SELECT ours.job_id, renewed.job_id IS NOT NULL AS renewed
+             SELECT ours.job_id, ours.cancel, renewed.job_id IS NOT NULL AS renewed
              FROM ours LEFT JOIN renewed ON renewed.job_id = ours.job_id",
         )
         .await?;
@@ -110,7 +119,14 @@ pub async fn renew_many(
             "leases not renewed: another session holds their rows locked"
         );
     }
-    Ok(rows.iter().map(|r| r.get("job_id")).collect())
+    Ok(Renewed {
+        held: rows.iter().map(|r| r.get("job_id")).collect(),
+        cancel_requested: rows
+            .iter()
+            .filter(|r| r.get::<_, bool>("cancel"))
+            .map(|r| r.get("job_id"))
+            .collect(),
+    })
 }
 
 /// Extends the lease; `Fenced` if another replica has taken the job over.

@@ -28,6 +28,8 @@ struct Signals {
     shutdown: CancellationToken,
     abort: CancellationToken,
     lost: CancellationToken,
+    /// A lease renewal found the job's user asked to cancel it.
+    cancel: CancellationToken,
 }
 
 struct Run {
@@ -61,6 +63,7 @@ async fn run(
         events: &events,
         output_cap,
         bulk: false,
+        cancel: Some(&signals.cancel),
     };
     // A day on the paused clock passes at once when nothing else can run: a chain that never
     // ends fails here instead of hanging the suite.
@@ -356,4 +359,24 @@ async fn a_database_outage_past_the_retries_is_an_error() {
     let plan = plan(6);
     let run = run_on(&plan, memory().outage(100)).await;
     assert!(matches!(run.end, Err(StoreError::Pool(_))), "{:?}", run.end);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_a_renewal_finds_drops_the_calls_in_flight() {
+    let plan = outlined_plan(24);
+    let chains = plan.chains().len();
+    // Every chain's first call takes a minute (or waits that long on the provider budget); the
+    // renewal tells the job of its user's cancel after 5 s.
+    let steps = vec![Step::Slow(Duration::from_secs(60)); chains];
+    let signals = Signals::default();
+    fire_after(&signals.cancel, Duration::from_secs(5));
+    let started = tokio::time::Instant::now();
+    let run = run(&plan, steps, memory(), vec![], None, &signals).await;
+    assert!(matches!(run.end, Ok(ChainsEnd::Cancelled(0))), "{:?}", run.end);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the calls were dropped, not waited for: {:?}",
+        started.elapsed()
+    );
+    assert!(run.checkpoints.stored().is_empty());
 }

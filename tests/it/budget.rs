@@ -369,3 +369,65 @@ async fn three_replicas_at_an_arrival_charged_quota_get_almost_no_429() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_its_call_waits_on_the_budget_gives_the_reservation_back() {
+    let env = TestEnv::new().await;
+    // 10,000 tokens a minute; a 3-week job's one call is charged about 8,700 (its prompt and
+    // its output limit): the first goes at once, the second waits about 45 s. Leases of 3 s
+    // are renewed every second, and a renewal is what tells the job of its cancel.
+    let worker = env
+        .start_worker(&["--llm-tpm-limit", "10000", "--lease-secs", "3"])
+        .await;
+    let pool = env.pool("budget-test").await;
+    let key = "openai/gpt-4o-mini";
+    let mut events = env.watcher().await;
+    let (first, body) = job(3, "Budget Engineer");
+    env.publish(&body).await;
+    let ahead =
+        |pool: deadpool_postgres::Pool| async move { store::budget::peek(&pool, key).await.unwrap().tokens };
+    let before = eventually(Duration::from_secs(30), "the first job's reservation", || async {
+        let t = ahead(pool.clone()).await;
+        (t > Duration::from_secs(30)).then_some(t)
+    })
+    .await;
+    let (second, body) = job(3, "Budget Engineer");
+    env.publish(&body).await;
+    eventually(
+        Duration::from_secs(30),
+        "the second job's reservation",
+        || async { (ahead(pool.clone()).await > before + Duration::from_secs(30)).then_some(()) },
+    )
+    .await;
+    let asked = std::time::Instant::now();
+    roadmap_worker::client::publish_cancel(&env.publisher, &env.topology, second, "user-1")
+        .await
+        .unwrap();
+    let end = events
+        .wait_for_end(second, Duration::from_secs(30), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.failed", "{}", end.body);
+    assert_eq!(end.body["reason"], "cancelled", "{}", end.body);
+    println!(
+        "cancelled while waiting on the budget: ended {:?} after the cancel",
+        asked.elapsed()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "the waiting call was dropped, not waited out"
+    );
+    let after = eventually(Duration::from_secs(5), "the reservation given back", || async {
+        let t = ahead(pool.clone()).await;
+        (t <= before).then_some(t)
+    })
+    .await;
+    println!("budget clock: {before:?} ahead before the second job, {after:?} after its cancel");
+    let end = events
+        .wait_for_end(first, Duration::from_secs(60), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    worker.stop().await;
+    env.cleanup().await;
+}

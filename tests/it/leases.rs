@@ -6,7 +6,11 @@ use std::time::Duration;
 use chrono::Utc;
 use roadmap_worker::{
     domain::{BatchOutcome, BatchResult, JobRequest, Plan, event::Usage},
-    pipeline::{self, job::completion_event, leases::Leases},
+    pipeline::{
+        self,
+        job::completion_event,
+        leases::{Leases, Told},
+    },
     store::{
         self, StoreError,
         claim::{Claim, Claimant},
@@ -14,8 +18,6 @@ use roadmap_worker::{
     },
     template,
 };
-
-use tokio_util::sync::CancellationToken;
 
 use testkit::{TestEnv, job};
 
@@ -132,9 +134,9 @@ async fn the_renewer_keeps_held_leases_and_tells_a_job_it_was_taken_over() {
         else {
             panic!("replica a should own a new job")
         };
-        let lost = CancellationToken::new();
-        let guard = leases.hold(owned.lease.clone(), lost.clone());
-        held.push((job, plan, lost, guard, owned.lease));
+        let told = Told::default();
+        let guard = leases.hold(owned.lease.clone(), told.clone());
+        held.push((job, plan, told.lost, guard, owned.lease));
     }
     // Three leases of 0.9 s, renewed by one statement every 0.3 s: still live after 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -216,7 +218,7 @@ async fn a_renewal_late_after_a_release_gives_no_lease_and_the_job_is_claimed() 
     let still = store::jobs::renew_many(&a, &[job.job_id], &[first.lease.token()], lease)
         .await
         .unwrap();
-    assert!(!still.contains(&job.job_id), "a released job is not held");
+    assert!(!still.held.contains(&job.job_id), "a released job is not held");
     let db = env.db().await;
     let row = db
         .query_one(
