@@ -12,9 +12,14 @@ async fn main() -> std::process::ExitCode {
     let _telemetry = telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
     match commands::dispatch(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Said once: the worker's way is its log (a JSON line where logs are collected), a
+        // tool's is a plain line for the person who ran it.
+        Err(e) if quiet => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

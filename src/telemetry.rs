@@ -55,7 +55,11 @@ pub fn init(format: LogFormat, level: &str) -> Telemetry {
         EnvFilter::new(format!("info,{QUIET_RETURNS}"))
     });
     let logs = match format {
-        LogFormat::Human => fmt::layer().with_writer(std::io::stderr).boxed(),
+        // Colours only for a person at a terminal: a file or a pipe gets plain text.
+        LogFormat::Human => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
         LogFormat::Json => fmt::layer()
             .with_writer(std::io::stderr)
             .json()

@@ -199,3 +199,36 @@ async fn without_migrate_on_start_a_schema_behind_is_refused_then_migrate_lets_i
     );
     env.cleanup().await;
 }
+
+#[test]
+fn a_tool_s_error_is_said_once_and_a_pipe_gets_no_colour_codes() {
+    let output = Command::new(env!("CARGO_BIN_EXE_roadmap-worker"))
+        .args(["status", "--failed"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the worker binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error: ")).count(),
+        1,
+        "one error line:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("ERROR"),
+        "the error said once, not also as a log line:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI colour codes in a pipe:\n{stderr:?}"
+    );
+    // The worker itself logs through its log format; with colours off in a pipe too.
+    let (ok, stderr) = run_with("LEASE_SECS", "60");
+    assert!(!ok);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI colour codes in a pipe:\n{stderr:?}"
+    );
+}
