@@ -49,10 +49,6 @@ impl Liveness {
         }
     }
 
-    pub fn grace(&self) -> Duration {
-        self.grace
-    }
-
     /// The grace in seconds, the way the statements take it.
     pub fn grace_secs(&self) -> f64 {
         self.grace.as_secs_f64()

@@ -52,10 +52,6 @@ impl Proxy {
         Self { addr, mode, accept }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
