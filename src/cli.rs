@@ -36,6 +36,21 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Work with the dead letters (kept in Postgres): list, show, replay, purge.
     Dlq(Box<DlqArgs>),
+    /// Declare the exchanges, queues and bindings the worker uses (as every replica does at
+    /// start), so a backend can publish before the first worker runs; print what was declared.
+    Declare(DeclareArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeclareArgs {
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+    /// Print the topology (names, types, queue arguments, bindings) without connecting.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print it as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -219,6 +234,48 @@ fn parse_since(text: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Connection flags are taken after a subcommand's own subcommand too, where an operator
+    /// types them.
+    #[test]
+    fn connection_flags_follow_nested_subcommands() {
+        let cli = Cli::try_parse_from([
+            "roadmap-worker",
+            "dlq",
+            "list",
+            "--amqp-namespace",
+            "integ",
+            "--database-url",
+            "postgres://u@db:5432/x",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Dlq(args) = cli.command else {
+            panic!("not dlq")
+        };
+        assert_eq!(args.amqp.namespace, "integ");
+        assert!(args.db.url.to_string().contains("db:5432/x"));
+        assert!(matches!(args.action, DlqAction::List { .. }));
+        // Before the nested subcommand, as before.
+        let cli =
+            Cli::try_parse_from(["roadmap-worker", "dlq", "--amqp-namespace", "integ", "list"]).unwrap();
+        let Command::Dlq(args) = cli.command else {
+            panic!("not dlq")
+        };
+        assert_eq!(args.amqp.namespace, "integ");
+    }
+
+    /// `status` reads the database; it does not create one, and its help says which commands do.
+    #[test]
+    fn the_database_url_help_says_which_commands_create_it() {
+        use clap::CommandFactory as _;
+        let mut command = Cli::command();
+        let status = command.find_subcommand_mut("status").unwrap();
+        let help = status.render_long_help().to_string();
+        assert!(
+            help.contains("`run`, `migrate` and `demo` create the database"),
+            "{help}"
+        );
+    }
 
     #[test]
     fn since_takes_a_number_and_a_unit() {

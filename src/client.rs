@@ -16,20 +16,38 @@ use uuid::Uuid;
 use crate::{
     amqp::{
         Publisher, Topology,
+        properties::JOB_ID_HEADER,
         topology::{BULK_ROUTING_KEY, CANCEL_ROUTING_KEY, JOB_ROUTING_KEY},
     },
     domain::event::EventKind,
 };
 
-/// Publishes a job body to the jobs exchange; fails if no queue takes it.
-/// A body with `"priority": "bulk"` goes with the bulk routing key, as a backend should send it.
+/// Publishes a job body to the jobs exchange as the README tells a backend to: `mandatory`
+/// (fails if no queue takes it), confirmed, with the body's job_id also in the `job_id` header
+/// and as `message_id`. A body with `"priority": "bulk"` goes with the bulk routing key.
 pub async fn publish_job(publisher: &Publisher, topology: &Topology, body: &[u8]) -> anyhow::Result<()> {
-    let bulk = serde_json::from_slice::<Value>(body)
-        .ok()
-        .is_some_and(|v| v.get("priority").and_then(Value::as_str) == Some("bulk"));
-    let key = if bulk { BULK_ROUTING_KEY } else { JOB_ROUTING_KEY };
+    let value = serde_json::from_slice::<Value>(body).ok();
+    let field = |name: &str| value.as_ref().and_then(|v| v.get(name)).and_then(Value::as_str);
+    let key = if field("priority") == Some("bulk") {
+        BULK_ROUTING_KEY
+    } else {
+        JOB_ROUTING_KEY
+    };
+    let job_id = field("job_id").map(str::to_owned);
+    let headers = job_id.as_deref().map(|id| {
+        let mut headers = FieldTable::default();
+        headers.insert(JOB_ID_HEADER.into(), AMQPValue::LongString(id.to_owned().into()));
+        headers
+    });
     publisher
-        .publish_json(&topology.jobs_exchange, key, body, None, None, true)
+        .publish_json(
+            &topology.jobs_exchange,
+            key,
+            body,
+            job_id.as_deref(),
+            headers,
+            true,
+        )
         .await
         .context("publishing the job (is a worker's topology declared? run the worker once)")
 }
@@ -182,7 +200,7 @@ impl EventWatcher {
     }
 
     /// Waits for `job_id`'s completed or failed event (or the rejection of a cancel for it),
-    /// handing progress events to `on_progress`.
+    /// handing its acceptance and progress events to `on_progress`.
     pub async fn wait_for_end(
         &mut self,
         job_id: Uuid,
@@ -222,7 +240,7 @@ impl EventWatcher {
                 continue;
             }
             match event.kind() {
-                Some(EventKind::Progress) => on_progress(&event),
+                Some(EventKind::Accepted | EventKind::Progress) => on_progress(&event),
                 Some(EventKind::Completed | EventKind::Failed | EventKind::CancelRejected) => {
                     return Ok(event);
                 }

@@ -260,6 +260,8 @@ impl Metrics {
         let failures = JobFailure::ALL.map(JobFailure::as_str);
         for reason in reasons.iter().chain(&failures) {
             self.jobs_failed.with_label_values(&[reason]);
+        }
+        for reason in crate::domain::dead_letter_codes() {
             self.dead_lettered.with_label_values(&[reason]);
         }
         for reason in reasons {

@@ -88,6 +88,8 @@ async fn a_cancel_during_a_database_outage_cancels_the_job() {
     let mut events = env.watcher().await;
     let (job_id, body) = job(52, "Data Engineer");
     env.publish(&body).await;
+    let accepted = events.next(Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(accepted.routing_key, "roadmap.accepted");
     let first = events.next(Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!(first.routing_key, "roadmap.progress");
     let back = stop_postgres();

@@ -183,21 +183,38 @@ pub fn display(value: &Value) -> String {
     }
 }
 
+/// The header in which a publisher states the job_id of a job message, beside its body: a
+/// refusal of a body that cannot be read is announced under it.
+pub const JOB_ID_HEADER: &str = "job_id";
+
+/// The job_id a message's properties state: its `job_id` header, failing that its
+/// `correlation_id`, when a UUID. Never its `message_id`, which client libraries fill on their own.
+pub fn stated_job_id(props: &BasicProperties) -> Option<Uuid> {
+    let header = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(JOB_ID_HEADER))
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
+            _ => None,
+        });
+    let correlation = props.correlation_id().as_ref().map(|s| s.to_string());
+    [header, correlation]
+        .into_iter()
+        .flatten()
+        .find_map(|id| Uuid::parse_str(id.trim()).ok())
+}
+
 /// The job a message names, by the rule for a refused message's job_id: the body's `job_id`
-/// (read even under a wrong content type), failing that its `message_id`, then its
-/// `correlation_id`, when a UUID.
+/// (read even under a wrong content type), failing that the one its properties state
+/// ([`stated_job_id`]).
 pub fn readable_job_id(body: &[u8], props: &BasicProperties) -> Option<Uuid> {
     let content_type = props.content_type().as_ref().map(|s| s.as_str());
     match JobRequest::decode(body, content_type) {
         Ok(job) => Some(job.job_id),
-        Err(rejection) => {
-            rejection
-                .or_job_id_from(
-                    props.message_id().as_ref().map(|s| s.as_str()),
-                    props.correlation_id().as_ref().map(|s| s.as_str()),
-                )
-                .job_id
-        }
+        Err(rejection) => rejection.or_job_id(stated_job_id(props)).job_id,
     }
 }
 
@@ -266,8 +283,32 @@ mod tests {
         let body = json!({"job_id": id, "user_id": "u"}).to_string();
         let mislabelled = BasicProperties::default().with_content_type("text/plain".into());
         assert_eq!(readable_job_id(body.as_bytes(), &mislabelled), Some(id));
-        let named = BasicProperties::default().with_message_id(id.to_string().into());
-        assert_eq!(readable_job_id(b"{not json", &named), Some(id));
+        let mut headers = FieldTable::default();
+        headers.insert(JOB_ID_HEADER.into(), AMQPValue::LongString(id.to_string().into()));
+        let stated = BasicProperties::default().with_headers(headers);
+        assert_eq!(readable_job_id(b"{not json", &stated), Some(id));
+        let correlated = BasicProperties::default().with_correlation_id(id.simple().to_string().into());
+        assert_eq!(readable_job_id(b"{not json", &correlated), Some(id));
         assert_eq!(readable_job_id(b"{not json", &BasicProperties::default()), None);
+    }
+
+    /// aiormq sets a random `message_id` on every message its publisher leaves without one:
+    /// a refusal must not be announced under it.
+    #[test]
+    fn a_message_id_is_never_taken_for_the_job_id() {
+        let library_id = Uuid::new_v4().simple().to_string();
+        let props = BasicProperties::default().with_message_id(library_id.into());
+        assert_eq!(readable_job_id(b"{not json", &props), None);
+        // The header wins over the correlation_id.
+        let (header, correlation) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut headers = FieldTable::default();
+        headers.insert(
+            JOB_ID_HEADER.into(),
+            AMQPValue::LongString(header.to_string().into()),
+        );
+        let both = BasicProperties::default()
+            .with_headers(headers)
+            .with_correlation_id(correlation.to_string().into());
+        assert_eq!(stated_job_id(&both), Some(header));
     }
 }

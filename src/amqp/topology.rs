@@ -81,44 +81,88 @@ impl Topology {
         ]
     }
 
-    /// Declares everything; safe to run from every replica at every start. The events exchange
-    /// comes last, once every queue is bound.
+    /// What [`Self::declare`] declares, in its order: exchanges, then queues with their
+    /// arguments and bindings, the events exchange last. `declare --print` shows it, for a
+    /// backend that declares the topology itself.
+    pub fn spec(&self) -> Spec {
+        let text = |v: &str| Arg::Text(v.to_owned());
+        let quorum = || vec![("x-queue-type", text("quorum"))];
+        let work = || {
+            vec![
+                ("x-queue-type", text("quorum")),
+                ("x-dead-letter-exchange", text(&self.dead_letter_exchange)),
+                ("x-dead-letter-routing-key", text(JOB_ROUTING_KEY)),
+                ("x-delivery-limit", Arg::Int(i64::from(self.delivery_limit))),
+            ]
+        };
+        // Classic queues: per-message TTLs expire in order because every message in one of
+        // them waits as long, and an expired message is dead-lettered back where it came from.
+        let retry = |exchange: &str, key: &str| {
+            vec![
+                ("x-dead-letter-exchange", text(exchange)),
+                ("x-dead-letter-routing-key", text(key)),
+            ]
+        };
+        let queue = |name: &str, arguments, bound_to: &[(&str, &str)]| QueueSpec {
+            name: name.to_owned(),
+            arguments,
+            bindings: bound_to
+                .iter()
+                .map(|(e, k)| ((*e).to_owned(), (*k).to_owned()))
+                .collect(),
+        };
+        let (jobs, dlx) = (self.jobs_exchange.as_str(), self.dead_letter_exchange.as_str());
+        Spec {
+            exchanges: vec![
+                (self.jobs_exchange.clone(), ExchangeKind::Direct),
+                (self.dead_letter_exchange.clone(), ExchangeKind::Direct),
+            ],
+            queues: vec![
+                queue(&self.dead_letter_queue, quorum(), &[(dlx, REJECTED_ROUTING_KEY)]),
+                queue(&self.recover_queue, quorum(), &[(dlx, JOB_ROUTING_KEY)]),
+                queue(&self.retry_queue, retry(jobs, JOB_ROUTING_KEY), &[]),
+                queue(&self.cancel_retry_queue, retry(jobs, CANCEL_ROUTING_KEY), &[]),
+                queue(&self.recover_retry_queue, retry(dlx, JOB_ROUTING_KEY), &[]),
+                queue(&self.queue, work(), &[(jobs, JOB_ROUTING_KEY)]),
+                // The same rules as the work queue: delivery limit, dead letters to recovery.
+                queue(&self.bulk_queue, work(), &[(jobs, BULK_ROUTING_KEY)]),
+                queue(&self.cancel_queue, quorum(), &[(jobs, CANCEL_ROUTING_KEY)]),
+            ],
+            // Last: a backend that waits for the events exchange (to bind its queue before its
+            // first job) then finds every work queue bound, and no job it publishes is returned.
+            events_exchange: (self.events_exchange.clone(), ExchangeKind::Topic),
+        }
+    }
+
+    /// Declares everything in [`Self::spec`]; safe to run from every replica at every start,
+    /// and from a backend's `roadmap-worker declare`.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let spec = self.spec();
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        channel
-            .exchange_declare(
-                self.jobs_exchange.as_str().into(),
-                ExchangeKind::Direct,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .exchange_declare(
-                self.dead_letter_exchange.as_str().into(),
-                ExchangeKind::Direct,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        for (name, kind) in &spec.exchanges {
+            channel
+                .exchange_declare(name.as_str().into(), kind.clone(), durable, FieldTable::default())
+                .await?;
+        }
         let queue_options = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        let quorum = || {
+        for queue in &spec.queues {
             let mut args = FieldTable::default();
-            args.insert(
-                ShortString::from("x-queue-type"),
-                AMQPValue::LongString("quorum".into()),
-            );
-            args
-        };
-        channel
-            .queue_declare(self.dead_letter_queue.as_str().into(), queue_options, quorum())
-            .await?;
+            for (name, value) in &queue.arguments {
+                args.insert(ShortString::from(*name), value.to_amqp());
+            }
+            channel
+                .queue_declare(queue.name.as_str().into(), queue_options, args)
+                .await?;
+            for (exchange, key) in &queue.bindings {
+                self.bind(channel, &queue.name, exchange, key).await?;
+            }
+        }
         // Earlier versions bound the dead-letter queue to the broker's own dead letters too;
         // those now go to the recovery queue, so that none ends there without an account.
         channel
@@ -129,91 +173,9 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        self.bind(
-            channel,
-            &self.dead_letter_queue,
-            &self.dead_letter_exchange,
-            REJECTED_ROUTING_KEY,
-        )
-        .await?;
+        let (name, kind) = &spec.events_exchange;
         channel
-            .queue_declare(self.recover_queue.as_str().into(), queue_options, quorum())
-            .await?;
-        self.bind(
-            channel,
-            &self.recover_queue,
-            &self.dead_letter_exchange,
-            JOB_ROUTING_KEY,
-        )
-        .await?;
-        // Classic queues: per-message TTLs expire in order because every message in one of
-        // them waits as long, and an expired message is dead-lettered back where it came from.
-        for (queue, exchange, key) in [
-            (&self.retry_queue, &self.jobs_exchange, JOB_ROUTING_KEY),
-            (&self.cancel_retry_queue, &self.jobs_exchange, CANCEL_ROUTING_KEY),
-            (
-                &self.recover_retry_queue,
-                &self.dead_letter_exchange,
-                JOB_ROUTING_KEY,
-            ),
-        ] {
-            let mut retry_args = FieldTable::default();
-            retry_args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(exchange.as_str().into()),
-            );
-            retry_args.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(key.into()),
-            );
-            channel
-                .queue_declare(queue.as_str().into(), queue_options, retry_args)
-                .await?;
-        }
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.dead_letter_exchange.as_str().into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(JOB_ROUTING_KEY.into()),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongInt(self.delivery_limit as i32),
-        );
-        channel
-            .queue_declare(self.queue.as_str().into(), queue_options, args.clone())
-            .await?;
-        self.bind(channel, &self.queue, &self.jobs_exchange, JOB_ROUTING_KEY)
-            .await?;
-        // The same rules as the work queue: delivery limit, dead letters to the recovery queue.
-        channel
-            .queue_declare(self.bulk_queue.as_str().into(), queue_options, args)
-            .await?;
-        self.bind(channel, &self.bulk_queue, &self.jobs_exchange, BULK_ROUTING_KEY)
-            .await?;
-        channel
-            .queue_declare(self.cancel_queue.as_str().into(), queue_options, quorum())
-            .await?;
-        self.bind(
-            channel,
-            &self.cancel_queue,
-            &self.jobs_exchange,
-            CANCEL_ROUTING_KEY,
-        )
-        .await?;
-        // Last: a backend that waits for the events exchange (to bind its queue before its first
-        // job) then finds every work queue bound, and no job it publishes is returned unroutable.
-        channel
-            .exchange_declare(
-                self.events_exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
+            .exchange_declare(name.as_str().into(), kind.clone(), durable, FieldTable::default())
             .await
     }
 
@@ -228,4 +190,44 @@ impl Topology {
             )
             .await
     }
+}
+
+/// A queue argument's value, as declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+impl Arg {
+    fn to_amqp(&self) -> AMQPValue {
+        match self {
+            Self::Text(text) => AMQPValue::LongString(text.as_str().into()),
+            Self::Int(n) => AMQPValue::LongInt(i32::try_from(*n).unwrap_or(i32::MAX)),
+        }
+    }
+
+    /// As JSON, for `declare --print --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Text(text) => text.as_str().into(),
+            Self::Int(n) => (*n).into(),
+        }
+    }
+}
+
+/// A durable queue, its arguments and its bindings (exchange, routing key).
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub arguments: Vec<(&'static str, Arg)>,
+    pub bindings: Vec<(String, String)>,
+}
+
+/// Everything the worker declares; every exchange and queue is durable.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub exchanges: Vec<(String, ExchangeKind)>,
+    pub queues: Vec<QueueSpec>,
+    pub events_exchange: (String, ExchangeKind),
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     amqp::{self, Publisher, Topology},
-    cli::{CancelArgs, Command, DemoArgs, EnqueueArgs, JobArgs},
+    cli::{CancelArgs, Command, DeclareArgs, DemoArgs, EnqueueArgs, JobArgs},
     client::{self, EventWatcher},
     config::ProviderKind,
     domain::{
@@ -36,7 +36,76 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => status::status(*args).await,
         Command::Cancel(args) => cancel(args).await,
         Command::Dlq(args) => dlq::dlq(*args).await,
+        Command::Declare(args) => declare(args).await,
     }
+}
+
+/// Declares the topology (unless `--dry-run`) and prints it.
+async fn declare(args: DeclareArgs) -> anyhow::Result<()> {
+    let topology = Topology::new(&args.amqp.namespace, args.amqp.delivery_limit);
+    if !args.dry_run {
+        let connection = amqp::connect(&args.amqp, "roadmap-declare").await?;
+        topology
+            .declare(&connection.create_channel().await?)
+            .await
+            .context("declaring the topology (a queue declared before with other arguments is refused by the broker: PRECONDITION_FAILED)")?;
+        let _ = connection.close(200, "declared".into()).await;
+    }
+    let spec = topology.spec();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&spec_json(&spec))?);
+        return Ok(());
+    }
+    let kind = |k: &lapin::ExchangeKind| format!("{k:?}").to_lowercase();
+    for (name, k) in &spec.exchanges {
+        println!("exchange {name} ({}, durable)", kind(k));
+    }
+    for queue in &spec.queues {
+        let arguments: Vec<String> = queue
+            .arguments
+            .iter()
+            .map(|(name, value)| format!("{name}={}", value.to_json()))
+            .collect();
+        println!("queue    {} (durable) {}", queue.name, arguments.join(" "));
+        for (exchange, key) in &queue.bindings {
+            println!("           bound to {exchange} with routing key {key}");
+        }
+    }
+    let (name, k) = &spec.events_exchange;
+    println!("exchange {name} ({}, durable)", kind(k));
+    if !args.dry_run {
+        println!("declared on the broker");
+    }
+    Ok(())
+}
+
+fn spec_json(spec: &amqp::topology::Spec) -> serde_json::Value {
+    let kind = |k: &lapin::ExchangeKind| format!("{k:?}").to_lowercase();
+    let mut exchanges: Vec<serde_json::Value> = spec
+        .exchanges
+        .iter()
+        .map(|(name, k)| serde_json::json!({"name": name, "type": kind(k), "durable": true}))
+        .collect();
+    let (name, k) = &spec.events_exchange;
+    exchanges.push(serde_json::json!({"name": name, "type": kind(k), "durable": true}));
+    let queues: Vec<serde_json::Value> = spec
+        .queues
+        .iter()
+        .map(|q| {
+            let arguments: serde_json::Map<String, serde_json::Value> = q
+                .arguments
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.to_json()))
+                .collect();
+            let bindings: Vec<serde_json::Value> = q
+                .bindings
+                .iter()
+                .map(|(exchange, key)| serde_json::json!({"exchange": exchange, "routing_key": key}))
+                .collect();
+            serde_json::json!({"name": q.name, "durable": true, "arguments": arguments, "bindings": bindings})
+        })
+        .collect();
+    serde_json::json!({"exchanges": exchanges, "queues": queues})
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT; a second signal exits at once.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::ReceivedEvent;
+use crate::{client::ReceivedEvent, domain::event::EventKind};
 
 pub struct Bar {
     bar: ProgressBar,
@@ -28,7 +28,7 @@ impl Bar {
         Self { bar, tokens: 0 }
     }
 
-    /// Takes one progress event of the job.
+    /// Takes one acceptance or progress event of the job.
     pub fn progress(&mut self, event: &ReceivedEvent) {
         if let Some(line) = self.take(&event.body) {
             eprintln!("{line}");
@@ -41,6 +41,22 @@ impl Bar {
     fn take(&mut self, body: &serde_json::Value) -> Option<String> {
         let field = |name: &str| body[name].as_u64().unwrap_or(0);
         let (done, total) = (field("batches_done"), field("batches_total"));
+        if body["event"] == EventKind::Accepted.routing_key() {
+            // A claim: the job left the queue. Its figures are those of the batches stored.
+            if self.bar.length() == Some(0) {
+                self.bar.set_length(total);
+            }
+            self.bar.set_position(done.max(self.bar.position()));
+            let line = match done {
+                0 => format!("  accepted by a worker: {total} batches"),
+                _ => format!("  resumed by a worker: {done}/{total} batches stored"),
+            };
+            if !self.bar.is_hidden() {
+                self.bar.set_message("working");
+                return None;
+            }
+            return Some(line);
+        }
         let late = done <= self.bar.position();
         self.tokens = self.tokens.max(field("input_tokens") + field("output_tokens"));
         self.bar.set_length(total);
@@ -81,13 +97,22 @@ mod tests {
             tokens: 0,
         };
         let event = |done: u64, tokens: u64| json!({"batches_done": done, "batches_total": 4, "input_tokens": tokens, "output_tokens": 1});
-        let lines: Vec<Option<String>> = [event(1, 99), event(3, 299), event(2, 199), event(4, 399)]
-            .iter()
-            .map(|e| bar.take(e))
-            .collect();
+        let accepted =
+            json!({"event": "roadmap.accepted", "batches_done": 0, "batches_total": 4, "claim": 1});
+        let lines: Vec<Option<String>> = [
+            accepted,
+            event(1, 99),
+            event(3, 299),
+            event(2, 199),
+            event(4, 399),
+        ]
+        .iter()
+        .map(|e| bar.take(e))
+        .collect();
         assert_eq!(
             lines,
             [
+                Some("  accepted by a worker: 4 batches".to_owned()),
                 Some("  batch 1/4 stored (100 tokens so far)".to_owned()),
                 Some("  batch 3/4 stored (300 tokens so far)".to_owned()),
                 None,

@@ -22,19 +22,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// Database connection settings, shared by every subcommand that touches Postgres.
+/// Database connection settings, shared by every subcommand that touches Postgres. Global:
+/// a command with subcommands of its own (`dlq list`) takes them after those too.
 ///
 /// Every range is checked here, where the value is parsed: a bad value stops the process at
 /// start with the variable's name (each value is named after its environment variable).
 #[derive(Debug, Clone, Args)]
 pub struct DbSettings {
-    /// Postgres URL; the database is created if missing. `sslmode` (libpq's values but `allow`,
-    /// default `prefer`) and `sslrootcert` are honoured, in URL and key=value forms.
+    /// Postgres URL. `run`, `migrate` and `demo` create the database if it is missing; the other
+    /// commands only read it. `sslmode` (libpq's values but `allow`, default `prefer`) and
+    /// `sslrootcert` are honoured, in URL and key=value forms.
     #[arg(
         long = "database-url",
         id = "database_url",
         env = "DATABASE_URL",
         value_name = "DATABASE_URL",
+        global = true,
         default_value = "postgres://postgres@127.0.0.1:5432/roadmap",
         hide_env_values = true
     )]
@@ -45,6 +48,7 @@ pub struct DbSettings {
         id = "database_pool_size",
         env = "DATABASE_POOL_SIZE",
         value_name = "DATABASE_POOL_SIZE",
+        global = true,
         default_value_t = 16,
         value_parser = clap::value_parser!(u32).range(1..=1000)
     )]
@@ -55,12 +59,13 @@ pub struct DbSettings {
         long = "database-ca-file",
         id = "database_ca_file",
         env = "DATABASE_CA_FILE",
-        value_name = "DATABASE_CA_FILE"
+        value_name = "DATABASE_CA_FILE",
+        global = true
     )]
     pub ca_file: Option<CaFile>,
 }
 
-/// Broker connection settings and the names of the topology.
+/// Broker connection settings and the names of the topology; global, as [`DbSettings`].
 #[derive(Debug, Clone, Args)]
 pub struct AmqpSettings {
     /// RabbitMQ URL.
@@ -69,6 +74,7 @@ pub struct AmqpSettings {
         id = "amqp_url",
         env = "AMQP_URL",
         value_name = "AMQP_URL",
+        global = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true
     )]
@@ -80,6 +86,7 @@ pub struct AmqpSettings {
         id = "amqp_namespace",
         env = "AMQP_NAMESPACE",
         value_name = "AMQP_NAMESPACE",
+        global = true,
         default_value = "roadmap",
         value_parser = parse_namespace
     )]
@@ -90,6 +97,7 @@ pub struct AmqpSettings {
         id = "amqp_delivery_limit",
         env = "AMQP_DELIVERY_LIMIT",
         value_name = "AMQP_DELIVERY_LIMIT",
+        global = true,
         default_value_t = 5,
         value_parser = clap::value_parser!(u32).range(1..=1000)
     )]

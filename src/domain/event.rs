@@ -10,6 +10,8 @@ use super::roadmap::Roadmap;
 /// it is a string; inside the worker it is this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
+    /// A replica claimed the job and starts (or resumes) it.
+    Accepted,
     Progress,
     Completed,
     Failed,
@@ -27,7 +29,8 @@ pub enum Unroutable {
 }
 
 impl EventKind {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
+        Self::Accepted,
         Self::Progress,
         Self::Completed,
         Self::Failed,
@@ -37,6 +40,7 @@ impl EventKind {
     /// The wire string: the routing key on `roadmap.events`, and the event's `event` field.
     pub const fn routing_key(self) -> &'static str {
         match self {
+            Self::Accepted => "roadmap.accepted",
             Self::Progress => "roadmap.progress",
             Self::Completed => "roadmap.completed",
             Self::Failed => "roadmap.failed",
@@ -44,11 +48,11 @@ impl EventKind {
         }
     }
 
-    /// Only a job's outcome and a cancel's answer are owed to a consumer; a progress event is
-    /// superseded by the next one.
+    /// Only a job's outcome and a cancel's answer are owed to a consumer; an acceptance or a
+    /// progress event is superseded by the next one.
     pub fn unroutable_policy(self) -> Unroutable {
         match self {
-            Self::Progress => Unroutable::LetGo,
+            Self::Accepted | Self::Progress => Unroutable::LetGo,
             Self::Completed | Self::Failed | Self::CancelRejected => Unroutable::Retry,
         }
     }
@@ -108,6 +112,29 @@ impl CancelRejected {
             user_id,
             reason: reason.into(),
             message,
+        }
+    }
+}
+
+/// Why a cancel changed nothing (the `reason` of `roadmap.cancel_rejected`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRefusal {
+    /// The job had completed.
+    JobCompleted,
+    /// The job had failed.
+    JobFailed,
+    /// No job of this user has the job_id (another user's job is never revealed).
+    UnknownJob,
+}
+
+impl CancelRefusal {
+    pub const ALL: [Self; 3] = [Self::JobCompleted, Self::JobFailed, Self::UnknownJob];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JobCompleted => "job_completed",
+            Self::JobFailed => "job_failed",
+            Self::UnknownJob => "unknown_job",
         }
     }
 }
@@ -273,6 +300,43 @@ pub struct Failed {
     pub message: String,
 }
 
+/// A replica claimed the job: it is being worked, with this plan. Sent at every claim that
+/// starts work (a takeover after a crash too, with `claim` > 1 and the batches already stored),
+/// before the job's first LLM call of that claim, so it comes before the claim's progress events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub event: String,
+    pub version: u32,
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub user_id: String,
+    /// Batches of the job's plan; an outlined job's plan may still be cut again within its
+    /// phases after the outline, and its progress events then carry the final total.
+    pub batches_total: u32,
+    /// Batches already stored by earlier claims (0 for a new job).
+    pub batches_done: u32,
+    /// Which claim of the job this is: 1 for its first; more after a hand-back or a takeover.
+    pub claim: u32,
+}
+
+impl Accepted {
+    /// The event id is derived from the job and the claim, so a write repeated after a lost
+    /// commit reply is one event, and a consumer de-duplicating by id keeps one per claim.
+    pub fn new(job_id: Uuid, user_id: &str, batches: (u32, u32), claim: u32) -> Self {
+        let (batches_done, batches_total) = batches;
+        Self {
+            event: EventKind::Accepted.into(),
+            version: 1,
+            event_id: Uuid::new_v5(&job_id, format!("roadmap.accepted/{claim}").as_bytes()),
+            job_id,
+            user_id: user_id.to_owned(),
+            batches_total,
+            batches_done,
+            claim,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub event: String,
@@ -337,6 +401,7 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "roadmap.accepted",
                 "roadmap.progress",
                 "roadmap.completed",
                 "roadmap.failed",
@@ -360,12 +425,12 @@ mod tests {
     }
 
     #[test]
-    fn only_progress_is_let_go_when_no_queue_takes_it() {
+    fn only_acceptance_and_progress_are_let_go_when_no_queue_takes_them() {
         let let_go: Vec<EventKind> = EventKind::ALL
             .into_iter()
             .filter(|k| k.unroutable_policy() == Unroutable::LetGo)
             .collect();
-        assert_eq!(let_go, [EventKind::Progress]);
+        assert_eq!(let_go, [EventKind::Accepted, EventKind::Progress]);
     }
 
     #[test]

@@ -14,5 +14,5 @@ pub use batch::{AnswerFault, BatchOutcome, BatchResult, TokenUsage};
 pub use job::{ExperienceLevel, JobProfile, JobRequest, Priority};
 pub use outline::{Outline, WeekOutline};
 pub use plan::{BatchRange, Plan};
-pub use reject::{RejectReason, Rejection};
+pub use reject::{INVALID_CANCEL, RejectReason, Rejection, dead_letter_codes};
 pub use roadmap::{Day, Phase, Resource, Roadmap, Task, TaskKind, Week, WeekSource};

@@ -97,6 +97,18 @@ impl RejectReason {
     }
 }
 
+/// The reason code of a cancel message that breaks `schemas/cancel.v1.json`: it is
+/// dead-lettered, never announced (its job_id may be anything).
+pub const INVALID_CANCEL: &str = "invalid_cancel";
+
+/// Every reason a dead letter can carry (`dead_letters.reason`, the broker copy's
+/// `x-reject-reason`): a refused job message's code, a job failed as poison, a malformed cancel.
+pub fn dead_letter_codes() -> impl Iterator<Item = &'static str> {
+    RejectReason::CODES
+        .into_iter()
+        .chain([super::event::JobFailure::PoisonJob.as_str(), INVALID_CANCEL])
+}
+
 /// A refused message, with whatever identity could still be read from it (for the failed event).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -107,14 +119,14 @@ pub struct Rejection {
 
 impl Rejection {
     /// A job_id is "readable" from the body when it is a JSON object with a UUID `job_id`;
-    /// failing that, from the message's `message_id`, then its `correlation_id`, when either is
-    /// a UUID (a body too large, not UTF-8 or nested too deep is not read at all).
-    pub fn or_job_id_from(mut self, message_id: Option<&str>, correlation_id: Option<&str>) -> Self {
+    /// failing that, `stated` is taken: the one the message's properties state (its `job_id`
+    /// header, then its `correlation_id`, see `amqp::properties::stated_job_id`). A body too
+    /// large, not UTF-8 or nested too deep is not read at all. The `message_id` is never read:
+    /// client libraries fill it with an id of their own (aiormq does), and a refusal announced
+    /// under it would name a job the backend never issued.
+    pub fn or_job_id(mut self, stated: Option<Uuid>) -> Self {
         if self.job_id.is_none() {
-            self.job_id = [message_id, correlation_id]
-                .into_iter()
-                .flatten()
-                .find_map(|id| Uuid::parse_str(id.trim()).ok());
+            self.job_id = stated;
         }
         self
     }

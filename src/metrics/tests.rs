@@ -54,6 +54,8 @@ fn every_known_label_value_starts_at_zero() {
         .chain(&JobFailure::ALL.map(JobFailure::as_str))
     {
         expected.push(series("roadmap_jobs_failed_total", "reason", reason));
+    }
+    for reason in crate::domain::dead_letter_codes() {
         expected.push(series("roadmap_messages_dead_lettered_total", "reason", reason));
     }
     for code in RejectReason::CODES {

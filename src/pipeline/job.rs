@@ -20,7 +20,7 @@ use crate::{
     config::WorkerSettings,
     domain::{
         JobProfile, JobRequest, Plan, Priority, RejectReason, Rejection, Roadmap, Week,
-        event::{Completed, EventKind, Failed, JobFailure, Usage},
+        event::{Accepted, Completed, EventKind, Failed, JobFailure, Usage},
         roadmap::check_roadmap,
     },
     llm::LlmError,
@@ -277,6 +277,24 @@ impl JobRunner {
             return Box::pin(self.fail_running(job, lease, JobFailure::Cancelled, message)).await;
         }
         metrics.jobs_started.inc();
+        let accepted = Accepted::new(
+            job.job_id,
+            &job.user_id,
+            (owned.batches.len() as u32, owned.plan.batches.len() as u32),
+            u32::try_from(owned.claims).unwrap_or(u32::MAX),
+        );
+        let express = self.express.lease();
+        match Box::pin(with_retries(|| lease.accepted(&accepted, express))).await {
+            Ok(true) => self.express.send(
+                accepted.event_id,
+                EventKind::Accepted,
+                (job.job_id, Some(&job.user_id)),
+                &accepted,
+            ),
+            Ok(false) => {}
+            Err(StoreError::Fenced) => return Ok(Outcome::Fenced),
+            Err(e) => return Err(e),
+        }
         if !owned.batches.is_empty() {
             metrics.jobs_resumed.inc();
             info!(

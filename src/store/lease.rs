@@ -10,11 +10,11 @@ use uuid::Uuid;
 use super::{
     StoreError,
     batches::{self, Checkpoint, Position},
-    jobs, roadmaps,
+    jobs, outbox, roadmaps,
 };
 use crate::domain::{
     BatchResult, Plan,
-    event::{Completed, Failed},
+    event::{Accepted, Completed, EventKind, Failed},
 };
 
 /// The lease of one job under one fencing token. Cheap to clone.
@@ -44,6 +44,22 @@ impl Lease {
     /// another replica has the job.
     pub async fn set_plan(&self, plan: &Plan) -> Result<(), StoreError> {
         jobs::set_plan(&self.pool, self.job_id, self.token, plan).await
+    }
+
+    /// Queues the job's `roadmap.accepted` event for this claim, its outbox row leased for
+    /// `express` when given. Returns whether it was queued now (not by an earlier try).
+    pub async fn accepted(&self, event: &Accepted, express: Option<Duration>) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        outbox::insert_for_owner(
+            &client,
+            event.event_id,
+            self.job_id,
+            self.token,
+            EventKind::Accepted,
+            event,
+            express,
+        )
+        .await
     }
 
     /// Stores a finished batch with the job's progress and its `roadmap.progress` event, the

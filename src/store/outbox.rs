@@ -136,6 +136,48 @@ pub async fn insert_leased<T: Serialize + std::fmt::Debug + Sync>(
     Ok(n == 1)
 }
 
+/// Queues an event of a running job for its owner only: `Fenced` once the lease's `token` is
+/// no longer the job's. Returns whether the row was inserted (a repeated write inserts nothing).
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_for_owner<T: Serialize + std::fmt::Debug + Sync>(
+    client: &impl GenericClient,
+    event_id: Uuid,
+    job_id: Uuid,
+    token: i64,
+    kind: EventKind,
+    payload: &T,
+    lease: Option<Duration>,
+) -> Result<bool, StoreError> {
+    let lease_secs = lease.map(|l| l.as_secs_f64());
+    let row = client
+        .query_one(
+            "WITH fence AS (
+                SELECT 1 FROM jobs WHERE job_id = $2 AND fencing_token = $6 AND status = 'running'),
+             ob AS (
+                INSERT INTO outbox (event_id, job_id, routing_key, payload, relay_until, attempts, traceparent)
+                SELECT $1, $2, $3, $4, now() + make_interval(secs => $5),
+                       CASE WHEN $5 IS NULL THEN 0 ELSE 1 END, $7
+                FROM fence
+                ON CONFLICT (event_id) DO NOTHING
+                RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM fence) AS owned, (SELECT count(*) FROM ob) AS queued",
+            &[
+                &event_id,
+                &job_id,
+                &kind.routing_key(),
+                &Json(payload),
+                &lease_secs,
+                &token,
+                &crate::telemetry::traceparent(),
+            ],
+        )
+        .await?;
+    if !row.get::<_, bool>("owned") {
+        return Err(StoreError::Fenced);
+    }
+    Ok(row.get::<_, i64>("queued") == 1)
+}
+
 /// Marks events sent by the express path, by event id; `unrouted` ones reached no queue.
 pub async fn mark_sent_events(
     client: &impl GenericClient,

@@ -16,13 +16,10 @@ use uuid::Uuid;
 
 use super::{Context, settle};
 use crate::{
-    domain::event::JobFailure,
-    domain::event::{CancelRejected, EventKind},
+    domain::INVALID_CANCEL,
+    domain::event::{CancelRefusal, CancelRejected, EventKind, JobFailure},
     store::{self, jobs::JobState, ledger::CancelRequest},
 };
-
-/// The reason code of a malformed cancel message in the dead-letter queue.
-const INVALID_CANCEL: &str = "invalid_cancel";
 
 /// Consumes the cancel queue on channels of its own until the connection or the worker stops.
 pub(super) async fn run(connection: std::sync::Arc<lapin::Connection>, ctx: Arc<Context>) {
@@ -90,18 +87,18 @@ async fn handle(ctx: &Context, delivery: Delivery) {
         }
         CancelRequest::Ended(status) => Some((
             match status {
-                JobState::Completed => "job_completed",
-                _ => "job_failed",
+                JobState::Completed => CancelRefusal::JobCompleted,
+                _ => CancelRefusal::JobFailed,
             },
             format!("the job has already {status}; nothing was changed"),
         )),
         CancelRequest::Unknown => Some((
-            "unknown_job",
+            CancelRefusal::UnknownJob,
             "no job of this user has this job_id; nothing was changed".to_owned(),
         )),
     };
     if let Some((reason, message)) = rejection {
-        let event = CancelRejected::new(job_id, user_id, reason, message);
+        let event = CancelRejected::new(job_id, user_id, reason.as_str(), message);
         let queued = store::bounded(async {
             let client = pool.get().await?;
             // The job_id is left out of the row: it may name no job, or another user's.

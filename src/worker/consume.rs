@@ -32,7 +32,7 @@ use super::{
     settle::{self, settle},
 };
 use crate::{
-    amqp::{self, topology::BULK_ROUTING_KEY},
+    amqp::{self, properties, topology::BULK_ROUTING_KEY},
     domain::{JobRequest, Priority, Rejection},
     metrics::{Deferral, Dependency},
     pipeline::outcome::Outcome,
@@ -314,17 +314,13 @@ async fn wait_for_dependencies(ctx: &Context) -> bool {
     }
 }
 
-/// Decodes a delivery's job; a refusal carries the job_id its properties name when the body
-/// does not (see [`Rejection::or_job_id_from`]).
+/// Decodes a delivery's job; a refusal carries the job_id its properties state when the body
+/// does not (see [`Rejection::or_job_id`]).
 pub(super) fn decode(delivery: &Delivery) -> Result<JobRequest, Rejection> {
     let props = &delivery.properties;
     let content_type = props.content_type().as_ref().map(|s| s.as_str());
-    JobRequest::decode(&delivery.data, content_type).map_err(|rejection| {
-        rejection.or_job_id_from(
-            props.message_id().as_ref().map(|s| s.as_str()),
-            props.correlation_id().as_ref().map(|s| s.as_str()),
-        )
-    })
+    JobRequest::decode(&delivery.data, content_type)
+        .map_err(|rejection| rejection.or_job_id(properties::stated_job_id(props)))
 }
 
 /// A job's delivery from decoding to settling. Not an `async fn`: that would keep its

@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties,
     options::{BasicConsumeOptions, BasicNackOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -120,10 +120,10 @@ async fn refusals_read_their_job_id_from_the_message_properties() {
     )
     .await;
     cases.push((id, "wrong_content_type"));
-    // Too large to read: the message_id names the job.
+    // Too large to read: the `job_id` header names the job.
     let id = Uuid::new_v4();
     let large = format!(r#"{{"job_id":"{id}","pad":"{}"}}"#, "x".repeat(70 * 1024));
-    env.publish_with(large.as_bytes(), props().with_message_id(id.to_string().into()))
+    env.publish_with(large.as_bytes(), props().with_headers(job_id_header(id)))
         .await;
     cases.push((id, "body_too_large"));
     // Nested too deep: the correlation_id names the job.
@@ -135,14 +135,24 @@ async fn refusals_read_their_job_id_from_the_message_properties() {
     )
     .await;
     cases.push((id, "nesting_too_deep"));
-    // Not UTF-8: the message_id again.
+    // Not UTF-8: the header again, beside a message_id (which is never read).
     let id = Uuid::new_v4();
     env.publish_with(
         &[0xff, 0xfe, b'{', b'}'],
-        props().with_message_id(id.to_string().into()),
+        props()
+            .with_headers(job_id_header(id))
+            .with_message_id(Uuid::new_v4().to_string().into()),
     )
     .await;
     cases.push((id, "invalid_utf8"));
+    // A message_id alone, as client libraries set one of their own: nothing is announced
+    // under it; the dead letter is filed without a job_id.
+    let library_id = Uuid::new_v4();
+    env.publish_with(
+        b"{not json",
+        props().with_message_id(library_id.to_string().into()),
+    )
+    .await;
 
     for (job_id, reason) in cases {
         let end = events
@@ -152,8 +162,39 @@ async fn refusals_read_their_job_id_from_the_message_properties() {
         assert_eq!(end.routing_key, "roadmap.failed", "{reason}");
         assert_eq!(end.body["reason"], reason);
     }
+    let db = env.db().await;
+    let filed = eventually(Duration::from_secs(20), "the not_json dead letter", || async {
+        db.query_opt(
+            "SELECT job_id FROM dead_letters WHERE reason = 'not_json' AND body = $1",
+            &[&b"{not json".as_slice()],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get::<_, Option<Uuid>>(0))
+    })
+    .await;
+    assert_eq!(filed, None, "filed without a job_id");
+    let named: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM jobs WHERE job_id = $1)
+                  + (SELECT count(*) FROM outbox WHERE job_id = $1)",
+            &[&library_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        named, 0,
+        "nothing was recorded or announced under the library's message_id"
+    );
     worker.stop().await;
     env.cleanup().await;
+}
+
+fn job_id_header(id: Uuid) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert("job_id".into(), AMQPValue::LongString(id.to_string().into()));
+    headers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

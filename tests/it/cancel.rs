@@ -18,6 +18,12 @@ async fn a_cancel_stops_the_job_at_its_next_batch_and_only_its_user_may_cancel()
     let mut events = env.watcher().await;
     let (job_id, body) = job(12, "Data Engineer");
     env.publish(&body).await;
+    let accepted = events
+        .next(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the job's acceptance");
+    assert_eq!(accepted.routing_key, "roadmap.accepted");
     let first = events
         .next(Duration::from_secs(30))
         .await

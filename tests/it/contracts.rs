@@ -7,18 +7,24 @@ use std::{collections::BTreeSet, time::Duration};
 
 use lapin::options::BasicGetOptions;
 use mock_llm::{Fault, FaultPlan, RatedFault};
-use roadmap_worker::domain::{JobRequest, RejectReason};
+use roadmap_worker::domain::{
+    JobRequest, RejectReason, dead_letter_codes,
+    event::{CancelRefusal, JobFailure},
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use testkit::contract_cases::invalid_messages;
 use testkit::{TestEnv, job};
 
-const SCHEMAS: [&str; 4] = [
+const SCHEMAS: [&str; 7] = [
     "job.v1",
+    "cancel.v1",
+    "roadmap.accepted.v1",
     "roadmap.completed.v1",
     "roadmap.failed.v1",
     "roadmap.progress.v1",
+    "roadmap.cancel_rejected.v1",
 ];
 
 fn load(name: &str) -> Value {
@@ -105,29 +111,89 @@ fn schemas_are_draft_2020_12_and_list_every_reject_reason() {
         job["additionalProperties"], false,
         "unknown fields are ignored, so the job schema must allow them"
     );
-    let failed = load("roadmap.failed.v1");
-    let listed: BTreeSet<&str> = failed["$defs"]["reject_reason"]["enum"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    let codes: BTreeSet<&str> = RejectReason::CODES.into_iter().collect();
-    assert_eq!(codes.len(), 18);
-    assert_eq!(
-        listed, codes,
-        "schemas/roadmap.failed.v1.json lists every reason code"
-    );
-    let reason = compile(&failed["properties"]["reason"]);
-    for code in &codes {
-        assert!(reason.is_valid(&json!(code)), "{code}");
-    }
     // The completed event embeds the roadmap shape under $defs.
     let completed = load("roadmap.completed.v1");
     for def in ["roadmap", "phase", "week", "day", "task", "resource"] {
         assert!(completed["$defs"][def].is_object(), "$defs/{def}");
     }
     assert_eq!(completed["properties"]["roadmap"]["$ref"], "#/$defs/roadmap");
+}
+
+/// The strings of a schema enum at `pointer`.
+fn schema_enum(name: &str, pointer: &str) -> BTreeSet<String> {
+    let schema = load(name);
+    let values = schema
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("schemas/{name}.json has no enum at {pointer}"));
+    values.iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+fn code_list<'a>(codes: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    codes.into_iter().map(str::to_owned).collect()
+}
+
+/// Every reason the code can emit, walked from the code's own lists, is in the schema's enum
+/// for that place, and the enum lists nothing the code cannot emit.
+#[test]
+fn every_reason_the_code_emits_is_in_its_schema_enum() {
+    let reject = code_list(RejectReason::CODES);
+    let failures = code_list(JobFailure::ALL.map(JobFailure::as_str));
+    assert_eq!(
+        schema_enum("roadmap.failed.v1", "/$defs/reject_reason/enum"),
+        reject,
+        "schemas/roadmap.failed.v1.json $defs/reject_reason against RejectReason::CODES"
+    );
+    assert_eq!(
+        schema_enum("roadmap.failed.v1", "/$defs/failure_reason/enum"),
+        failures,
+        "schemas/roadmap.failed.v1.json $defs/failure_reason against JobFailure::ALL"
+    );
+    // The event's `reason` takes exactly those two lists.
+    let failed = load("roadmap.failed.v1");
+    let mut reason = failed["properties"]["reason"].clone();
+    reason["$defs"] = failed["$defs"].clone();
+    let reason = compile(&reason);
+    for code in reject.iter().chain(&failures) {
+        assert!(reason.is_valid(&json!(code)), "{code}");
+    }
+    assert!(!reason.is_valid(&json!("invalid_cancel")));
+    assert_eq!(
+        schema_enum("roadmap.cancel_rejected.v1", "/properties/reason/enum"),
+        code_list(CancelRefusal::ALL.map(CancelRefusal::as_str)),
+        "schemas/roadmap.cancel_rejected.v1.json reason against CancelRefusal::ALL"
+    );
+    let mut dead_letter = schema_enum("job.v1", "/$defs/dead_letter_reason/enum");
+    dead_letter.extend(schema_enum("cancel.v1", "/$defs/dead_letter_reason/enum"));
+    assert_eq!(
+        dead_letter,
+        code_list(dead_letter_codes()),
+        "the dead_letter_reason enums of schemas/job.v1.json and cancel.v1.json against \
+         dead_letter_codes()"
+    );
+    // The README's reason list names every code too.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for code in reject.iter().chain(&failures).chain(&dead_letter) {
+        assert!(
+            readme.contains(&format!("`{code}`")),
+            "README.md does not name the reason `{code}`"
+        );
+    }
+}
+
+/// A cancel that the worker dead-letters as `invalid_cancel` breaks the cancel schema too.
+#[test]
+fn cancels_the_worker_refuses_break_the_cancel_schema() {
+    let schema = validator("cancel.v1");
+    for refused in [
+        json!({"job_id": "abc", "user_id": "u"}),
+        json!({"job_id": 42, "user_id": "u"}),
+        json!({"job_id": "7f1d7f8e-3a5c-4a55-9d1f-6a3b2c1d0e9f"}),
+        json!({"job_id": "7f1d7f8e-3a5c-4a55-9d1f-6a3b2c1d0e9f", "user_id": ""}),
+    ] {
+        assert!(!schema.is_valid(&refused), "{refused}");
+    }
+    assert!(schema.is_valid(&json!({"job_id": "7f1d7f8e-3a5c-4a55-9d1f-6a3b2c1d0e9f", "user_id": "u"})));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,6 +211,28 @@ async fn real_events_match_their_schemas() {
         .await
         .unwrap();
     assert_eq!(completed.routing_key, "roadmap.completed", "{:#}", completed.body);
+    let accepted = progress.remove(0);
+    assert_eq!(
+        accepted.routing_key, "roadmap.accepted",
+        "the acceptance comes first"
+    );
+    for (validator, what) in [
+        (validator("roadmap.accepted.v1"), "an accepted event"),
+        (
+            strict_validator("roadmap.accepted.v1"),
+            "an accepted event (no undocumented field)",
+        ),
+    ] {
+        assert_valid(&validator, &accepted.body, what);
+    }
+    assert_eq!(
+        (
+            &accepted.body["user_id"],
+            &accepted.body["batches_done"],
+            &accepted.body["claim"]
+        ),
+        (&json!("user-1"), &json!(0), &json!(1))
+    );
 
     // A refusal whose job_id and user_id are readable, and one without a user_id.
     let bad_id = Uuid::new_v4();
@@ -260,7 +348,7 @@ async fn real_events_match_their_schemas() {
     // message_id = event_id, for de-duplication by the consumer.
     for event in progress
         .iter()
-        .chain([&completed, &failed, &anonymous, &fallback])
+        .chain([&accepted, &completed, &failed, &anonymous, &fallback])
     {
         assert_eq!(
             event.message_id.as_deref(),

@@ -16,12 +16,17 @@ async fn twelve_week_job_publishes_one_completed_event() {
     env.publish(&body).await;
 
     let mut progress = Vec::new();
+    let mut accepted = Vec::new();
     let end = events
         .wait_for_end(job_id, Duration::from_secs(60), |p| {
-            progress.push(p.body["batches_done"].as_u64().unwrap())
+            match p.routing_key.as_str() {
+                "roadmap.accepted" => accepted.push(progress.len()),
+                _ => progress.push(p.body["batches_done"].as_u64().unwrap()),
+            }
         })
         .await
         .unwrap();
+    assert_eq!(accepted, [0], "one acceptance, before the first progress event");
     assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
     let event: Completed = serde_json::from_value(end.body.clone()).unwrap();
     assert_eq!(
@@ -111,9 +116,62 @@ async fn twelve_week_job_publishes_one_completed_event() {
             .then(|| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     })
     .await;
-    assert_eq!(rows.len(), 5, "4 progress events and the completion: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        6,
+        "the acceptance, 4 progress events and the completion: {rows:?}"
+    );
     assert!(rows.iter().all(|(_, attempts)| *attempts == 1), "{rows:?}");
 
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+/// A backend tells "queued" from "working" by the `roadmap.accepted` event: it comes before the
+/// first progress event, with the plan's batch count, for jobs of one batch and of many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acceptance_comes_before_the_first_progress_event() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(&[]).await;
+    let mut events = env.watcher().await;
+    let jobs: Vec<_> = [1, 12, 52]
+        .map(|weeks| (weeks, job(weeks, "Platform Engineer")))
+        .into();
+    for (_, (_, body)) in &jobs {
+        env.publish(body).await;
+    }
+    for (weeks, (job_id, _)) in jobs {
+        let mut seen = Vec::new();
+        let end = events
+            .wait_for_end(job_id, Duration::from_secs(120), |e| seen.push(e.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            end.routing_key, "roadmap.completed",
+            "{weeks} weeks: {}",
+            end.body
+        );
+        let kinds: Vec<&str> = seen.iter().map(|e| e.routing_key.as_str()).collect();
+        assert_eq!(kinds[0], "roadmap.accepted", "{weeks} weeks: {kinds:?}");
+        assert!(
+            kinds[1..].iter().all(|k| *k == "roadmap.progress"),
+            "{weeks} weeks: one acceptance, then progress: {kinds:?}"
+        );
+        let accepted = &seen[0].body;
+        assert_eq!(accepted["batches_done"], 0);
+        assert_eq!(accepted["claim"], 1);
+        assert_eq!(accepted["job_id"], job_id.to_string());
+        // The plan as claimed: one batch per BATCH_WEEKS (3) weeks; an outlined job's total may
+        // grow when the outline cuts its phases, and the progress events carry the final one.
+        let planned = accepted["batches_total"].as_u64().unwrap();
+        assert_eq!(planned, u64::from(weeks.div_ceil(3)), "{weeks} weeks");
+        let last = seen.last().unwrap();
+        let total = last.body["batches_total"].as_u64().unwrap();
+        assert!(total >= planned, "{weeks} weeks: {total} < {planned}");
+        assert_eq!(seen.len() as u64, total + 1, "{weeks} weeks: {kinds:?}");
+        let headers: Vec<&str> = seen[0].headers.keys().map(String::as_str).collect();
+        assert_eq!(headers, ["event", "job_id", "user_id"]);
+    }
     worker.stop().await;
     env.cleanup().await;
 }

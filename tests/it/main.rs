@@ -43,5 +43,6 @@ mod settings;
 mod shutdown;
 mod stalls;
 mod status;
+mod topology;
 mod traces;
 mod unbound_events;

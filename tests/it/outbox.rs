@@ -22,7 +22,8 @@ async fn confirmed_events_are_trimmed_and_unsent_ones_kept() {
     worker.stop().await;
 
     let db = env.db().await;
-    // Every event confirmed long ago (a progress and the completion), one never sent, and a
+    // Every event confirmed long ago (the acceptance, a progress and the completion), one never
+    // sent, and a
     // failure confirmed long ago.
     db.batch_execute(
         "UPDATE outbox SET sent_at = now() - interval '30 days';
@@ -39,7 +40,7 @@ async fn confirmed_events_are_trimmed_and_unsent_ones_kept() {
     let pruned = store::outbox::prune_sent(&client, Duration::from_secs(7 * 24 * 3600), 1000)
         .await
         .unwrap();
-    assert_eq!(pruned, 1, "the month-old confirmed progress event");
+    assert_eq!(pruned, 2, "the month-old confirmed acceptance and progress event");
     let left: Vec<(String, bool)> = db
         .query("SELECT routing_key, sent_at IS NULL FROM outbox ORDER BY id", &[])
         .await

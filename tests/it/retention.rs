@@ -219,7 +219,8 @@ async fn a_job_id_is_remembered_for_retain_days_then_it_is_a_new_job() {
             &format!("SELECT count(*) FROM outbox WHERE job_id = '{job_id}' AND sent_at IS NOT NULL"),
         )
         .await;
-        (sent == 2).then_some(())
+        // The acceptance, the progress event and the completion.
+        (sent == 3).then_some(())
     })
     .await;
     let pool = env.pool("retention").await;
