@@ -21,7 +21,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             .await
             .context("reading the job")?;
         let Some(job) = found else {
-            anyhow::bail!("no job {job_id} in the database (it was never claimed, or the id is mistyped)");
+            anyhow::bail!(
+                "no job {job_id} in the database: no replica has taken its message yet (it is \
+                 still queued: compare the work queue's depth, or wait for its roadmap.accepted \
+                 event), the message never reached a queue (a publish without `mandatory` and \
+                 confirms can be dropped unseen), or the id is mistyped"
+            );
         };
         if args.json {
             println!("{}", serde_json::to_string_pretty(&job)?);
