@@ -26,6 +26,7 @@
 //! The test doubles are not here: the mock LLM server is the workspace crate `mock-llm`, the
 //! test harness (with a scripted [`llm::Llm`] for the in-process tier) the crate `testkit`.
 
+pub mod admin;
 pub mod amqp;
 pub mod cli;
 pub mod client;
