@@ -13,6 +13,7 @@ fn text(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "(none)".to_owned(),
         Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.is_empty() => "(none)".to_owned(),
         Some(Value::Array(items)) => items.iter().map(|i| text(Some(i))).collect::<Vec<_>>().join(", "),
         Some(other) => other.to_string(),
     }
@@ -26,7 +27,7 @@ pub fn job(p: &JobPage) -> Markup {
     let body = html! {
         h1 { "Job " code { (s.job_id) } }
         p {
-            span.state class={ "state-" (state) } { (state) }
+            span class={ "state state-" (state) } { (state) }
             @if let Some(reason) = &s.failure_reason { " · " span.reason { (reason) } }
         }
         @if let Some(msg) = &p.failure_message { p.msg { (msg) } }

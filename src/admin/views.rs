@@ -14,7 +14,8 @@ pub const BAR_FILL: &str = "#2f855a";
 
 const STYLE: &str = "
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1a202c; background: #fff; }
-h1 { font-size: 1.4em; margin: 0 0 .3em; } h2 { font-size: 1.1em; margin: 1.4em 0 .4em; }
+h1 { font-size: 1.4em; margin: 0 0 .3em; } h2 { font-size: 1.2em; margin: 1.4em 0 .4em; }
+h3 { font-size: 1em; margin: .8em 0 .3em; }
 nav { display: flex; gap: 1em; align-items: center; margin-bottom: 1em; }
 nav form { margin: 0; }
 table { border-collapse: collapse; margin: .3em 0; }
