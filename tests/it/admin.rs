@@ -131,7 +131,10 @@ async fn the_operator_page_shows_jobs_batches_and_failures_behind_its_token() {
     .await;
     let (status, page) = get(addr, &format!("/jobs/{cancelled}"), Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    assert!(page.contains("<span class=\"state state-failed\">failed</span>"), "{page}");
+    assert!(
+        page.contains("<span class=\"state state-failed\">failed</span>"),
+        "{page}"
+    );
     assert!(page.contains("<span class=\"reason\">cancelled</span>"), "{page}");
     // The message lands in the outbox in the same transaction as the failure.
     assert!(page.contains("of 4 batches"), "{page}");
