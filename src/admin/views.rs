@@ -306,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn spans_read_as_people_write_them() {
+    fn durations_read_as_people_write_them() {
         assert_eq!(duration(42), "42s");
         assert_eq!(duration(310), "5m10s");
         assert_eq!(duration(3 * 3600 + 240), "3h4m");

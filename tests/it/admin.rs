@@ -1,16 +1,19 @@
 //! Promise: the operator page (ADMIN_ADDR) shows nothing without ADMIN_TOKEN; with it, it lists
 //! the jobs running with their progress, shows one job's batches and a failed job's reason,
 //! renders hostile user data as text, and answers 503 within its deadline when the database is
-//! unreachable instead of hanging.
+//! unreachable instead of hanging. A replica with ADMIN_ADDR and no usable token refuses to
+//! start, naming the variable, and the token never reaches its output.
 
 use std::{
     net::SocketAddr,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use mock_llm::FaultPlan;
 use reqwest::{StatusCode, header};
-use testkit::{Proxy, ProxyMode, TestEnv, eventually, job, job_row};
+use testkit::{Proxy, ProxyMode, TestEnv, eventually, job, job_row, sigterm};
+use tokio::io::AsyncReadExt as _;
 
 const TOKEN: &str = "admin-test-token-0123456789";
 const HOSTILE_ROLE: &str = "<script>alert(1)</script>";
@@ -231,5 +234,94 @@ async fn the_operator_page_answers_503_in_time_when_the_database_is_unreachable(
     )
     .await;
     worker.stop().await;
+    env.cleanup().await;
+}
+
+#[test]
+fn admin_addr_without_a_usable_token_is_refused_naming_admin_token() {
+    for token in [None, Some(""), Some("short")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_roadmap-worker"));
+        command
+            .arg("run")
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env("LLM_PROVIDER", "mock")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .env_remove("ADMIN_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(token) = token {
+            command.env("ADMIN_TOKEN", token);
+        }
+        let output = command.output().expect("running the worker binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "ADMIN_TOKEN={token:?}: the worker started"
+        );
+        assert!(
+            stderr.contains("ADMIN_TOKEN"),
+            "ADMIN_TOKEN={token:?}: the refusal does not name the variable:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("connecting to"),
+            "ADMIN_TOKEN={token:?}: refused only after connecting:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_never_reaches_the_worker_output() {
+    let env = TestEnv::new().await;
+    let token = format!("admin-SECRET-{}", uuid::Uuid::new_v4().simple());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = env
+        .worker_command(&[
+            ("ADMIN_ADDR", &addr.to_string()),
+            ("ADMIN_TOKEN", &token),
+            ("RUST_LOG", "debug"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the worker binary");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let output = tokio::spawn(async move {
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err));
+        out + &err
+    });
+    eventually(Duration::from_secs(60), "the operator page", || async {
+        (client()
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            == StatusCode::UNAUTHORIZED)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(get(addr, "/", Some(&token)).await.0, StatusCode::OK);
+    // A wrong token at the login form, and the right one.
+    for presented in ["wrong-token-0123456789abc", token.as_str()] {
+        client()
+            .post(format!("http://{addr}/login"))
+            .form(&[("token", presented)])
+            .send()
+            .await
+            .unwrap();
+    }
+    sigterm(&child);
+    child.wait().await.unwrap();
+    let output = output.await.unwrap();
+    assert!(output.contains("operator page listening"), "{output}");
+    assert!(!output.contains("SECRET"), "the token was printed:\n{output}");
     env.cleanup().await;
 }
