@@ -11,7 +11,8 @@
 //! 2. [`worker`]: broker sessions, intake, the one place where outcomes become ack / hand-back /
 //!    dead-letter, the outbox relay, the sweeper and the retention pass.
 //! 3. [`pipeline`]: prompt → batch (the robustness ladder, a state machine in `ladder`) → job
-//!    (claim, checkpoints, assemble).
+//!    (claim, checkpoints, assemble); [`admin`]: the read-only operator page (ADMIN_ADDR), HTML
+//!    over the store.
 //! 4. [`llm`]: the [`llm::Llm`] seam and the embedded mock, OpenAI-compatible and Gemini
 //!    providers behind it; [`store`]: the Postgres
 //!    pool and its TLS (`sslmode`), migrations, one module per table family, database retries;
@@ -26,6 +27,7 @@
 //! The test doubles are not here: the mock LLM server is the workspace crate `mock-llm`, the
 //! test harness (with a scripted [`llm::Llm`] for the in-process tier) the crate `testkit`.
 
+pub mod admin;
 pub mod amqp;
 pub mod cli;
 pub mod client;

@@ -1,5 +1,6 @@
 //! Typed settings from environment variables and flags, with secrets in redacting types.
 
+mod admin;
 mod budget;
 mod ca_file;
 mod llm;
@@ -10,6 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 
 pub use self::{
+    admin::{AdminConfigError, AdminSettings},
     budget::{Accounting, BudgetSettings, Prices},
     ca_file::CaFile,
     llm::{LlmSettings, MissingProvider, ProviderKind, ResponseFormat},
@@ -167,6 +169,8 @@ pub struct WorkerSettings {
     pub batch: BatchSettings,
     #[command(flatten)]
     pub budget: BudgetSettings,
+    #[command(flatten)]
+    pub admin: AdminSettings,
     /// Jobs in flight per replica (also the broker prefetch).
     #[arg(
         long,

@@ -97,7 +97,7 @@ fn row_to_status(row: &tokio_postgres::Row) -> Result<JobStatus, StoreError> {
 
 /// One job, with its roadmap if `with_roadmap` and it is completed; `None` if unknown.
 pub async fn job(
-    client: &tokio_postgres::Client,
+    client: &impl tokio_postgres::GenericClient,
     job_id: Uuid,
     with_roadmap: bool,
 ) -> Result<Option<JobStatus>, StoreError> {

@@ -35,6 +35,7 @@ use uuid::Uuid;
 use self::context::{Context, Drain, IntakeSettings, IntakeState, Paused};
 
 use crate::{
+    admin,
     amqp::{self, Publisher, Topology},
     config::{Prices, WorkerSettings},
     http::{self, Health},
@@ -54,6 +55,8 @@ use crate::{
 pub struct Running {
     pub metrics: Metrics,
     pub metrics_addr: SocketAddr,
+    /// The operator page's address, when ADMIN_ADDR turned it on.
+    pub admin_addr: Option<SocketAddr>,
     pub owner: String,
 }
 
@@ -200,6 +203,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Refused before anything connects: a worker without a provider must not take jobs.
     settings.llm.provider_kind()?;
+    // Nor may one open an operator page without its token.
+    let admin_page = settings.admin.enabled()?;
     let owner = replica_id();
     let metrics = Metrics::new();
     let schema = if settings.migrate_on_start {
@@ -227,6 +232,13 @@ pub async fn run(
         },
     };
     let metrics_addr = http::serve(settings.metrics_addr, health, stop_background.clone()).await?;
+    let admin_addr = match admin_page {
+        Some((addr, token)) => {
+            let page = admin::Admin::new(pool.clone(), token, &settings);
+            Some(admin::serve(addr, page, stop_background.clone()).await?)
+        }
+        None => None,
+    };
     let topology = Topology::new(&settings.amqp.namespace, settings.amqp.delivery_limit);
     let background = Background {
         pool,
@@ -281,6 +293,7 @@ pub async fn run(
         running: Running {
             metrics,
             metrics_addr,
+            admin_addr,
             owner,
         },
     };

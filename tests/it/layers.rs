@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// Each top-level module with its layer; a module may import only from lower layers.
-const LAYERS: [(&str, u8); 16] = [
+const LAYERS: [(&str, u8); 17] = [
     ("json_scan", 0),
     ("retry", 0),
     ("config", 0),
@@ -18,6 +18,7 @@ const LAYERS: [(&str, u8); 16] = [
     ("amqp", 3),
     ("http", 3),
     ("pipeline", 4),
+    ("admin", 4),
     ("worker", 5),
     ("cli", 6),
     ("client", 6),

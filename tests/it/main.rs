@@ -6,6 +6,7 @@
 //! The chaos run (`tests/chaos.rs`) is a separate target: it restarts the machine's services.
 
 mod accounting;
+mod admin;
 mod bad_input;
 mod budget;
 mod cancel;
