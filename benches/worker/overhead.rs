@@ -182,7 +182,7 @@ fn cpu_pieces(fx: &Fixture) -> (f64, f64, f64) {
             let t = Instant::now();
             black_box(prompt::render(
                 &s.brief,
-                s.previous.as_ref().map_or(Context::Start, Context::Days),
+                crate::fixture::context(&s.previous),
                 &[],
                 context_days,
                 None,

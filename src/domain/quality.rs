@@ -10,7 +10,7 @@
 //!
 //! Pure functions, no I/O.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +144,34 @@ impl BatchQuality {
     }
 }
 
+/// A roadmap's content problems, in its completion event's `quality`: the problems of its
+/// stored batches by kind (every kind, zeros included, so that a consumer reads a stable
+/// shape) and how many batches were asked again for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QualityReport {
+    pub problems: BTreeMap<ProblemKind, u32>,
+    pub reasked_batches: u32,
+}
+
+impl Default for QualityReport {
+    fn default() -> Self {
+        Self {
+            problems: ProblemKind::ALL.into_iter().map(|k| (k, 0)).collect(),
+            reasked_batches: 0,
+        }
+    }
+}
+
+impl QualityReport {
+    /// Counts one stored batch in.
+    pub fn add(&mut self, batch: &BatchQuality) {
+        for problem in &batch.problems {
+            *self.problems.entry(problem.kind()).or_default() += 1;
+        }
+        self.reasked_batches += u32::from(batch.reasked);
+    }
+}
+
 /// What a batch is measured against: the job's hours and the outline of each week.
 #[derive(Debug, Clone, Copy)]
 pub struct Standard<'a> {
@@ -155,9 +183,13 @@ pub struct Standard<'a> {
 /// The content problems of `weeks`, against `earlier`: the weeks just before them (the previous
 /// batch's, then this batch's weeks already written). Template weeks are not judged: nobody can
 /// be asked to fix them.
-pub fn check_content(weeks: &[Week], earlier: &[Week], standard: Standard<'_>) -> Vec<ContentProblem> {
+pub fn check_content<'a>(
+    weeks: &[Week],
+    earlier: impl IntoIterator<Item = &'a Week>,
+    standard: Standard<'_>,
+) -> Vec<ContentProblem> {
     let mut problems = Vec::new();
-    let mut seen: Vec<Vec<String>> = earlier.iter().flat_map(task_words).collect();
+    let mut seen: Vec<Vec<String>> = earlier.into_iter().flat_map(task_words).collect();
     for week in weeks {
         if week.source == WeekSource::Llm {
             if let Some(p) = repeated(week, &seen) {
