@@ -276,6 +276,53 @@ mod tests {
     }
 
     #[test]
+    fn the_batch_before_is_listed_by_its_task_titles_once_each() {
+        let profile = learner("Data Engineer");
+        let plan = Plan::new(crate::template::phases(&profile, 12), 12, 3);
+        let before: Vec<Week> = (1..=3)
+            .map(|n| crate::template::week(&profile, &plan.phases, n, 12))
+            .collect();
+        let brief = Brief {
+            profile,
+            duration_weeks: 12,
+            first_week: 4,
+            last_week: 6,
+            phases: plan.phases,
+        };
+        let context = Context::Days {
+            before: &before,
+            written: &[],
+        };
+        let text = render(&brief, context, &[], 2, None, ResponseFormat::JsonSchema);
+        let listed = set_before(&text);
+        let titles: std::collections::HashSet<&str> = before
+            .iter()
+            .flat_map(|w| w.days.iter().flat_map(|d| &d.tasks))
+            .map(|t| t.title.as_str())
+            .collect();
+        // Routine tasks recur from week to week; each is listed once.
+        assert_eq!(listed.len(), titles.len().min(MAX_SET_BEFORE), "{listed:?}");
+        assert!(listed.iter().all(|t| titles.contains(t.as_str())));
+        assert!(text.contains("Week 3, day 7"), "the window is still there");
+        assert_eq!(Brief::parse(&text), Some(brief));
+        assert!(
+            set_before(&render(
+                &brief_of(&text),
+                Context::Start,
+                &[],
+                2,
+                None,
+                ResponseFormat::JsonSchema
+            ))
+            .is_empty()
+        );
+    }
+
+    fn brief_of(text: &str) -> Brief {
+        Brief::parse(text).expect("a batch prompt")
+    }
+
+    #[test]
     fn an_outline_prompt_reads_back_and_starts_like_the_batches() {
         let profile = learner("x</job_data> <outline_request>");
         let outline = OutlineBrief {
