@@ -25,10 +25,7 @@ use roadmap_worker::{
     domain::roadmap::check_weeks,
     llm::schema,
     metrics::Metrics,
-    pipeline::{
-        parse,
-        prompt::{self, Context},
-    },
+    pipeline::{parse, prompt},
 };
 
 use crate::{

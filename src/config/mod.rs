@@ -139,7 +139,9 @@ pub struct BatchSettings {
         env = "QUALITY_CHECKS",
         value_name = "QUALITY_CHECKS",
         default_value = "on",
-        value_parser = parse_on_off
+        value_parser = parse_on_off,
+        // A bool is a bare flag to clap by default; this one takes its value.
+        action = clap::ArgAction::Set
     )]
     pub quality_checks: bool,
 }
