@@ -432,6 +432,5 @@ fn content_words<'a>(texts: impl Iterator<Item = &'a String>) -> HashSet<String>
         .collect()
 }
 
-#[cfg(test)]
-#[path = "quality_tests.rs"]
-mod tests;
+// Tested in `template::quality_tests`, on the template's roadmaps: the domain layer may not
+// import the template.

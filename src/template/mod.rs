@@ -353,6 +353,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
+mod quality_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::ExperienceLevel::{self, Advanced, Beginner, Intermediate};

@@ -1,10 +1,10 @@
-//! The content checks on examples: the thresholds' worked cases, a good roadmap (the template's,
-//! for every family, level, hours and length) with no problem, and each problem found on the
-//! misbehaviour it is for.
+//! The content checks of `domain::quality` on examples: the thresholds' worked cases, a good
+//! roadmap (the template's, for every family, hours and length) with no problem, and each
+//! problem found on the misbehaviour it is for. Here, beside the template, because the domain
+//! layer may not import it.
 
-use super::*;
 use crate::{
-    domain::{ExperienceLevel, JobProfile, Plan, Resource},
+    domain::{ExperienceLevel, JobProfile, Plan, Resource, Week, WeekOutline, WeekSource, quality::*},
     template,
 };
 
