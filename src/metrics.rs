@@ -20,6 +20,7 @@ use prometheus::{
 use crate::domain::{
     AnswerFault, BatchOutcome, RejectReason, TokenUsage,
     event::{EventKind, JobFailure},
+    quality::ProblemKind,
 };
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub batch_duration: Histogram,
     /// Finished batches by outcome: ok, retried, truncated, reasked, fallback.
     pub batches: IntCounterVec,
+    /// Content problems in stored batches, by kind (`domain::quality`).
+    pub quality_problems: IntCounterVec,
     /// Failed attempts within batches, by reason (LLM status, invalid_json, invalid_schema, truncated).
     pub batch_failures: IntCounterVec,
     /// Batches generated again although a checkpoint for them existed (lost a race or a lease).
@@ -252,6 +255,9 @@ impl Metrics {
             self.batches.with_label_values(&[outcome.as_str()]);
             self.outlines.with_label_values(&[outcome.as_str()]);
         }
+        for kind in ProblemKind::ALL {
+            self.quality_problems.with_label_values(&[kind.as_str()]);
+        }
         let answer_faults = AnswerFault::ALL.map(AnswerFault::as_str);
         for reason in answer_faults.iter().chain(&PLOTTED_CALL_FAULTS) {
             self.batch_failures.with_label_values(&[reason]);
@@ -321,6 +327,11 @@ impl Metrics {
 
     pub fn batch_finished(&self, outcome: BatchOutcome) {
         self.batches.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// A content problem in a batch as it is stored.
+    pub fn quality_problem(&self, kind: ProblemKind) {
+        self.quality_problems.with_label_values(&[kind.as_str()]).inc();
     }
 
     pub fn outline_finished(&self, outcome: BatchOutcome) {

@@ -30,7 +30,8 @@ pub const FORMAT: ResponseFormat = ResponseFormat::JsonSchema;
 pub struct Stage {
     pub range: BatchRange,
     pub brief: Brief,
-    pub previous: Option<Week>,
+    /// The batch before, as the worker carries it into the prompt.
+    pub previous: Vec<Week>,
     pub prompt: String,
     pub answer: String,
     pub result: BatchResult,
@@ -53,7 +54,7 @@ impl Fixture {
         let plan = pipeline::plan(&profile, weeks, defaults.batch_weeks);
         let mut stages: Vec<Stage> = Vec::with_capacity(plan.batches.len());
         for range in &plan.batches {
-            let previous = stages.last().and_then(|s| s.result.weeks.last().cloned());
+            let previous = stages.last().map(|s| s.result.weeks.clone()).unwrap_or_default();
             let brief = Brief {
                 profile: profile.clone(),
                 duration_weeks: weeks,
@@ -63,7 +64,7 @@ impl Fixture {
             };
             let prompt = prompt::render(
                 &brief,
-                previous.as_ref().map_or(Context::Start, Context::Days),
+                context(&previous),
                 &[],
                 defaults.context_days,
                 None,
@@ -83,6 +84,7 @@ impl Fixture {
                     cost_nanos: 0,
                 },
                 outcome: BatchOutcome::Ok,
+                quality: Default::default(),
             };
             stages.push(Stage {
                 range: *range,
@@ -142,4 +144,12 @@ impl Fixture {
 
 fn json_len<T: serde::Serialize>(value: &T) -> usize {
     serde_json::to_vec(value).map_or(0, |bytes| bytes.len())
+}
+
+/// What a prompt carries of the batch before: nothing for the first.
+pub fn context(previous: &[Week]) -> Context<'_> {
+    match previous {
+        [] => Context::Start,
+        before => Context::Days { before, written: &[] },
+    }
 }

@@ -28,6 +28,8 @@
 //!    `-- turns`).
 //! 8. [`storage`]: what 1,000 finished jobs keep in Postgres, table by table (only when asked
 //!    for: `-- storage`).
+//! 9. [`quality`]: copied weeks and repeated tasks with the content checks off and on, and the
+//!    LLM calls they cost (only when asked for: `-- quality`).
 //!
 //! They share [`fixture`] (one job's batches as the worker produces them on the mock LLM),
 //! [`plain`] (the plain loop of the worker's writes) and [`util`].
@@ -39,6 +41,7 @@ mod inflight;
 mod overhead;
 mod plain;
 mod process;
+mod quality;
 mod storage;
 mod throughput;
 mod tokens;
@@ -100,6 +103,9 @@ async fn main() {
     }
     if picked.iter().any(|p| p == "storage") {
         storage::storage().await;
+    }
+    if picked.iter().any(|p| p == "quality") {
+        quality::quality().await;
     }
 }
 

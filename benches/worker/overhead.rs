@@ -25,10 +25,7 @@ use roadmap_worker::{
     domain::roadmap::check_weeks,
     llm::schema,
     metrics::Metrics,
-    pipeline::{
-        parse,
-        prompt::{self, Context},
-    },
+    pipeline::{parse, prompt},
 };
 
 use crate::{
@@ -182,7 +179,7 @@ fn cpu_pieces(fx: &Fixture) -> (f64, f64, f64) {
             let t = Instant::now();
             black_box(prompt::render(
                 &s.brief,
-                s.previous.as_ref().map_or(Context::Start, Context::Days),
+                crate::fixture::context(&s.previous),
                 &[],
                 context_days,
                 None,

@@ -124,10 +124,33 @@ pub fn describe(job: &JobStatus, now: DateTime<Utc>) -> String {
     if let Some(problem) = &job.last_problem {
         out += &format!("  last issue {problem} (batch outcomes other than ok)\n");
     }
+    if let Some(quality) = quality(job) {
+        out += &format!("  quality    {quality}\n");
+    }
     if let Some(id) = job.roadmap_id {
         out += &format!("  roadmap    {id} (status --json JOB_ID prints it)\n");
     }
     out
+}
+
+/// The content problems of a job's batches by kind, and the re-asks they cost:
+/// `repeated_tasks 2, hours_off_plan 1; 1 batch re-asked for content`, or `no content problems`.
+fn quality(job: &JobStatus) -> Option<String> {
+    let problems = job.quality_problems.as_ref()?.as_object()?;
+    let mut found: Vec<String> = problems
+        .iter()
+        .filter_map(|(kind, n)| n.as_u64().filter(|n| *n > 0).map(|n| format!("{kind} {n}")))
+        .collect();
+    if found.is_empty() {
+        found.push("no content problems".into());
+    }
+    let mut text = found.join(", ");
+    match job.quality_reasked.unwrap_or(0) {
+        0 => {}
+        1 => text += "; 1 batch re-asked for content",
+        n => text += &format!("; {n} batches re-asked for content"),
+    }
+    Some(text)
 }
 
 /// One job's line in a list.

@@ -141,6 +141,28 @@ pub struct BatchSettings {
         value_parser = clap::value_parser!(u32).range(1..=8)
     )]
     pub job_parallelism: u32,
+    /// Content checks of each batch (repeated tasks, drift from the outline, hours off plan,
+    /// unusable resources): `on` re-asks once with the problems and records them; `off` judges
+    /// answers on their structure alone.
+    #[arg(
+        long,
+        env = "QUALITY_CHECKS",
+        value_name = "QUALITY_CHECKS",
+        default_value = "on",
+        value_parser = parse_on_off,
+        // A bool is a bare flag to clap by default; this one takes its value.
+        action = clap::ArgAction::Set
+    )]
+    pub quality_checks: bool,
+}
+
+/// `on` or `off`, as the switches of the configuration are written.
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?} is neither on nor off")),
+    }
 }
 
 /// Default phases of a job written at once: the template's 4 phases of a long roadmap.
@@ -152,6 +174,7 @@ impl Default for BatchSettings {
             batch_weeks: DEFAULT_BATCH_WEEKS,
             context_days: DEFAULT_CONTEXT_DAYS,
             job_parallelism: DEFAULT_JOB_PARALLELISM,
+            quality_checks: true,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! A finished batch: its weeks, what the LLM calls cost, and the highest rung of the ladder it
 //! needed.
 
-use super::{Week, WeekSource, event::Usage};
+use super::{Week, WeekSource, event::Usage, quality::BatchQuality};
 
 /// A finished batch, ready to checkpoint.
 #[derive(Debug, Clone)]
@@ -9,6 +9,8 @@ pub struct BatchResult {
     pub weeks: Vec<Week>,
     pub usage: Usage,
     pub outcome: BatchOutcome,
+    /// What the content checks found in the weeks as stored, and whether they cost a re-ask.
+    pub quality: BatchQuality,
 }
 
 impl BatchResult {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::roadmap::Roadmap;
+use super::{quality::QualityReport, roadmap::Roadmap};
 
 /// The type of an event. On the wire (routing key, `event` field and header) and in the outbox
 /// it is a string; inside the worker it is this.
@@ -242,6 +242,10 @@ pub struct Completed {
     pub batches: u32,
     pub fallback_batches: u32,
     pub usage: Usage,
+    /// The content checks' findings; absent with `QUALITY_CHECKS=off` (and from versions
+    /// without the checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityReport>,
     #[serde(with = "micros")]
     pub started_at: DateTime<Utc>,
     #[serde(with = "micros")]
@@ -263,6 +267,8 @@ pub struct CompletedHead<'a> {
     pub batches: u32,
     pub fallback_batches: u32,
     pub usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<&'a QualityReport>,
     #[serde(with = "micros")]
     pub started_at: DateTime<Utc>,
     #[serde(with = "micros")]
@@ -282,6 +288,7 @@ impl Completed {
             batches: self.batches,
             fallback_batches: self.fallback_batches,
             usage: self.usage,
+            quality: self.quality.as_ref(),
             started_at: self.started_at,
             completed_at: self.completed_at,
         }

@@ -7,6 +7,7 @@ pub mod event;
 pub mod job;
 pub mod outline;
 pub mod plan;
+pub mod quality;
 pub mod reject;
 pub mod roadmap;
 

@@ -115,6 +115,12 @@ impl Metrics {
                 "Finished batches by outcome.",
                 &["outcome"],
             ),
+            quality_problems: counter_vec(
+                "roadmap_quality_problems_total",
+                "Content problems in stored batches (repeated tasks, off the outline, hours off plan, unusable \
+                 resources), by kind.",
+                &["kind"],
+            ),
             batch_failures: counter_vec(
                 "roadmap_batch_failures_total",
                 "Failed attempts within batches, by reason.",

@@ -42,6 +42,9 @@ fn every_known_label_value_starts_at_zero() {
         expected.push(series("roadmap_batches_total", "outcome", outcome.as_str()));
         expected.push(series("roadmap_outlines_total", "outcome", outcome.as_str()));
     }
+    for kind in ProblemKind::ALL {
+        expected.push(series("roadmap_quality_problems_total", "kind", kind.as_str()));
+    }
     for fault in AnswerFault::ALL
         .map(AnswerFault::as_str)
         .iter()

@@ -22,6 +22,7 @@ use crate::{
         AnswerFault, BatchRange, BatchResult, JobProfile, Plan, Week, WeekOutline,
         brief::Brief,
         event::Usage,
+        quality::{BatchQuality, Standard, check_content},
         roadmap::{WeekProblem, check_weeks},
     },
     llm::{
@@ -42,6 +43,9 @@ pub struct LadderSettings {
     pub policy: LadderPolicy,
     /// Prices of the provider's tokens, for the cost of each batch.
     pub prices: Prices,
+    /// Run the content checks (`QUALITY_CHECKS`): re-ask once for content problems and record
+    /// them with the batch. Off, answers are judged on their structure alone.
+    pub quality_checks: bool,
 }
 
 impl LadderSettings {
@@ -56,6 +60,7 @@ impl LadderSettings {
                 Duration::from_millis(llm.max_retry_delay_ms),
             ),
             prices: Prices::default(),
+            quality_checks: true,
         }
     }
 }
@@ -135,8 +140,9 @@ impl<L: Llm> Generator<L> {
         self.llm.probe().await
     }
 
-    /// Generates the weeks of `range`. `previous` is the week before it, when written; without
-    /// it the plan's outline of that week stands in. `span_hint` is how many weeks the job's
+    /// Generates the weeks of `range`. `previous` is the batch before it, when written (its
+    /// last days and its task titles go into the prompt, and the content checks compare with
+    /// it); without it the plan's outline of the week before stands in. `span_hint` is how many weeks the job's
     /// answers were found to hold (a cut here lowers it for the batches after). `caller` keeps a
     /// job's calls on one prompt cache and says whose turn they take. The last answer's
     /// [`Admission`] comes back with the weeks, to be dropped once they are stored.
@@ -145,7 +151,7 @@ impl<L: Llm> Generator<L> {
         profile: &JobProfile,
         plan: &Plan,
         range: BatchRange,
-        previous: Option<&Week>,
+        previous: &[Week],
         span_hint: &mut u32,
         caller: &Caller,
     ) -> Result<(BatchResult, Admission), ProviderFault> {
@@ -156,8 +162,11 @@ impl<L: Llm> Generator<L> {
         let mut ladder = Ladder::new(range.weeks(), *span_hint, &self.settings.policy);
         while let Some(ask) = ladder.ask() {
             let (first, last) = (ask.first, ask.last);
-            let context = match weeks.last().or(previous) {
-                Some(week) => Context::Days(week),
+            let context = match weeks.last().or(previous.last()) {
+                Some(_) => Context::Days {
+                    before: previous,
+                    written: &weeks,
+                },
                 None => first
                     .checked_sub(1)
                     .and_then(|n| plan.outline_week(n))
@@ -189,10 +198,18 @@ impl<L: Llm> Generator<L> {
             };
             // A place is for an answer waiting to be stored, not for one being asked again.
             admission = Admission::default();
+            // The weeks of a flawed answer, kept only if the ladder keeps the answer.
+            let mut flawed = Vec::new();
             let verdict = match self.call(&request, &mut usage, &mut ladder).await {
                 Ok(mut answer) => {
                     admission = std::mem::take(&mut answer.admission);
-                    self.judge(&answer, first..=last, plan, &mut weeks)
+                    let judged = Judged {
+                        asked: first..=last,
+                        plan,
+                        hours_per_week: profile.hours_per_week,
+                        previous,
+                    };
+                    self.judge(&answer, judged, &mut weeks, &mut flawed)
                 }
                 Err(err @ LlmError::Config { .. }) => return Err(ProviderFault(err)),
                 Err(err) => {
@@ -203,7 +220,14 @@ impl<L: Llm> Generator<L> {
             let cut = matches!(verdict, Verdict::CutOff { .. });
             let problem = verdict.problem();
             match ladder.step(last, &verdict) {
-                Move::Reask => info!(first, last, problem, "answer invalid; re-asking once"),
+                Move::Reask if flawed.is_empty() => {
+                    info!(first, last, problem, "answer invalid; re-asking once")
+                }
+                Move::Reask => info!(first, last, "content problems; re-asking once"),
+                Move::Next if !flawed.is_empty() => {
+                    info!(first, last, "content problems again; keeping the answer");
+                    weeks.append(&mut flawed);
+                }
                 Move::Fallback(template) => {
                     warn!(weeks = %format!("{}-{}", template.start(), template.end()), problem, "template weeks");
                     weeks.extend(
@@ -218,6 +242,16 @@ impl<L: Llm> Generator<L> {
             *span_hint = span;
         }
         let outcome = ladder.rungs().outcome();
+        let quality = match self.settings.quality_checks {
+            true => BatchQuality {
+                problems: check_content(&weeks, previous, standard(plan, profile.hours_per_week)),
+                reasked: ladder.rungs().content_reasked,
+            },
+            false => BatchQuality::default(),
+        };
+        for problem in &quality.problems {
+            self.metrics.quality_problem(problem.kind());
+        }
         self.metrics.batch_finished(outcome);
         self.metrics
             .batch_duration
@@ -227,18 +261,26 @@ impl<L: Llm> Generator<L> {
             weeks,
             usage,
             outcome,
+            quality,
         };
         Ok((result, admission))
     }
 
-    /// The verdict on an answer to `asked`; its valid weeks are added to `weeks`.
+    /// The verdict on an answer; its valid weeks are added to `weeks`, or to `flawed` when the
+    /// content checks find problems in them (the ladder decides whether they are kept).
     fn judge(
         &self,
         answer: &LlmResponse,
-        asked: RangeInclusive<u32>,
-        plan: &Plan,
+        judged: Judged<'_>,
         weeks: &mut Vec<Week>,
+        flawed: &mut Vec<Week>,
     ) -> Verdict {
+        let Judged {
+            asked,
+            plan,
+            hours_per_week,
+            previous,
+        } = judged;
         let (first, last) = (*asked.start(), *asked.end());
         if answer.finish == FinishReason::Length {
             self.metrics.batch_failed(AnswerFault::Truncated);
@@ -264,6 +306,19 @@ impl<L: Llm> Generator<L> {
             .map_err(Invalid::Answer)
             .and_then(|ws| check_weeks(ws, asked, |w| plan.phase_of(w)).map_err(Invalid::Weeks));
         match checked {
+            Ok(good) if self.settings.quality_checks => {
+                let earlier = previous.iter().chain(weeks.iter());
+                let problems = check_content(&good, earlier, standard(plan, hours_per_week));
+                if problems.is_empty() {
+                    weeks.extend(good);
+                    Verdict::Complete
+                } else {
+                    *flawed = good;
+                    Verdict::Flawed {
+                        problems: problems.iter().map(ToString::to_string).collect(),
+                    }
+                }
+            }
             Ok(good) => {
                 weeks.extend(good);
                 Verdict::Complete
@@ -399,6 +454,23 @@ impl<L: Llm> Generator<L> {
             self.metrics.llm_usage(answer.usage);
         }
         result
+    }
+}
+
+/// What an answer is judged against: the weeks asked for, the plan (phases and outline), the
+/// learner's hours and the batch before.
+struct Judged<'a> {
+    asked: RangeInclusive<u32>,
+    plan: &'a Plan,
+    hours_per_week: u32,
+    previous: &'a [Week],
+}
+
+/// The content checks' standard for a batch of `plan`.
+fn standard(plan: &Plan, hours_per_week: u32) -> Standard<'_> {
+    Standard {
+        hours_per_week,
+        outline: plan.outline.as_ref().map_or(&[], |o| o.weeks.as_slice()),
     }
 }
 

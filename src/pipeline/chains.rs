@@ -18,7 +18,7 @@ use super::{
     ports::{Checkpoints, EventSink},
 };
 use crate::{
-    domain::{BatchRange, JobProfile, Plan, Week, event::Usage},
+    domain::{BatchRange, JobProfile, Plan, Week, event::Usage, quality::BatchQuality},
     llm::{Llm, LlmError, Provider},
     store::{
         StoreError,
@@ -35,6 +35,7 @@ pub struct Written {
     pub weeks: Vec<Week>,
     pub usage: Usage,
     pub fallback: bool,
+    pub quality: BatchQuality,
 }
 
 impl From<StoredBatch> for Written {
@@ -43,6 +44,7 @@ impl From<StoredBatch> for Written {
             weeks: b.weeks,
             usage: b.usage,
             fallback: b.fallback_weeks > 0,
+            quality: b.quality,
         }
     }
 }
@@ -154,7 +156,7 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
             cancelled: AtomicBool::new(false),
             fault: Mutex::new(None),
         };
-        let pending: Vec<(Vec<BatchRange>, Option<Week>)> = self
+        let pending: Vec<(Vec<BatchRange>, Vec<Week>)> = self
             .plan
             .chains()
             .into_iter()
@@ -166,13 +168,13 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
             })
             .filter(|chain| !chain.is_empty())
             .map(|chain| {
-                // A chain resumed after a stored batch continues from its last days.
+                // A chain resumed after a stored batch continues from it.
                 let before = chain[0].first - 1;
                 let previous = done
                     .values()
-                    .filter_map(|w| w.weeks.last())
-                    .find(|w| w.number == before)
-                    .cloned();
+                    .find(|w| w.weeks.last().is_some_and(|w| w.number == before))
+                    .map(|w| w.weeks.clone())
+                    .unwrap_or_default();
                 (chain, previous)
             })
             .collect();
@@ -207,13 +209,13 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
         })
     }
 
-    /// Writes `ranges` in order, `previous` being the week before the first when it is stored;
+    /// Writes `ranges` in order, `stored_previous` being the batch before the first when it is stored;
     /// returns how the chain ended with the batches it wrote. A chain that cannot go on cancels
     /// `stop`, so that its siblings stop too.
     async fn chain(
         &self,
         ranges: Vec<BatchRange>,
-        stored_previous: Option<Week>,
+        stored_previous: Vec<Week>,
         shared: &Shared,
         shutdown: &CancellationToken,
         stop: &CancellationToken,
@@ -242,11 +244,12 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
             let span =
                 info_span!("batch", batch = range.index, weeks = %format!("{}-{}", range.first, range.last));
             let mut hint = shared.span_hint.load(Ordering::Relaxed);
-            // The last week written in this chain, else the stored week before it.
+            // The last batch written in this chain, else the stored batch before it.
             let previous = written
                 .last()
-                .and_then(|(_, w): &(u32, Written)| w.weeks.last())
-                .or(stored_previous.as_ref());
+                .map_or(stored_previous.as_slice(), |(_, w): &(u32, Written)| {
+                    w.weeks.as_slice()
+                });
             // Built in the select: a future bound to a name first is kept twice in the chain's
             // state (the name's slot and the select's) by today's compiler, and a chain lives as
             // long as its job.
@@ -322,6 +325,7 @@ impl<L: Llm, C: Checkpoints, E: EventSink> Chains<'_, L, C, E> {
                     weeks: result.weeks,
                     usage: result.usage,
                     fallback,
+                    quality: result.quality,
                 },
             ));
             if cancelled {

@@ -21,6 +21,7 @@ use crate::{
     domain::{
         JobProfile, JobRequest, Plan, Priority, RejectReason, Rejection, Roadmap, Week,
         event::{Accepted, Completed, EventKind, Failed, JobFailure, Usage},
+        quality::QualityReport,
         roadmap::check_roadmap,
     },
     llm::LlmError,
@@ -376,12 +377,15 @@ impl JobRunner {
         let mut usage = plan.outline.as_ref().map(|o| o.usage).unwrap_or_default();
         let mut weeks = Vec::with_capacity(job.duration_weeks as usize);
         let mut fallback_batches = 0;
+        let mut quality = QualityReport::default();
         for batch in written.into_values() {
             weeks.extend(batch.weeks);
             usage += batch.usage;
             fallback_batches += u32::from(batch.fallback);
+            quality.add(&batch.quality);
         }
-        let event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)?;
+        let mut event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)?;
+        event.quality = self.generator.settings().quality_checks.then_some(quality);
         let express = self.express.lease();
         match Box::pin(with_retries(|| lease.complete(&event, express))).await {
             Ok(()) => {
@@ -515,6 +519,7 @@ pub fn completion_event(
         batches: plan.batches.len() as u32,
         fallback_batches,
         usage,
+        quality: None,
         started_at,
         completed_at: Utc::now(),
         roadmap: Roadmap {

@@ -43,6 +43,8 @@ pub struct Rungs {
     pub retried: bool,
     pub truncated: bool,
     pub reasked: bool,
+    /// The re-ask was for content problems (`domain::quality`), not an invalid answer.
+    pub content_reasked: bool,
     pub fallback: bool,
 }
 
@@ -76,6 +78,10 @@ pub enum Verdict {
     CutOff { kept: u32 },
     /// A complete answer that is not a valid batch; `problem` goes back to the model.
     Invalid { problem: String },
+    /// A complete, valid answer whose content has problems (repeats, drift from the outline,
+    /// hours, resources). They go back to the model while the batch has its re-ask; after that
+    /// the answer is kept as it is: content problems never cost the model's weeks.
+    Flawed { problems: Vec<String> },
     /// The call failed past its retries (or for good, short of a configuration fault).
     GaveUp,
 }
@@ -200,6 +206,19 @@ impl Ladder {
                     Move::Reask
                 }
             }
+            Verdict::Flawed { ref problems } => {
+                if self.reasks_left == 0 {
+                    self.next = asked_last + 1;
+                    self.feedback = None;
+                    Move::Next
+                } else {
+                    self.reasks_left -= 1;
+                    self.rungs.reasked = true;
+                    self.rungs.content_reasked = true;
+                    self.feedback = Some(problems.clone());
+                    Move::Reask
+                }
+            }
             Verdict::GaveUp => self.fallback(self.last),
         }
     }
@@ -307,6 +326,28 @@ mod tests {
         let moved = ladder.step(4, &Verdict::Invalid { problem: "y".into() });
         assert_eq!(moved, Move::Fallback(3..=4));
         assert_eq!(ladder.rungs().outcome(), BatchOutcome::Fallback);
+    }
+
+    #[test]
+    fn flawed_content_is_asked_again_once_then_kept_never_templated() {
+        let mut ladder = Ladder::new(1..=3, 3, &POLICY);
+        let flawed = || Verdict::Flawed {
+            problems: vec!["week 2 repeats".into(), "week 3 plans 180 minutes".into()],
+        };
+        assert_eq!(ladder.step(3, &flawed()), Move::Reask);
+        let ask = ladder.ask().expect("a re-ask");
+        assert_eq!(ask.feedback.map(<[String]>::len), Some(2));
+        // Flawed again: kept as it is, the batch done.
+        assert_eq!(ladder.step(3, &flawed()), Move::Next);
+        assert_eq!(ladder.ask(), None);
+        let rungs = ladder.rungs();
+        assert!(rungs.content_reasked && !rungs.fallback);
+        assert_eq!(rungs.outcome(), BatchOutcome::Reasked);
+        // A re-ask spent on an invalid answer leaves flawed content to be kept at once.
+        let mut ladder = Ladder::new(1..=3, 3, &POLICY);
+        ladder.step(3, &Verdict::Invalid { problem: "x".into() });
+        assert_eq!(ladder.step(3, &flawed()), Move::Next);
+        assert!(!ladder.rungs().content_reasked);
     }
 
     #[test]

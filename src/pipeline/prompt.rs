@@ -15,8 +15,10 @@ use crate::{
 pub enum Context<'a> {
     /// The first batch: nothing comes before it.
     Start,
-    /// The week before, as written: its last days go into the prompt.
-    Days(&'a Week),
+    /// The weeks before, as written: the previous batch's (`before`) and this batch's so far
+    /// (`written`, after a cut). The last week's last days go into the prompt, and every task
+    /// title of them, so that the model does not set them again.
+    Days { before: &'a [Week], written: &'a [Week] },
     /// The first batch of a later phase, written side by side with the phase before it: the
     /// outline of the week before stands in for its days.
     Outline(&'a WeekOutline),
@@ -72,14 +74,15 @@ pub fn render(
     }
     match context {
         Context::Start => {}
-        Context::Days(previous) => {
-            let window = context_window(Some(previous), context_days);
+        Context::Days { before, written } => {
+            let window = context_window(written.last().or(before.last()), context_days);
             if !window.is_empty() {
                 out.push_str(
                     "\nThe roadmap so far ends with these days; continue from them without repeating them:\n",
                 );
                 out.push_str(&window);
             }
+            push_set_before(&mut out, before.iter().chain(written));
         }
         Context::Outline(previous) => {
             out.push_str("\nThe previous phase ends with this week; continue from it:\n");
@@ -91,6 +94,45 @@ pub fn render(
     // it would be empty room.
     out.shrink_to_fit();
     out
+}
+
+/// Most task titles listed as already set: a 3-week batch has about 50, most of them distinct;
+/// past this the list costs more input than it saves repeats.
+const MAX_SET_BEFORE: usize = 60;
+
+/// The line that opens the list of tasks already set; the mock's repeat fault reads it back.
+pub const SET_BEFORE: &str = "Tasks already set in the weeks before; do not set them again:";
+
+/// The task titles of `weeks`, once each (case and punctuation aside), on one line.
+fn push_set_before<'a>(out: &mut String, weeks: impl Iterator<Item = &'a Week>) {
+    let mut seen = std::collections::HashSet::new();
+    let titles: Vec<&str> = weeks
+        .flat_map(|w| w.days.iter().flat_map(|d| &d.tasks))
+        .map(|t| t.title.as_str())
+        .filter(|t| seen.insert(crate::domain::quality::words(t)))
+        .take(MAX_SET_BEFORE)
+        .collect();
+    if titles.is_empty() {
+        return;
+    }
+    out.push('\n');
+    out.push_str(SET_BEFORE);
+    out.push('\n');
+    out.push_str(&escape_tags(&titles.join(" | ")));
+    out.push('\n');
+}
+
+/// The task titles a prompt lists as already set, as [`render`] wrote them.
+pub fn set_before(prompt: &str) -> Vec<String> {
+    let Some((_, rest)) = prompt.split_once(SET_BEFORE) else {
+        return Vec::new();
+    };
+    let line = rest.trim_start_matches('\n').lines().next().unwrap_or_default();
+    line.split(" | ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn push_outline_line(out: &mut String, week: &WeekOutline) {
@@ -231,6 +273,53 @@ mod tests {
         assert!(text.contains("Week 3: Topic 3"), "{text}");
         assert!(!text.contains("The roadmap so far ends with these days"));
         assert_eq!(Brief::parse(&text), Some(brief));
+    }
+
+    #[test]
+    fn the_batch_before_is_listed_by_its_task_titles_once_each() {
+        let profile = learner("Data Engineer");
+        let plan = Plan::new(crate::template::phases(&profile, 12), 12, 3);
+        let before: Vec<Week> = (1..=3)
+            .map(|n| crate::template::week(&profile, &plan.phases, n, 12))
+            .collect();
+        let brief = Brief {
+            profile,
+            duration_weeks: 12,
+            first_week: 4,
+            last_week: 6,
+            phases: plan.phases,
+        };
+        let context = Context::Days {
+            before: &before,
+            written: &[],
+        };
+        let text = render(&brief, context, &[], 2, None, ResponseFormat::JsonSchema);
+        let listed = set_before(&text);
+        let titles: std::collections::HashSet<&str> = before
+            .iter()
+            .flat_map(|w| w.days.iter().flat_map(|d| &d.tasks))
+            .map(|t| t.title.as_str())
+            .collect();
+        // Routine tasks recur from week to week; each is listed once.
+        assert_eq!(listed.len(), titles.len().min(MAX_SET_BEFORE), "{listed:?}");
+        assert!(listed.iter().all(|t| titles.contains(t.as_str())));
+        assert!(text.contains("Week 3, day 7"), "the window is still there");
+        assert_eq!(Brief::parse(&text), Some(brief));
+        assert!(
+            set_before(&render(
+                &brief_of(&text),
+                Context::Start,
+                &[],
+                2,
+                None,
+                ResponseFormat::JsonSchema
+            ))
+            .is_empty()
+        );
+    }
+
+    fn brief_of(text: &str) -> Brief {
+        Brief::parse(text).expect("a batch prompt")
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::StoreError;
 use crate::domain::{
     BatchResult, Week,
     event::{EventKind, Progress, Usage},
+    quality::BatchQuality,
 };
 
 /// A checkpoint as read back from the database.
@@ -19,13 +20,14 @@ pub struct StoredBatch {
     pub weeks: Vec<Week>,
     pub fallback_weeks: u32,
     pub usage: Usage,
+    pub quality: BatchQuality,
 }
 
 pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<StoredBatch>, StoreError> {
     let rows = client
         .query(
             "SELECT batch_index, weeks, fallback_weeks, llm_calls, input_tokens, output_tokens,
-                    cached_input_tokens, cost_nanos
+                    cached_input_tokens, cost_nanos, quality
              FROM batches WHERE job_id = $1 ORDER BY batch_index",
             &[&job_id],
         )
@@ -43,6 +45,10 @@ pub async fn load(client: &impl GenericClient, job_id: Uuid) -> Result<Vec<Store
                     cached_input_tokens: row.get::<_, i64>("cached_input_tokens") as u64,
                     cost_nanos: row.get::<_, i64>("cost_nanos") as u64,
                 },
+                quality: row
+                    .get::<_, Option<Json<BatchQuality>>>("quality")
+                    .map(|q| q.0)
+                    .unwrap_or_default(),
             })
         })
         .collect()
@@ -92,8 +98,8 @@ pub(super) async fn checkpoint(
              ins AS (
                 INSERT INTO batches (job_id, batch_index, first_week, last_week, weeks, outcome, fallback_weeks,
                                      llm_calls, input_tokens, output_tokens, fencing_token, cached_input_tokens,
-                                     cost_nanos)
-                SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $17 FROM fence
+                                     cost_nanos, quality)
+                SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $17, $21 FROM fence
                 ON CONFLICT (job_id, batch_index) DO NOTHING
                 RETURNING 1),
              upd AS (
@@ -150,6 +156,8 @@ pub(super) async fn checkpoint(
                 &i64::try_from(at.input_tokens).unwrap_or(i64::MAX),
                 &i64::try_from(at.output_tokens).unwrap_or(i64::MAX),
                 &crate::telemetry::traceparent(),
+                // A clean batch stores nothing: most batches are clean.
+                &(!batch.quality.is_clean()).then_some(Json(&batch.quality)),
             ],
         )
         .await?;

@@ -33,6 +33,10 @@ pub struct JobStatus {
     /// The latest batch that needed more than one clean call (`batch 3: fallback`), if any:
     /// the last trouble the job had with the provider.
     pub last_problem: Option<String>,
+    /// Content problems of the job's batches by kind (`{"repeated_tasks": 1, ...}`), and the
+    /// batches re-asked for them; `None` for jobs folded by a version without the checks.
+    pub quality_problems: Option<Value>,
+    pub quality_reasked: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -61,7 +65,8 @@ const COLUMNS: &str = "j.job_id, j.user_id, j.status, j.batches_done, j.batches_
     ((t.totals->>'cost_nanos')::numeric / 1e9)::float8 + coalesce((j.plan->'outline'->'usage'->>'cost')::float8, 0)
         AS cost,
     j.owner, j.lease_until, j.claims, j.abandoned, j.failure_reason, j.created_at, j.updated_at,
-    j.completed_at, j.not_before, j.waits, j.roadmap_id, t.totals->>'last_problem' AS last_problem";
+    j.completed_at, j.not_before, j.waits, j.roadmap_id, t.totals->>'last_problem' AS last_problem,
+    t.totals->'quality_problems' AS quality_problems, (t.totals->>'quality_reasked')::bigint AS quality_reasked";
 
 const FROM: &str = "FROM jobs j
     CROSS JOIN LATERAL (SELECT coalesce(j.batch_totals, job_batch_totals(j.job_id)) AS totals) t";
@@ -91,6 +96,8 @@ fn row_to_status(row: &tokio_postgres::Row) -> Result<JobStatus, StoreError> {
         waits: row.get("waits"),
         roadmap_id: row.get("roadmap_id"),
         last_problem: row.get("last_problem"),
+        quality_problems: row.get("quality_problems"),
+        quality_reasked: row.get("quality_reasked"),
         roadmap: None,
     })
 }

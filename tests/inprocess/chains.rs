@@ -119,6 +119,7 @@ fn stored_batch(plan: &Plan, index: usize, output_tokens: u64) -> StoredBatch {
             output_tokens,
             ..Usage::default()
         },
+        quality: Default::default(),
     }
 }
 

@@ -35,15 +35,25 @@ pub fn plan(weeks: u32) -> Plan {
 
 /// A generator whose model follows `steps`, retrying twice, with no budget.
 pub fn generator(steps: impl IntoIterator<Item = Step>) -> (Generator<ScriptedLlm>, ScriptedLlm) {
+    generator_with(steps, |_| {})
+}
+
+/// [`generator`] with its settings changed by `change`.
+pub fn generator_with(
+    steps: impl IntoIterator<Item = Step>,
+    change: impl FnOnce(&mut LadderSettings),
+) -> (Generator<ScriptedLlm>, ScriptedLlm) {
     let llm = ScriptedLlm::new(steps);
-    let settings = LadderSettings {
+    let mut settings = LadderSettings {
         max_output_tokens: 8192,
         temperature: 0.7,
         format: ResponseFormat::JsonSchema,
         context_days: 2,
         policy: LadderPolicy::new(2, MAX_RETRY_DELAY),
         prices: Prices::default(),
+        quality_checks: true,
     };
+    change(&mut settings);
     let generator = Generator::new(llm.clone(), settings, Metrics::new(), Budget::default());
     (generator, llm)
 }
@@ -62,6 +72,11 @@ pub fn first_batch(plan: &Plan) -> BatchRange {
 
 /// A `weeks`-week plan cut within the template outline's phases: one chain per phase.
 pub fn outlined_plan(weeks: u32) -> Plan {
+    plan_in_batches_of(weeks, 3)
+}
+
+/// [`outlined_plan`] in batches of at most `batch_weeks`.
+pub fn plan_in_batches_of(weeks: u32, batch_weeks: u32) -> Plan {
     use roadmap_worker::{
         domain::{Outline, WeekSource},
         template,
@@ -72,5 +87,5 @@ pub fn outlined_plan(weeks: u32) -> Plan {
         source: WeekSource::Llm,
         usage: Default::default(),
     };
-    Plan::outlined(phases, outline, weeks, 3)
+    Plan::outlined(phases, outline, weeks, batch_weeks)
 }

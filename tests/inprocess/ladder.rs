@@ -20,7 +20,7 @@ async fn run(steps: Vec<Step>, span_hint: u32) -> (Result<BatchResult, ProviderF
     let plan = plan(6);
     let mut hint = span_hint;
     let result = generator
-        .batch(&profile(), &plan, first_batch(&plan), None, &mut hint, &caller())
+        .batch(&profile(), &plan, first_batch(&plan), &[], &mut hint, &caller())
         .await
         .map(|(result, _admission)| result);
     (result, hint, llm)

@@ -7,3 +7,4 @@ mod chains;
 mod fixture;
 mod ladder;
 mod outline;
+mod quality;

@@ -258,3 +258,38 @@ async fn each_response_format_mode_sends_what_the_server_expects() {
         assert_eq!(run.outcomes(), vec!["ok", "ok", "ok"], "{provider} {mode}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_problems_are_reasked_once_then_kept_and_reported() {
+    use roadmap_worker::domain::quality::ProblemKind;
+    let faults = [
+        (Fault::RepeatTasks, ProblemKind::RepeatedTasks),
+        (Fault::IgnoreOutline, ProblemKind::OffOutline),
+        (Fault::UnderPlan { share: 0.3 }, ProblemKind::HoursOffPlan),
+    ];
+    for (fault, kind) in faults {
+        // The first answer misbehaves, the re-ask is good: stored clean.
+        let run = run_job("openai", vec![fault.clone()], 6, &[]).await;
+        assert_eq!(run.asked, vec![(1, 2), (1, 2), (3, 4), (5, 6)], "{fault:?}");
+        assert_eq!(run.outcomes(), vec!["reasked", "ok", "ok"], "{fault:?}");
+        let quality = run.completed.quality.clone().expect("quality in the event");
+        assert_eq!(quality.reasked_batches, 1, "{fault:?}");
+        assert!(
+            quality.problems.values().all(|n| *n == 0),
+            "{fault:?}: {quality:?}"
+        );
+
+        // The re-ask misbehaves too: kept with its problems, never templated.
+        let run = run_job("openai", vec![fault.clone(), fault.clone()], 6, &[]).await;
+        assert_eq!(run.outcomes(), vec!["reasked", "ok", "ok"], "{fault:?}");
+        assert_eq!(run.completed.fallback_batches, 0, "{fault:?}");
+        let quality = run.completed.quality.clone().expect("quality in the event");
+        assert!(quality.problems[&kind] >= 1, "{fault:?}: {quality:?}");
+        let series = format!("roadmap_quality_problems_total{{kind=\"{}\"}}", kind.as_str());
+        assert_eq!(
+            run.metric(&series),
+            f64::from(quality.problems[&kind]),
+            "{fault:?}"
+        );
+    }
+}

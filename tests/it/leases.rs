@@ -30,6 +30,7 @@ fn batch(job: &JobRequest, plan: &Plan, index: usize) -> BatchResult {
             .collect(),
         usage: Usage::default(),
         outcome: BatchOutcome::Ok,
+        quality: Default::default(),
     }
 }
 

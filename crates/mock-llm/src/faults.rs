@@ -54,6 +54,60 @@ pub enum Fault {
     /// The answer's first weeks, then `bytes` of spaces, cut before the array closes (finish
     /// reason length / MAX_TOKENS): a model stuck writing whitespace in JSON mode.
     Whitespace { bytes: u64 },
+    /// A valid answer whose tasks are the ones the prompt lists as already set (the previous
+    /// batch's); with no list (a first batch), every week a copy of the first one's days.
+    RepeatTasks,
+    /// A valid answer whose weeks ignore the outline: another title and goals.
+    IgnoreOutline,
+    /// A valid answer whose task minutes are `share` of what they should be (0.3: 3 hours of
+    /// tasks in a 10-hour week).
+    UnderPlan { share: f64 },
+}
+
+/// Rewrites a valid batch answer as [`Fault::RepeatTasks`] does, for the batch prompt `prompt`.
+pub fn repeat_tasks(answer: &mut Value, prompt: &str) {
+    let titles = roadmap_worker::pipeline::prompt::set_before(prompt);
+    let Some(weeks) = answer.get_mut("weeks").and_then(Value::as_array_mut) else {
+        return;
+    };
+    if titles.is_empty() {
+        let Some(days) = weeks.first().map(|w| w["days"].clone()) else {
+            return;
+        };
+        for week in weeks.iter_mut().skip(1) {
+            week["days"] = days.clone();
+        }
+        return;
+    }
+    let tasks = weeks
+        .iter_mut()
+        .flat_map(|w| w["days"].as_array_mut().into_iter().flatten())
+        .flat_map(|d| d["tasks"].as_array_mut().into_iter().flatten());
+    for (task, title) in tasks.zip(titles.iter().cycle()) {
+        task["title"] = json!(title);
+    }
+}
+
+/// Rewrites a valid batch answer as [`Fault::IgnoreOutline`] does.
+pub fn ignore_outline(answer: &mut Value) {
+    for week in answer["weeks"].as_array_mut().into_iter().flatten() {
+        week["title"] = json!("General study week");
+        week["goals"] = json!(["Keep learning every day"]);
+    }
+}
+
+/// Rewrites a valid batch answer as [`Fault::UnderPlan`] does.
+pub fn under_plan(answer: &mut Value, share: f64) {
+    let tasks = answer["weeks"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .flat_map(|w| w["days"].as_array_mut().into_iter().flatten())
+        .flat_map(|d| d["tasks"].as_array_mut().into_iter().flatten());
+    for task in tasks {
+        let minutes = task["minutes"].as_f64().unwrap_or(60.0);
+        task["minutes"] = json!(((minutes * share).round() as u64).max(5));
+    }
 }
 
 /// A fault with its probability per request.

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use self::faults::{Draws, FILL_MARKER, Filler, error};
 use self::quota::{Quota, Ticket};
 pub use self::{
-    faults::{Fault, FaultPlan, RatedFault},
+    faults::{Fault, FaultPlan, RatedFault, ignore_outline, repeat_tasks, under_plan},
     quota::{QuotaCounts, QuotaSettings},
 };
 use roadmap_worker::{
@@ -323,6 +323,9 @@ async fn prepare(
         Some(Fault::Truncate { tokens }) => truncate_at = Some(truncate_at.map_or(tokens, |m| m.min(tokens))),
         Some(Fault::InvalidJson) => text = Some("Sure! Here is your roadmap: {weeks: [oops".to_owned()),
         Some(Fault::Fences) => text = Some(format!("```json\n{value}\n```")),
+        Some(Fault::RepeatTasks) => faults::repeat_tasks(&mut value, user),
+        Some(Fault::IgnoreOutline) => faults::ignore_outline(&mut value),
+        Some(Fault::UnderPlan { share }) => faults::under_plan(&mut value, share),
         Some(Fault::WrongWeeks) => {
             for week in value["weeks"].as_array_mut().into_iter().flatten() {
                 week["number"] = json!(week["number"].as_u64().unwrap_or(0) + 100);

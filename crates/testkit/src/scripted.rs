@@ -26,6 +26,13 @@ pub enum Step {
     InvalidJson,
     /// Valid JSON whose weeks are numbered from 100: a schema violation.
     WrongWeeks,
+    /// A valid answer that repeats the tasks the prompt lists as set before (the mock's
+    /// `repeat_tasks` fault).
+    RepeatTasks,
+    /// A valid answer whose weeks ignore the outline's titles and goals.
+    IgnoreOutline,
+    /// A valid answer planning this share of the learner's hours.
+    UnderPlan(f64),
     /// The call fails with this error (transient ones are retried by the ladder).
     Fail(LlmError),
     /// Waits this long on the (paused) clock, then answers.
@@ -141,6 +148,16 @@ impl Llm for ScriptedLlm {
                 (value.to_string(), FinishReason::Stop)
             }
             Step::CutAfter { weeks } => (cut_after(&valid()?, weeks), FinishReason::Length),
+            Step::RepeatTasks | Step::IgnoreOutline | Step::UnderPlan(_) => {
+                let mut value = valid()?;
+                match step {
+                    Step::RepeatTasks => mock_llm::repeat_tasks(&mut value, &request.prompt),
+                    Step::IgnoreOutline => mock_llm::ignore_outline(&mut value),
+                    Step::UnderPlan(share) => mock_llm::under_plan(&mut value, share),
+                    _ => unreachable!("matched above"),
+                }
+                (value.to_string(), FinishReason::Stop)
+            }
         };
         Ok(LlmResponse::estimated(request, text, finish))
     }
