@@ -146,9 +146,19 @@ impl LlmError {
             "io"
         };
         // Drop the URL: some providers put keys in query strings, and errors reach logs.
+        let mut message = err.without_url().to_string();
+        if status == "timeout" {
+            // The operator's next step, where they will read it: a model that writes slower
+            // than a batch's answer needs fits no default.
+            message.push_str(
+                " (no complete answer within LLM_TIMEOUT_SECS: a slow model, such as a small local \
+                 one on CPU, needs a longer LLM_TIMEOUT_SECS or a smaller BATCH_WEEKS; see the \
+                 README's Local model servers)",
+            );
+        }
         Self::Transient {
             status,
-            message: err.without_url().to_string(),
+            message,
             retry_after: None,
         }
     }
@@ -337,6 +347,30 @@ pub fn estimate_tokens(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A timeout says which settings fit a slow model, where the operator reads it (the log).
+    #[tokio::test]
+    async fn a_timeout_names_the_settings_that_fit_a_slow_model() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and never answers, as a model still writing.
+        let _silent = tokio::spawn(async move {
+            let (_socket, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await
+        });
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let err = client.get(format!("http://{addr}/")).send().await.unwrap_err();
+        let err = LlmError::from_reqwest(err);
+        assert_eq!(err.status(), "timeout");
+        let text = err.to_string();
+        assert!(
+            text.contains("LLM_TIMEOUT_SECS") && text.contains("BATCH_WEEKS"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn statuses_map_to_kinds() {
