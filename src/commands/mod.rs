@@ -299,6 +299,19 @@ fn summary(event: &Completed, elapsed: Duration) -> String {
         event.usage.output_tokens,
         elapsed.as_secs_f64(),
     );
+    if let Some(quality) = &event.quality {
+        let found: Vec<String> = quality
+            .problems
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(kind, n)| format!("{} {n}", kind.as_str()))
+            .collect();
+        out.push_str(&format!(
+            "  content checks: {}; {} batches re-asked for content\n",
+            if found.is_empty() { "no problem".to_owned() } else { found.join(", ") },
+            quality.reasked_batches
+        ));
+    }
     for phase in phases {
         out.push_str(&format!(
             "\n  Phase {}: {} (weeks {}-{})\n",
