@@ -308,7 +308,11 @@ fn summary(event: &Completed, elapsed: Duration) -> String {
             .collect();
         out.push_str(&format!(
             "  content checks: {}; {} batches re-asked for content\n",
-            if found.is_empty() { "no problem".to_owned() } else { found.join(", ") },
+            if found.is_empty() {
+                "no problem".to_owned()
+            } else {
+                found.join(", ")
+            },
             quality.reasked_batches
         ));
     }

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     config::{LlmSettings, Prices, ResponseFormat},
     domain::{
-        AnswerFault, BatchRange, BatchResult, JobProfile, Plan, Week, WeekOutline,
+        AnswerFault, BatchRange, BatchResult, JobProfile, Plan, Week, WeekOutline, WeekSource,
         brief::Brief,
         event::Usage,
         quality::{BatchQuality, Standard, check_content},
@@ -160,6 +160,8 @@ impl<L: Llm> Generator<L> {
         let mut weeks: Vec<Week> = Vec::with_capacity(range.week_count() as usize);
         let mut usage = Usage::default();
         let mut ladder = Ladder::new(range.weeks(), *span_hint, &self.settings.policy);
+        // A flawed answer that a content re-ask is to replace.
+        let mut replaced: Vec<Week> = Vec::new();
         while let Some(ask) = ladder.ask() {
             let (first, last) = (ask.first, ask.last);
             let context = match weeks.last().or(previous.last()) {
@@ -223,16 +225,30 @@ impl<L: Llm> Generator<L> {
                 Move::Reask if flawed.is_empty() => {
                     info!(first, last, problem, "answer invalid; re-asking once")
                 }
-                Move::Reask => info!(first, last, "content problems; re-asking once"),
+                Move::Reask => {
+                    info!(first, last, "content problems; re-asking once");
+                    // Kept should the re-ask bring nothing usable: the model's weeks with their
+                    // problems are worth more than template weeks.
+                    replaced = std::mem::take(&mut flawed);
+                }
                 Move::Next if !flawed.is_empty() => {
                     info!(first, last, "content problems again; keeping the answer");
                     weeks.append(&mut flawed);
                 }
                 Move::Fallback(template) => {
-                    warn!(weeks = %format!("{}-{}", template.start(), template.end()), problem, "template weeks");
-                    weeks.extend(
-                        template.map(|n| template::week(profile, &plan.phases, n, plan.duration_weeks)),
-                    );
+                    let range = format!("{}-{}", template.start(), template.end());
+                    for n in template {
+                        match replaced.iter().position(|w| w.number == n) {
+                            Some(at) => weeks.push(replaced.swap_remove(at)),
+                            None => weeks.push(template::week(profile, &plan.phases, n, plan.duration_weeks)),
+                        }
+                    }
+                    match weeks.iter().any(|w| w.source == WeekSource::Fallback) {
+                        true => warn!(weeks = %range, problem, "template weeks"),
+                        false => {
+                            info!(weeks = %range, problem, "the re-ask brought nothing usable; the first answer's weeks are kept with their content problems")
+                        }
+                    }
                 }
                 Move::Next if cut => info!(first, last, next_span = ladder.span(), "answer truncated"),
                 Move::Next => {}
@@ -241,7 +257,10 @@ impl<L: Llm> Generator<L> {
         if let Some(span) = ladder.learned_span() {
             *span_hint = span;
         }
-        let outcome = ladder.rungs().outcome();
+        let mut rungs = ladder.rungs();
+        // The ladder's fallback that kept a flawed answer instead wrote no template week.
+        rungs.fallback &= weeks.iter().any(|w| w.source == WeekSource::Fallback);
+        let outcome = rungs.outcome();
         let quality = match self.settings.quality_checks {
             true => BatchQuality {
                 problems: check_content(&weeks, previous, standard(plan, profile.hours_per_week)),

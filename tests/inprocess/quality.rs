@@ -123,6 +123,23 @@ async fn an_invalid_answer_spends_the_re_ask_and_flawed_content_is_then_kept() {
     assert_eq!(kinds(&result), [ProblemKind::RepeatedTasks]);
 }
 
+/// A content re-ask that brings nothing usable (not JSON, or the call gives up) does not cost
+/// the model's weeks: the first answer's are kept with their problems, no template week.
+#[tokio::test(start_paused = true)]
+async fn a_re_ask_that_brings_nothing_keeps_the_flawed_answer() {
+    let (plan, previous) = first_batch().await;
+    for failed in [Step::InvalidJson, Step::WrongWeeks] {
+        let (generator, llm) = generator([Step::RepeatTasks, failed.clone()]);
+        let result = run(&generator, &plan, 1, &previous).await;
+        assert_eq!(llm.calls().len(), 2, "{failed:?}");
+        assert_eq!(result.fallback_weeks(), 0, "{failed:?}: no template week");
+        assert!(result.weeks.iter().all(|w| w.source == WeekSource::Llm));
+        assert_eq!(result.outcome, BatchOutcome::Reasked, "{failed:?}");
+        assert!(result.quality.reasked, "{failed:?}");
+        assert_eq!(kinds(&result), [ProblemKind::RepeatedTasks], "{failed:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn with_the_checks_off_content_faults_cost_no_call() {
     let (plan, previous) = first_batch().await;
