@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Week, WeekOutline, WeekSource};
+use super::{Plan, Week, WeekOutline, WeekSource};
 
 /// Two task titles are near-copies at this Jaccard similarity of their word sets or above: the
 /// same words reordered, re-cased or re-punctuated, or one word added or dropped in a title of
@@ -163,6 +163,13 @@ impl Default for QualityReport {
 }
 
 impl QualityReport {
+    /// Counts problems found outside any one batch (across phases) in.
+    pub fn add_problems(&mut self, problems: &[ContentProblem]) {
+        for problem in problems {
+            *self.problems.entry(problem.kind()).or_default() += 1;
+        }
+    }
+
     /// Counts one stored batch in.
     pub fn add(&mut self, batch: &BatchQuality) {
         for problem in &batch.problems {
@@ -206,6 +213,35 @@ pub fn check_content<'a>(
             problems.extend(resources(week));
         }
         seen.extend(task_words(week));
+    }
+    problems
+}
+
+/// Repeats across phase boundaries, found in the assembled roadmap: a phase's first batch is
+/// written beside the phase before it, so neither its prompt nor its checks could see that
+/// phase's tasks. The first batch of every chain but the first (its first `span` weeks) is
+/// compared with the `span` weeks before it. Recorded only: the batches are stored, and nobody
+/// is asked again.
+pub fn repeats_across_phases(plan: &Plan, weeks: &[Week], span: u32) -> Vec<ContentProblem> {
+    let firsts = plan
+        .chains()
+        .into_iter()
+        .skip(1)
+        .filter_map(|chain| chain.first().map(|range| range.first));
+    let by_number = |n: u32| weeks.iter().find(|w| w.number == n);
+    let mut problems = Vec::new();
+    for first in firsts {
+        let before: Vec<&Week> = (first.saturating_sub(span).max(1)..first)
+            .filter_map(by_number)
+            .collect();
+        let seen: Vec<Vec<String>> = before.into_iter().flat_map(task_words).collect();
+        for week in (first..first + span).filter_map(by_number) {
+            if week.source == WeekSource::Llm
+                && let Some(p) = repeated(week, &seen)
+            {
+                problems.push(p);
+            }
+        }
     }
     problems
 }

@@ -21,7 +21,7 @@ use crate::{
     domain::{
         JobProfile, JobRequest, Plan, Priority, RejectReason, Rejection, Roadmap, Week,
         event::{Accepted, Completed, EventKind, Failed, JobFailure, Usage},
-        quality::QualityReport,
+        quality::{self, QualityReport},
         roadmap::check_roadmap,
     },
     llm::LlmError,
@@ -383,6 +383,11 @@ impl JobRunner {
             usage += batch.usage;
             fallback_batches += u32::from(batch.fallback);
             quality.add(&batch.quality);
+        }
+        if self.generator.settings().quality_checks {
+            let across = quality::repeats_across_phases(&plan, &weeks, self.batch_weeks);
+            across.iter().for_each(|p| metrics.quality_problem(p.kind()));
+            quality.add_problems(&across);
         }
         let mut event = assemble(job, &plan, weeks, usage, fallback_batches, owned.started_at)?;
         event.quality = self.generator.settings().quality_checks.then_some(quality);

@@ -265,3 +265,28 @@ fn template_weeks_are_not_judged_and_problems_round_trip() {
         assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
     }
 }
+
+/// A phase's first batch is written beside the phase before it: a copy of that phase's last
+/// weeks is found in the assembled roadmap, and a good roadmap has none.
+#[test]
+fn repeats_across_phase_boundaries_are_found_after_assembly() {
+    let p = profile("Data Engineer", ExperienceLevel::Beginner, 10);
+    let (phases, outline) = template::outline(&p, 12);
+    let outline = crate::domain::Outline {
+        weeks: outline,
+        source: WeekSource::Llm,
+        usage: Default::default(),
+    };
+    let plan = Plan::outlined(phases, outline, 12, 3);
+    let (mut weeks, _) = roadmap(&p, 12);
+    assert_eq!(repeats_across_phases(&plan, &weeks, 3), [], "a good roadmap");
+    // The second phase's first week copies the first phase's last.
+    let second = plan.chains()[1][0].first;
+    let copied = weeks[second as usize - 2].days.clone();
+    weeks[second as usize - 1].days = copied;
+    let found = repeats_across_phases(&plan, &weeks, 3);
+    assert!(
+        matches!(found.as_slice(), [ContentProblem::RepeatedTasks { week, .. }] if *week == second),
+        "{found:?}"
+    );
+}
