@@ -36,6 +36,9 @@ export BATCH_WEEKS="${BATCH_WEEKS:-3}"
 # waiting call spending its own timeout.
 export JOB_PARALLELISM="${JOB_PARALLELISM:-1}"
 export LLM_TEMPERATURE="${LLM_TEMPERATURE:-0.7}"
+# One week's worth (the worker asks 2,400 tokens a week): a 3-week call that runs on in a loop is
+# cut after ~100 s instead of ~470 s; its complete weeks are kept and the rest asked week by week.
+export LLM_MAX_OUTPUT_TOKENS="${LLM_MAX_OUTPUT_TOKENS:-2400}"
 # Transient failures only (a timeout here is a generation that went on too long: asking the same
 # again mostly costs another timeout).
 export LLM_MAX_RETRIES="${LLM_MAX_RETRIES:-1}"
@@ -51,7 +54,7 @@ until curl -sf "http://$METRICS_ADDR/readyz" >/dev/null; do
   kill -0 "$WORKER" 2>/dev/null || { echo "worker exited; see $LOG" >&2; tail -5 "$LOG" >&2; exit 1; }
   sleep 1
 done
-echo "worker pid $WORKER ready; log $LOG; settings: BATCH_WEEKS=$BATCH_WEEKS LLM_TIMEOUT_SECS=$LLM_TIMEOUT_SECS LLM_TEMPERATURE=$LLM_TEMPERATURE LLM_MAX_OUTPUT_TOKENS=${LLM_MAX_OUTPUT_TOKENS:-8192 (default)} JOB_PARALLELISM=$JOB_PARALLELISM"
+echo "worker pid $WORKER ready; log $LOG; settings: BATCH_WEEKS=$BATCH_WEEKS LLM_TIMEOUT_SECS=$LLM_TIMEOUT_SECS LLM_TEMPERATURE=$LLM_TEMPERATURE LLM_MAX_OUTPUT_TOKENS=$LLM_MAX_OUTPUT_TOKENS JOB_PARALLELISM=$JOB_PARALLELISM"
 
 for weeks in 1 3; do
   event="$OUT/localmodel-${weeks}week-event.json"
@@ -64,7 +67,7 @@ for weeks in 1 3; do
   jq '.roadmap' "$event" >"$OUT/localmodel-${weeks}week.json"
   # The event counts the batches that fell back to template weeks; whether the outline did is
   # kept only in the job's plan in Postgres.
-  outline=$(psql "$DATABASE_URL" -tAc "select plan->'outline'->>'source' from jobs where job_id = '$job'")
+  outline=$(psql "$DATABASE_URL" -tAc "select coalesce(plan->'outline'->>'source', 'none (one batch: no outline call)') from jobs where job_id = '$job'")
   jq -r --arg wall "$wall" --arg outline "$outline" '
     "\(.duration_weeks)-week job \(.job_id): \(.event) after \($wall) s wall; outline from \($outline);"
     + " \(.batches) batches, \(.fallback_batches) fallback; weeks from: \([.roadmap.weeks[]?.source] | join(","));"
