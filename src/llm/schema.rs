@@ -188,4 +188,36 @@ mod tests {
         );
         assert!(!g.to_string().contains("additionalProperties"));
     }
+
+    /// Servers that enforce the schema by grammar make the model write fields in the order of
+    /// `properties`: titles before the text they head, a week's days last.
+    #[test]
+    fn properties_are_sent_in_writing_order() {
+        let names = |v: &Value| {
+            v["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let s: Value = serde_json::from_str(&batch_schema(1, 2).to_string()).unwrap();
+        let week = &s["properties"]["weeks"]["items"];
+        assert_eq!(names(week), ["number", "phase", "title", "goals", "days"]);
+        let day = &week["properties"]["days"]["items"];
+        assert_eq!(names(day), ["day", "title", "tasks"]);
+        let task = &day["properties"]["tasks"]["items"];
+        assert_eq!(
+            names(task),
+            ["title", "description", "kind", "minutes", "resources"]
+        );
+        let o = outline_schema(4, 2);
+        assert_eq!(names(&o), ["phases", "weeks"]);
+        let phase = &o["properties"]["phases"]["items"];
+        assert_eq!(
+            names(phase),
+            ["number", "title", "objective", "week_from", "week_to"]
+        );
+        assert_eq!(names(&to_gemini(week)), names(week));
+    }
 }

@@ -222,6 +222,9 @@ impl<L: Llm> Generator<L> {
             let cut = matches!(verdict, Verdict::CutOff { .. });
             let problem = verdict.problem();
             match ladder.step(last, &verdict) {
+                Move::Reask if cut => {
+                    info!(first, last, "answer cut off at the output limit; re-asking once")
+                }
                 Move::Reask if flawed.is_empty() => {
                     info!(first, last, problem, "answer invalid; re-asking once")
                 }

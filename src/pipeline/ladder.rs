@@ -4,13 +4,17 @@
 //!
 //! The rungs, in order: a transient failure is retried inside one call ([`LadderPolicy::retry`]);
 //! an answer cut off at the output limit keeps its complete weeks and asks for the rest in
-//! smaller requests; an invalid answer is asked again with its problems
-//! ([`LadderPolicy::reasks`] times per batch); what is still missing after that, or after a call
-//! that gave up, is filled with template weeks.
+//! smaller requests (a single week cut off is asked again, told why); an invalid answer is asked
+//! again with its problems ([`LadderPolicy::reasks`] times per batch, cut weeks included); what
+//! is still missing after that, or after a call that gave up, is filled with template weeks.
 
 use std::{ops::RangeInclusive, time::Duration};
 
 use crate::{domain::BatchOutcome, retry::RetryPolicy};
+
+/// What a re-ask of a single week cut off at the output limit tells the model.
+pub const CUT_OFF_FEEDBACK: &str =
+    "the answer was cut off at the output limit: keep every text short and never repeat a phrase";
 
 /// How the ladder climbs: one value, from settings in production and shortened in tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,22 +194,15 @@ impl Ladder {
                 self.next += kept;
                 if self.span == 0 {
                     // A single week does not fit the output limit: no smaller request exists.
+                    // Asked again once, told why: a model can also run on in a loop (a small
+                    // local one repeating a string until the limit), which a new sample escapes.
                     self.span = 1;
-                    self.fallback(asked_last)
+                    self.reask_or_fallback(asked_last, CUT_OFF_FEEDBACK)
                 } else {
                     Move::Next
                 }
             }
-            Verdict::Invalid { ref problem } => {
-                if self.reasks_left == 0 {
-                    self.fallback(asked_last)
-                } else {
-                    self.reasks_left -= 1;
-                    self.rungs.reasked = true;
-                    self.feedback = Some(vec![problem.clone()]);
-                    Move::Reask
-                }
-            }
+            Verdict::Invalid { ref problem } => self.reask_or_fallback(asked_last, problem),
             Verdict::Flawed { ref problems } => {
                 if self.reasks_left == 0 {
                     self.next = asked_last + 1;
@@ -220,6 +217,18 @@ impl Ladder {
                 }
             }
             Verdict::GaveUp => self.fallback(self.last),
+        }
+    }
+
+    /// The same weeks asked again with `problem`, while re-asks are left; else the template.
+    fn reask_or_fallback(&mut self, asked_last: u32, problem: &str) -> Move {
+        if self.reasks_left == 0 {
+            self.fallback(asked_last)
+        } else {
+            self.reasks_left -= 1;
+            self.rungs.reasked = true;
+            self.feedback = Some(vec![problem.to_owned()]);
+            Move::Reask
         }
     }
 
@@ -285,7 +294,12 @@ mod tests {
         let mut ladder = Ladder::new(1..=3, 3, &POLICY);
         assert_eq!(ladder.step(3, &Verdict::CutOff { kept: 0 }), Move::Next);
         assert_eq!(asked(&ladder), Some((1, 1, false)));
-        // One week does not fit either: that week comes from the template, the rest goes on.
+        // One week does not fit either: asked again once, told why (a model may have run on
+        // in a loop); cut again, that week comes from the template and the rest goes on.
+        assert_eq!(ladder.step(1, &Verdict::CutOff { kept: 0 }), Move::Reask);
+        let ask = ladder.ask().expect("a re-ask");
+        assert_eq!((ask.first, ask.last), (1, 1));
+        assert_eq!(ask.feedback, Some(&[CUT_OFF_FEEDBACK.to_owned()][..]));
         assert_eq!(
             ladder.step(1, &Verdict::CutOff { kept: 0 }),
             Move::Fallback(1..=1)

@@ -47,7 +47,15 @@ fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, AnswerError> {
     let body = strip_fences(text);
     // Straight into the typed shape, with no JSON tree in between; the error's category still
     // tells text that is not JSON from JSON of the wrong shape.
-    serde_json::from_str(body).map_err(|e| match e.classify() {
+    let parsed = serde_json::from_str(body).or_else(|e| {
+        // A raw line break inside a string (llama-cpp-python's grammar lets one through) is
+        // read as a space, as anywhere between tokens: nothing else of the answer changes.
+        match body.contains(|c: char| c.is_ascii_control()) && e.is_syntax() {
+            true => serde_json::from_str(&body.replace(|c: char| c.is_ascii_control(), " ")),
+            false => Err(e),
+        }
+    });
+    parsed.map_err(|e| match e.classify() {
         serde_json::error::Category::Data => AnswerError::WrongShape(e.to_string()),
         _ => AnswerError::NotJson(e.to_string()),
     })
@@ -118,6 +126,19 @@ mod tests {
         let text = format!("```json\n{{\"weeks\":[{}]}}\n```", week_json(1));
         assert_eq!(parse_answer(&text).unwrap()[0].number, 1);
         assert!(parse_answer("{\"weeks\":").is_err());
+    }
+
+    #[test]
+    fn a_raw_line_break_inside_a_string_reads_as_a_space() {
+        let text = format!("{{\"weeks\":[{}]}}", week_json(2)).replace("W2 ", "W2\n\t");
+        let weeks = parse_answer(&text).expect("read despite the raw control characters");
+        assert!(weeks[0].title.starts_with("W2  {"), "{}", weeks[0].title);
+        let broken = "{\"weeks\":[\n{\"number\":\"x\n\"}]}";
+        assert!(matches!(parse_answer(broken), Err(AnswerError::WrongShape(_))));
+        assert!(matches!(
+            parse_answer("{\"weeks\":[\n"),
+            Err(AnswerError::NotJson(_))
+        ));
     }
 
     #[test]

@@ -101,7 +101,8 @@ async fn a_cut_with_no_complete_week_halves_the_request() {
 
 #[tokio::test(start_paused = true)]
 async fn a_week_too_long_for_any_answer_comes_from_the_template_alone() {
-    let steps = vec![Step::CutAfter { weeks: 0 }, Step::CutAfter { weeks: 0 }];
+    // Cut as three weeks, as one, and as one again when asked once more.
+    let steps = vec![Step::CutAfter { weeks: 0 }; 3];
     let (result, _, llm) = run(steps, 3).await;
     let result = result.expect("a batch");
     assert_eq!(result.outcome, BatchOutcome::Fallback);
@@ -113,7 +114,20 @@ async fn a_week_too_long_for_any_answer_comes_from_the_template_alone() {
             (3, WeekSource::Llm)
         ]
     );
-    assert_eq!(llm.asked(), [(1, 3), (1, 1), (2, 2), (3, 3)]);
+    assert_eq!(llm.asked(), [(1, 3), (1, 1), (1, 1), (2, 2), (3, 3)]);
+    let reasks: Vec<bool> = llm.calls().iter().map(|c| c.reask).collect();
+    assert_eq!(reasks, [false, false, true, false, false]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_week_cut_off_alone_is_asked_again_once_told_why() {
+    // A small model ran on in a loop to the limit; a new sample of the same week fits.
+    let steps = vec![Step::CutAfter { weeks: 0 }, Step::CutAfter { weeks: 0 }];
+    let (result, _, llm) = run(steps, 3).await;
+    let result = result.expect("a batch");
+    assert_eq!(result.outcome, BatchOutcome::Reasked);
+    assert_eq!(result.fallback_weeks(), 0);
+    assert_eq!(llm.asked(), [(1, 3), (1, 1), (1, 1), (2, 2), (3, 3)]);
 }
 
 #[tokio::test(start_paused = true)]
