@@ -27,6 +27,11 @@ mkdir -p "$DIR"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 
+# run-jobs.sh reads the worker's events with jq.
+command -v jq >/dev/null || {
+  echo "installing jq" >&2
+  apt-get install -y --no-install-recommends jq >&2
+}
 command -v cc >/dev/null && command -v c++ >/dev/null || {
   echo "installing a C/C++ compiler (build-essential)" >&2
   apt-get install -y --no-install-recommends build-essential >&2

@@ -44,7 +44,17 @@ export LLM_MAX_OUTPUT_TOKENS="${LLM_MAX_OUTPUT_TOKENS:-2400}"
 export LLM_MAX_RETRIES="${LLM_MAX_RETRIES:-1}"
 export LOG_FORMAT=json RUST_LOG="${RUST_LOG:-info}"
 
-curl -sf "$LLM_BASE_URL/models" >/dev/null || { echo "no model server at $LLM_BASE_URL (run serve.sh)" >&2; exit 1; }
+# serve.sh installs on its first run (minutes): wait for it, up to LOCAL_MODEL_WAIT_SECS.
+waited=0
+until curl -sf "$LLM_BASE_URL/models" >/dev/null; do
+  if [ "$waited" -ge "${LOCAL_MODEL_WAIT_SECS:-1200}" ]; then
+    echo "no model server at $LLM_BASE_URL after $waited s (run serve.sh)" >&2
+    exit 1
+  fi
+  [ "$waited" -eq 0 ] && echo "waiting for the model server at $LLM_BASE_URL (serve.sh installs on its first run)"
+  sleep 5
+  waited=$((waited + 5))
+done
 
 LOG="$OUT/$RUN_ID-worker.log"
 "$BIN" run >"$LOG" 2>&1 &
@@ -71,7 +81,9 @@ for weeks in 1 3; do
   jq -r --arg wall "$wall" --arg outline "$outline" '
     "\(.duration_weeks)-week job \(.job_id): \(.event) after \($wall) s wall; outline from \($outline);"
     + " \(.batches) batches, \(.fallback_batches) fallback; weeks from: \([.roadmap.weeks[]?.source] | join(","));"
-    + " \(.usage.llm_calls) LLM calls, \(.usage.input_tokens) in + \(.usage.output_tokens) out tokens"' "$event"
+    + " \(.usage.llm_calls) LLM calls, \(.usage.input_tokens) in + \(.usage.output_tokens) out tokens;"
+    + " content checks: \(.quality.problems // {} | to_entries | map("\(.key) \(.value)") | join(", ")),"
+    + " \(.quality.reasked_batches // 0) batches re-asked for content"' "$event"
 done
 echo "fallback metrics:"
 curl -s "http://$METRICS_ADDR/metrics" | grep -E '^roadmap_(batches|outlines)_total|^roadmap_batch_failures_total' || true
