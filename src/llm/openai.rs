@@ -6,7 +6,9 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AnswerGate, FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, wire};
+use super::{
+    AnswerGate, FinishReason, LlmError, LlmRequest, LlmResponse, TokenUsage, estimate_tokens, schema, wire,
+};
 use crate::config::{LlmSettings, ResponseFormat, Secret};
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -85,10 +87,12 @@ impl OpenAi {
                     "json_schema": {"name": "roadmap_batch", "strict": true, "schema": &*request.schema},
                 });
             }
+            // Servers that enforce the schema by grammar take the keywords strict mode refuses.
             ResponseFormat::JsonObjectSchema => {
-                body["response_format"] = json!({"type": "json_object", "schema": &*request.schema});
+                let schema = schema::for_grammar(&request.schema);
+                body["response_format"] = json!({"type": "json_object", "schema": schema});
             }
-            ResponseFormat::GuidedJson => body["guided_json"] = json!(&*request.schema),
+            ResponseFormat::GuidedJson => body["guided_json"] = schema::for_grammar(&request.schema),
             ResponseFormat::JsonObject => body["response_format"] = json!({"type": "json_object"}),
             ResponseFormat::None => {}
         }

@@ -123,6 +123,74 @@ pub fn outline_schema(duration_weeks: u32, max_phases: u32) -> Value {
     })
 }
 
+/// The schemas above tightened for servers that enforce a schema by grammar (llama.cpp,
+/// llama-cpp-python, vLLM's guided decoding), which take keywords OpenAI's strict mode refuses.
+/// Small models break exactly the rules the strict subset cannot state: empty titles, a string
+/// that runs on in a loop, weeks or days out of order. Here every string property is 1 to
+/// `max` characters (the lengths the worker keeps), and an array whose items pin their number
+/// by `enum` (weeks, days) pins each item's number by its position instead.
+pub fn for_grammar(schema: &Value) -> Value {
+    let mut tight = schema.clone();
+    tighten(&mut tight, None);
+    tight
+}
+
+/// The longest a string property may be, by its name.
+fn max_length(property: Option<&str>) -> u64 {
+    use crate::domain::roadmap::{MAX_TEXT, MAX_TITLE};
+    match property {
+        Some("title") => MAX_TITLE as u64,
+        Some("url") => 500,
+        _ => MAX_TEXT as u64,
+    }
+}
+
+fn tighten(node: &mut Value, property: Option<&str>) {
+    let Value::Object(map) = node else { return };
+    if map.get("type") == Some(&json!("string")) && !map.contains_key("enum") {
+        map.insert("minLength".into(), json!(1));
+        map.insert("maxLength".into(), json!(max_length(property)));
+    }
+    if let Some(Value::Object(properties)) = map.get_mut("properties") {
+        for (name, child) in properties.iter_mut() {
+            tighten(child, Some(name.as_str()));
+        }
+    }
+    if let Some(items) = map.get_mut("items") {
+        tighten(items, property);
+    }
+    pin_by_position(map);
+}
+
+/// `items` whose objects number themselves from a fixed list (`"number": {"enum": [4, 5, 6]}`
+/// with exactly that many items) become `prefixItems`, each with its own number as a `const`.
+fn pin_by_position(map: &mut serde_json::Map<String, Value>) {
+    let Some(items) = map.get("items") else { return };
+    let Some((key, numbers)) = ["number", "day"].iter().find_map(|key| {
+        let numbers = items["properties"][key]["enum"].as_array()?.clone();
+        Some((*key, numbers))
+    }) else {
+        return;
+    };
+    let count = numbers.len() as u64;
+    if map.get("minItems").and_then(Value::as_u64) != Some(count)
+        || map.get("maxItems").and_then(Value::as_u64) != Some(count)
+    {
+        return;
+    }
+    let pinned: Vec<Value> = numbers
+        .into_iter()
+        .map(|n| {
+            let mut item = items.clone();
+            item["properties"][key] = json!({"type": "integer", "const": n});
+            item
+        })
+        .collect();
+    map.remove("items");
+    map.insert("prefixItems".into(), Value::Array(pinned));
+    map.insert("items".into(), json!(false));
+}
+
 /// Converts the JSON Schemas above to Gemini's `responseSchema` (an OpenAPI 3.0 subset): no
 /// `additionalProperties`, `nullable` instead of type unions, enums of strings only.
 pub fn to_gemini(schema: &Value) -> Value {
@@ -173,6 +241,43 @@ pub fn to_gemini(schema: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grammar_schemas_bound_every_string_and_pin_numbers_by_position() {
+        let tight = for_grammar(&batch_schema(4, 5));
+        let weeks = &tight["properties"]["weeks"];
+        assert_eq!(weeks["items"], json!(false));
+        let pinned = weeks["prefixItems"].as_array().unwrap();
+        assert_eq!(pinned.len(), 2);
+        assert_eq!(pinned[1]["properties"]["number"]["const"], 5);
+        let week = &pinned[0]["properties"];
+        assert_eq!(week["title"]["minLength"], 1);
+        assert_eq!(week["title"]["maxLength"], 120);
+        assert_eq!(week["goals"]["items"]["minLength"], 1);
+        let days = week["days"]["prefixItems"].as_array().unwrap();
+        assert_eq!(
+            days.iter()
+                .map(|d| d["properties"]["day"]["const"].clone())
+                .collect::<Vec<_>>(),
+            (1..=7).map(|n| json!(n)).collect::<Vec<_>>()
+        );
+        let task = &days[6]["properties"]["tasks"]["items"]["properties"];
+        assert_eq!(task["description"]["maxLength"], 600);
+        assert!(task["kind"].get("minLength").is_none(), "an enum is left alone");
+        // The outline's weeks too; its phases are not numbered from a list.
+        let outline = for_grammar(&outline_schema(3, 2));
+        assert_eq!(
+            outline["properties"]["weeks"]["prefixItems"][2]["properties"]["number"]["const"],
+            3
+        );
+        assert!(outline["properties"]["phases"]["items"].is_object());
+        // The strict subset stays as it was.
+        assert!(
+            batch_schema(4, 5)["properties"]["weeks"]
+                .get("prefixItems")
+                .is_none()
+        );
+    }
 
     #[test]
     fn weeks_are_pinned() {

@@ -30,9 +30,21 @@ pub(super) async fn openai(
     let max_tokens = body["max_tokens"]
         .as_u64()
         .or_else(|| body["max_completion_tokens"].as_u64());
-    // The week numbers a schema pins, wherever the dialect puts the schema.
-    let pinned =
-        |schema: &Value| schema["properties"]["weeks"]["items"]["properties"]["number"]["enum"].to_string();
+    // The week numbers a schema pins, wherever the dialect puts the schema: by `enum` (the
+    // strict subset), or by position (`prefixItems` with a `const` each, the grammar dialects).
+    let pinned = |schema: &Value| {
+        let weeks = &schema["properties"]["weeks"];
+        match weeks["prefixItems"].as_array() {
+            Some(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|w| w["properties"]["number"]["const"].clone())
+                    .collect(),
+            )
+            .to_string(),
+            None => weeks["items"]["properties"]["number"]["enum"].to_string(),
+        }
+    };
     let format = match body["response_format"]["type"].as_str() {
         Some("json_schema") => format!(
             "json_schema{}",
