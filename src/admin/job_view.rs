@@ -56,6 +56,7 @@ pub fn job(p: &JobPage) -> Markup {
                     ", " (s.fallback_batches) " fallback batches"
                 }
             }
+            tr { th { "content checks" } td { (content(s)) } }
             @if let Some(id) = s.roadmap_id { tr { th { "roadmap" } td { code { (id) } } } }
         }
         h2 { "Plan" }
@@ -109,6 +110,32 @@ fn plan(plan: &Value) -> Markup {
     }
 }
 
+/// The content problems of the job's stored batches by kind, and the batches re-asked for them
+/// (what `status` shows; a completed job's, after its batches were folded, too).
+fn content(s: &crate::store::status::JobStatus) -> String {
+    let found: Vec<String> = s
+        .quality_problems
+        .as_ref()
+        .and_then(Value::as_object)
+        .map(|kinds| {
+            kinds
+                .iter()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let found = if found.is_empty() {
+        "no problem".to_owned()
+    } else {
+        found.join(", ")
+    };
+    format!(
+        "{found}; {} batches re-asked for content",
+        s.quality_reasked.unwrap_or(0)
+    )
+}
+
 /// The plan's batches, each with its checkpoint when written.
 fn batches(p: &JobPage) -> Markup {
     let planned: Vec<(i64, i64, i64)> = p
@@ -138,6 +165,7 @@ fn batches(p: &JobPage) -> Markup {
                 th { "#" } th { "weeks" } th { "outcome" } th { "fallback weeks" } th { "calls" }
                 th { "input tokens" } th { "cached" } th { "output tokens" } th { "cost" } th { "written" }
                 th title="since the checkpoint before it in its phase; * since the job started" { "took" }
+                th { "content" }
             }
             @for (index, first, last) in &planned {
                 @match written(*index) {
@@ -145,7 +173,7 @@ fn batches(p: &JobPage) -> Markup {
                     None => {
                         tr.muted {
                             td.num { (index) } td { (first) "–" (last) }
-                            td colspan="9" { @if folded { "folded" } @else { "not written yet" } }
+                            td colspan="10" { @if folded { "folded" } @else { "not written yet" } }
                         }
                     }
                 }
@@ -173,6 +201,14 @@ fn batch_row(b: &BatchRow, p: &JobPage) -> Markup {
             td.num { (format!("{:.6}", b.cost)) }
             td { (when(b.created_at, p.now)) }
             td.num { (took(b, p)) }
+            td.problems {
+                @if b.problems.is_empty() {
+                    @if b.content_reasked { "fixed by a re-ask" } @else { "—" }
+                } @else {
+                    @if b.content_reasked { span.muted { "kept after a re-ask:" } }
+                    ul { @for problem in &b.problems { li { (problem) } } }
+                }
+            }
         }
     }
 }

@@ -9,7 +9,10 @@ use serde_json::Value;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use crate::store::{self, StoreError, status::JobStatus};
+use crate::{
+    domain::quality::BatchQuality,
+    store::{self, StoreError, status::JobStatus},
+};
 
 /// Rows shown in each list of the overview. More than a screen's worth is not read.
 pub const RUNNING_LIMIT: i64 = 100;
@@ -105,6 +108,17 @@ pub struct BatchRow {
     pub cached_input_tokens: i64,
     pub cost: f64,
     pub created_at: DateTime<Utc>,
+    /// The content checks' findings on the weeks as stored, as the model was told them.
+    pub problems: Vec<String>,
+    /// The batch was asked again for content problems.
+    pub content_reasked: bool,
+}
+
+/// A batch row's content findings; none when clean (stored as NULL) or unreadable.
+fn quality(row: &tokio_postgres::Row) -> BatchQuality {
+    row.get::<_, Option<tokio_postgres::types::Json<BatchQuality>>>("quality")
+        .map(|q| q.0)
+        .unwrap_or_default()
 }
 
 /// Everything the job page shows.
@@ -303,7 +317,7 @@ pub async fn job(pool: &Pool, job_id: Uuid) -> Result<Option<JobPage>, StoreErro
         .query(
             "SELECT batch_index, first_week, last_week, outcome, fallback_weeks, llm_calls,
                     input_tokens, output_tokens, cached_input_tokens,
-                    (cost_nanos::numeric / 1e9)::float8 AS cost, created_at
+                    (cost_nanos::numeric / 1e9)::float8 AS cost, created_at, quality
              FROM batches WHERE job_id = $1 ORDER BY batch_index LIMIT $2",
             &[&job_id, &BATCH_LIMIT],
         )
@@ -321,6 +335,8 @@ pub async fn job(pool: &Pool, job_id: Uuid) -> Result<Option<JobPage>, StoreErro
             cached_input_tokens: r.get("cached_input_tokens"),
             cost: r.get("cost"),
             created_at: r.get("created_at"),
+            problems: quality(r).problems.iter().map(ToString::to_string).collect(),
+            content_reasked: quality(r).reasked,
         })
         .collect();
     let failure_message = tx

@@ -325,3 +325,53 @@ async fn the_admin_token_never_reaches_the_worker_output() {
     assert!(!output.contains("SECRET"), "the token was printed:\n{output}");
     env.cleanup().await;
 }
+
+/// A batch's content problems are on its job's page: per stored batch while the job runs, and
+/// by kind once it completed (its batches folded away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_page_shows_each_batchs_content_problems() {
+    use mock_llm::{Fault, RatedFault};
+    // Every batch answer plans a third of the learner's hours, the re-ask too.
+    let plan = FaultPlan {
+        rates: vec![RatedFault {
+            rate: 1.0,
+            fault: Fault::UnderPlan { share: 0.3 },
+        }],
+        ..FaultPlan::default()
+    };
+    let env = TestEnv::with_mock(plan, Duration::from_millis(400)).await;
+    let worker = env
+        .start_worker(&[
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+            "--job-parallelism",
+            "1",
+        ])
+        .await;
+    let addr = worker.running.admin_addr.expect("the page is on");
+    let mut events = env.watcher().await;
+    let (job_id, body) = job(12, "Data Engineer");
+    env.publish(&body).await;
+    let path = format!("/jobs/{job_id}");
+    let running = eventually(
+        Duration::from_secs(60),
+        "a stored batch's problems on the page",
+        || async {
+            let (status, page) = get(addr, &path, Some(TOKEN)).await;
+            (status == StatusCode::OK && page.contains("kept after a re-ask:")).then_some(page)
+        },
+    )
+    .await;
+    assert!(running.contains("minutes"), "the problem's text: {running}");
+    let end = events
+        .wait_for_end(job_id, Duration::from_secs(120), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(end.routing_key, "roadmap.completed");
+    let (_, done) = get(addr, &path, Some(TOKEN)).await;
+    assert!(done.contains("hours_off_plan 12"), "by kind once folded: {done}");
+    worker.stop().await;
+    env.cleanup().await;
+}
