@@ -37,11 +37,25 @@ async fn killed_worker_resumes_from_checkpoints_without_regenerating() {
     env.mock.release();
 
     let second = env.start_worker(&[]).await;
+    let mut accepted = Vec::new();
     let end = events
-        .wait_for_end(job_id, Duration::from_secs(60), |_| {})
+        .wait_for_end(job_id, Duration::from_secs(60), |e| {
+            if e.routing_key == "roadmap.accepted" {
+                accepted.push((e.body["claim"].clone(), e.body["batches_done"].clone()));
+            }
+        })
         .await
         .unwrap();
     assert_eq!(end.routing_key, "roadmap.completed", "{}", end.body);
+    // A backend sees the job start, then taken over with the batches already stored.
+    assert_eq!(
+        accepted,
+        [
+            (serde_json::json!(1), serde_json::json!(0)),
+            (serde_json::json!(2), serde_json::json!(2))
+        ],
+        "one acceptance per claim"
+    );
     let weeks: Vec<u64> = end.body["roadmap"]["weeks"]
         .as_array()
         .unwrap()
