@@ -56,7 +56,6 @@ async fn declare(args: DeclareArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&spec_json(&spec))?);
         return Ok(());
     }
-    let kind = |k: &lapin::ExchangeKind| format!("{k:?}").to_lowercase();
     for (name, k) in &spec.exchanges {
         println!("exchange {name} ({}, durable)", kind(k));
     }
@@ -79,8 +78,12 @@ async fn declare(args: DeclareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An exchange type as the broker names it (`direct`, `topic`).
+fn kind(k: &lapin::ExchangeKind) -> String {
+    format!("{k:?}").to_lowercase()
+}
+
 fn spec_json(spec: &amqp::topology::Spec) -> serde_json::Value {
-    let kind = |k: &lapin::ExchangeKind| format!("{k:?}").to_lowercase();
     let mut exchanges: Vec<serde_json::Value> = spec
         .exchanges
         .iter()

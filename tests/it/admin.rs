@@ -38,20 +38,26 @@ async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (StatusCode, 
     (response.status(), response.text().await.unwrap())
 }
 
+/// A worker with the page on a free port behind [`TOKEN`], one phase at a time (so a job's
+/// batches are written one after another, slowly enough to be seen).
+async fn start_with_page(env: &TestEnv) -> (testkit::WorkerHandle, SocketAddr) {
+    let args = [
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--admin-token",
+        TOKEN,
+        "--job-parallelism",
+        "1",
+    ];
+    let worker = env.start_worker(&args).await;
+    let addr = worker.running.admin_addr.expect("the page is on");
+    (worker, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_page_shows_jobs_batches_and_failures_behind_its_token() {
     let env = TestEnv::with_mock(FaultPlan::default(), Duration::from_millis(700)).await;
-    let worker = env
-        .start_worker(&[
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--admin-token",
-            TOKEN,
-            "--job-parallelism",
-            "1",
-        ])
-        .await;
-    let addr = worker.running.admin_addr.expect("the page is on");
+    let (worker, addr) = start_with_page(&env).await;
     let (long, mut body) = job(36, HOSTILE_ROLE);
     body["user_id"] = HOSTILE_USER.into();
     env.publish(&body).await;
@@ -340,17 +346,7 @@ async fn the_job_page_shows_each_batchs_content_problems() {
         ..FaultPlan::default()
     };
     let env = TestEnv::with_mock(plan, Duration::from_millis(400)).await;
-    let worker = env
-        .start_worker(&[
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--admin-token",
-            TOKEN,
-            "--job-parallelism",
-            "1",
-        ])
-        .await;
-    let addr = worker.running.admin_addr.expect("the page is on");
+    let (worker, addr) = start_with_page(&env).await;
     let mut events = env.watcher().await;
     let (job_id, body) = job(12, "Data Engineer");
     env.publish(&body).await;
